@@ -1,0 +1,124 @@
+"""Typed configuration sections: the single source of truth for every knob a run has.
+
+Each TOML section maps to one dataclass below; `Config` holds them all. Field types are
+enforced by the loader (`Literal` fields list their allowed values).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class JobConfig:
+    name: str = "run"
+    dump_folder: str = "runs"  # the run folder is <dump_folder>/<name>
+    seed: int = 0
+    description: str = ""
+
+
+@dataclass
+class ModelConfig:
+    preset: Literal["", "tiny", "small"] = ""  # fills the size fields not set explicitly
+    n_layers: int = 4
+    hidden_size: int = 128
+    n_heads: int = 4
+    cond_dim: int = 64
+    mlp_ratio: int = 4
+    dropout: float = 0.1
+    time_conditioning: bool = False
+
+
+MODEL_PRESETS: dict[str, dict[str, int]] = {
+    "tiny": {"n_layers": 4, "hidden_size": 128, "n_heads": 4, "cond_dim": 64},
+    "small": {"n_layers": 12, "hidden_size": 768, "n_heads": 12, "cond_dim": 128},
+}
+
+
+@dataclass
+class DiffusionConfig:
+    schedule: Literal["loglinear", "cosine"] = "loglinear"
+    eps: float = 1e-3  # alpha(1) = eps
+    t_min: float = 1e-3  # the NELBO integral runs over [t_min, 1]
+
+
+@dataclass
+class DataConfig:
+    dataset: Literal["synthetic", "text"] = "synthetic"
+    seq_len: int = 64
+    tokenizer: Literal["synthetic", "gpt2", "char"] = "synthetic"
+    tokenizer_path: str = ""  # folder with GPT-2 BPE files; empty = $EDLM_DATA_DIR/gpt2_tokenizer or tiktoken's cache
+    path: str = ""  # text file for dataset = "text"
+    val_fraction: float = 0.05  # tail of a text file held out for validation
+    synthetic_states: int = 48
+    synthetic_branching: int = 3
+    synthetic_concentration: float = 0.5
+    synthetic_seed: int = 1234
+
+
+@dataclass
+class TrainingConfig:
+    task: Literal["mdlm", "ar"] = "mdlm"
+    steps: int = 1000
+    global_batch_size: int = 64
+    micro_batch_size: int = 0  # per rank; 0 = no gradient accumulation
+    max_grad_norm: float = 1.0  # 0 disables clipping
+    ema_decay: float = 0.9999  # 0 disables EMA
+    mixed_precision: Literal["bf16", "fp32"] = "bf16"  # autocast dtype on CUDA; CPU always runs fp32
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_steps: int = 2500
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+
+
+@dataclass
+class CheckpointConfig:
+    enable: bool = True
+    interval: int = 1000
+    keep_last: int = 2
+    folder: str = "checkpoints"  # inside the run folder
+
+
+@dataclass
+class MetricsConfig:
+    log_interval: int = 10
+    eval_interval: int = 500
+    eval_batches: int = 8
+    eval_batch_size: int = 64
+    tensorboard: bool = True
+    progress: bool = True
+
+
+@dataclass
+class SampleConfig:
+    num_samples: int = 4
+    steps: int = 64
+
+
+@dataclass
+class DebugConfig:
+    deterministic: bool = False
+
+
+@dataclass
+class Config:
+    job: JobConfig = field(default_factory=JobConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
