@@ -1,0 +1,418 @@
+"""Load a `Config` from TOML plus `--section.key=value` overrides, validate it, write it back.
+
+Precedence, lowest first: dataclass defaults < `model.preset` sizes < TOML file < command line.
+Every user mistake raises `ConfigError` with a one-line message naming the file, key and value,
+so entry points wrapped in `exit_on_user_error` can report it without a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, ParamSpec, Sequence, TypeVar, get_args, get_origin, get_type_hints
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+from edlm_dist.config.schema import MODEL_PRESETS, Config
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_Key = tuple[str, str]  # (section, key)
+_CLI = "on the command line"
+
+
+class ConfigError(ValueError):
+    """A mistake in a config file or command line; its message is always a single line."""
+
+    user_error = True  # `exit_on_user_error` reports it without a traceback
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(message.splitlines()))
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema introspection
+
+
+@functools.cache
+def _sections() -> dict[str, type]:
+    return get_type_hints(Config)
+
+
+@functools.cache
+def _field_types(section_cls: type) -> dict[str, Any]:
+    return get_type_hints(section_cls)
+
+
+def _suggest(name: str, known: Sequence[str], prefix: str = "") -> str:
+    """'; did you mean X?' for a close match, else the list of valid names."""
+    close = difflib.get_close_matches(name, known, n=1)
+    if close:
+        return f"; did you mean '{prefix}{close[0]}'?"
+    return "; valid: " + ", ".join(prefix + k for k in known)
+
+
+def _section_class(section: str, where: str) -> type:
+    """The dataclass of a config section, or a ConfigError suggesting the nearest real name."""
+    sections = _sections()
+    if section not in sections:
+        raise ConfigError(f"unknown config section {section!r} {where}{_suggest(section, list(sections))}")
+    return sections[section]
+
+
+def _field_type(section: str, key: str, where: str) -> Any:
+    """The declared type of `section.key`, or a ConfigError suggesting the nearest real name."""
+    types = _field_types(_section_class(section, where))
+    if key not in types:
+        raise ConfigError(f"unknown config key '{section}.{key}' {where}{_suggest(key, list(types), section + '.')}")
+    return types[key]
+
+
+def _base_type(tp: Any) -> type:
+    """The Python type of a field's values: the type itself, or that of a Literal's choices."""
+    return type(get_args(tp)[0]) if get_origin(tp) is Literal else tp
+
+
+# ---------------------------------------------------------------------------------------------
+# Values: TOML values are type-checked, command-line strings are parsed
+
+
+def _type_error(name: str, tp: Any, shown: str, where: str) -> ConfigError:
+    if get_origin(tp) is Literal:
+        choices = ", ".join(repr(c) for c in get_args(tp))
+        return ConfigError(f"config key {name} must be one of {choices}; got {shown} {where}")
+    return ConfigError(f"config key {name} expects {tp.__name__}, got {shown} {where}")
+
+
+def _check_choice(name: str, tp: Any, value: Any, shown: str, where: str) -> Any:
+    if get_origin(tp) is Literal and value not in get_args(tp):
+        raise _type_error(name, tp, shown, where)
+    return value
+
+
+def _from_toml(name: str, tp: Any, value: Any, where: str) -> Any:
+    """Check a TOML value against the field type; an int is accepted (and converted) for a float."""
+    base = _base_type(tp)
+    shown = f"{value!r} ({type(value).__name__})"
+    if base is float and type(value) is int:
+        value = float(value)
+    if type(value) is not base:  # `type is`, not isinstance: a TOML bool is not an int
+        raise _type_error(name, tp, shown, where)
+    return _check_choice(name, tp, value, shown, where)
+
+
+_BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def _parse_bool(text: str) -> bool:
+    try:
+        return _BOOL_WORDS[text.strip().lower()]
+    except KeyError:
+        raise ValueError(text) from None
+
+
+_PARSERS: dict[type, Callable[[str], Any]] = {int: int, float: float, str: str, bool: _parse_bool}
+
+
+def _from_text(name: str, tp: Any, text: str, where: str) -> Any:
+    """Parse a command-line string as the field type."""
+    try:
+        value = _PARSERS[_base_type(tp)](text)
+    except ValueError:
+        raise _type_error(name, tp, repr(text), where) from None
+    return _check_choice(name, tp, value, repr(text), where)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources
+
+
+def _read_toml(path: str | os.PathLike[str]) -> dict[_Key, Any]:
+    """The typed `(section, key) -> value` pairs set in a TOML file."""
+    where = f"in {os.fspath(path)}"
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {os.fspath(path)}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {os.fspath(path)}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {os.fspath(path)} is not UTF-8: {e.reason} at byte {e.start}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"invalid TOML {where}: {e}") from None
+    values: dict[_Key, Any] = {}
+    for section, table in data.items():
+        _section_class(section, where)
+        if not isinstance(table, dict):
+            shown = f"{table!r} ({type(table).__name__})"
+            raise ConfigError(f"config section {section!r} {where} must be a table, got {shown}")
+        for key, value in table.items():
+            values[section, key] = _from_toml(f"{section}.{key}", _field_type(section, key, where), value, where)
+    return values
+
+
+def _is_override(arg: str) -> bool:
+    """Whether `arg` is meant as an override: `--something.with.a.dot[=value]`."""
+    return arg.startswith("--") and "." in arg.partition("=")[0]
+
+
+def _take_value(args: Sequence[str], i: int) -> tuple[str, str, int]:
+    """Split `--name=value` or `--name value` at `args[i]` into (name, value, next index)."""
+    name, eq, value = args[i].partition("=")
+    if eq:
+        return name, value, i + 1
+    if i + 1 >= len(args) or args[i + 1].startswith("--"):
+        raise ConfigError(f"{name} needs a value: use {name}=VALUE or {name} VALUE")
+    return name, args[i + 1], i + 2
+
+
+def _read_overrides(args: Sequence[str]) -> dict[_Key, Any]:
+    """The typed `(section, key) -> value` pairs set by `--section.key=value` arguments."""
+    values: dict[_Key, Any] = {}
+    i = 0
+    while i < len(args):
+        parts = args[i].partition("=")[0][2:].split(".")
+        if not _is_override(args[i]) or len(parts) != 2 or not all(parts):
+            raise ConfigError(f"override {args[i]!r} is not of the form --section.key=value")
+        name, text, i = _take_value(args, i)
+        section, key = parts
+        values[section, key] = _from_text(f"{section}.{key}", _field_type(section, key, _CLI), text, _CLI)
+    return values
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+
+# Bounds on single keys: key -> (wording for the message, predicate on the value).
+_AT_LEAST_1 = (">= 1", lambda v: v >= 1)
+_NON_NEGATIVE = (">= 0", lambda v: v >= 0)
+_POSITIVE = ("> 0", lambda v: v > 0)
+_FRACTION = ("in [0, 1)", lambda v: 0 <= v < 1)
+_OPEN_FRACTION = ("in (0, 1)", lambda v: 0 < v < 1)
+
+_BOUNDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "model.n_layers": _AT_LEAST_1,
+    "model.hidden_size": _AT_LEAST_1,
+    "model.n_heads": _AT_LEAST_1,
+    "model.cond_dim": _AT_LEAST_1,
+    "model.mlp_ratio": _AT_LEAST_1,
+    "model.dropout": _FRACTION,
+    "diffusion.eps": _OPEN_FRACTION,
+    "diffusion.t_min": _FRACTION,
+    "data.seq_len": (">= 4 (room for BOS and EOS)", lambda v: v >= 4),
+    "data.val_fraction": _OPEN_FRACTION,
+    "training.steps": _AT_LEAST_1,
+    "training.global_batch_size": _AT_LEAST_1,
+    "training.micro_batch_size": _NON_NEGATIVE,
+    "training.max_grad_norm": _NON_NEGATIVE,
+    "training.ema_decay": _FRACTION,
+    "optim.lr": _POSITIVE,
+    "optim.beta1": _FRACTION,
+    "optim.beta2": _FRACTION,
+    "optim.eps": _POSITIVE,
+    "optim.weight_decay": _NON_NEGATIVE,
+    "optim.warmup_steps": _NON_NEGATIVE,
+    "optim.min_lr_ratio": ("in [0, 1]", lambda v: 0 <= v <= 1),
+    "checkpoint.interval": _AT_LEAST_1,
+    "checkpoint.keep_last": _AT_LEAST_1,
+    "metrics.log_interval": _AT_LEAST_1,
+    "metrics.eval_interval": _AT_LEAST_1,
+    "metrics.eval_batch_size": _AT_LEAST_1,
+    "sample.num_samples": _AT_LEAST_1,
+    "sample.steps": _AT_LEAST_1,
+}
+
+
+def _get(cfg: Config, name: str) -> Any:
+    section, key = name.split(".")
+    return getattr(getattr(cfg, section), key)
+
+
+def validate_config(cfg: Config) -> None:
+    """Raise ConfigError for values that type-check but cannot make a run (bounds, cross-field)."""
+    for name, (wording, ok) in _BOUNDS.items():
+        value = _get(cfg, name)
+        if not ok(value):  # NaN fails every bound, as it should
+            raise ConfigError(f"config key {name} must be {wording}, got {value!r}")
+    m, t = cfg.model, cfg.training
+    if m.hidden_size % m.n_heads:
+        raise ConfigError(f"model.hidden_size ({m.hidden_size}) must be divisible by model.n_heads ({m.n_heads})")
+    if (m.hidden_size // m.n_heads) % 2:
+        raise ConfigError(
+            f"model.hidden_size / model.n_heads = {m.hidden_size // m.n_heads} must be even (rotary embeddings)"
+        )
+    if t.micro_batch_size and t.global_batch_size % t.micro_batch_size:
+        raise ConfigError(
+            f"training.global_batch_size ({t.global_batch_size}) must be a multiple of "
+            f"training.micro_batch_size ({t.micro_batch_size})"
+        )
+    if cfg.data.dataset == "text" and not cfg.data.path:
+        raise ConfigError("data.dataset = 'text' requires data.path (the text file to train on)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = ()) -> Config:
+    """Build a validated Config from defaults, `model.preset`, the TOML file at `path` (None: no
+    file) and `--section.key=value` / `--section.key value` overrides, in increasing precedence."""
+    values = _read_toml(path) if path is not None else {}
+    values.update(_read_overrides(overrides))
+    cfg = Config()
+    preset = values.get(("model", "preset"), cfg.model.preset)
+    merged: dict[_Key, Any] = {("model", k): v for k, v in MODEL_PRESETS.get(preset, {}).items()}
+    merged.update(values)  # explicit values beat the preset
+    for (section, key), value in merged.items():
+        setattr(getattr(cfg, section), key, value)
+    validate_config(cfg)
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
+    """`{section: {key: value}}`, e.g. for logging hyperparameters."""
+    return dataclasses.asdict(cfg)
+
+
+# TOML basic-string escapes: the short forms where TOML has one, \uXXXX for other control characters.
+_SHORT_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+_TOML_ESCAPES = {c: f"\\u{c:04X}" for c in [*range(0x20), 0x7F]} | {ord(k): v for k, v in _SHORT_ESCAPES.items()}
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)  # repr round-trips floats exactly; inf and nan are valid TOML too
+    if isinstance(value, str):
+        return '"' + value.translate(_TOML_ESCAPES) + '"'
+    raise TypeError(f"cannot write a {type(value).__name__} as a TOML value")
+
+
+def config_to_toml(cfg: Config) -> str:
+    """TOML text that `load_config` reads back into an equal Config."""
+    blocks = []
+    for section, table in config_to_dict(cfg).items():
+        lines = [f"[{section}]"] + [f"{key} = {_toml_value(value)}" for key, value in table.items()]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"
+
+
+def save_config(cfg: Config, path: str | os.PathLike[str]) -> None:
+    """Write `cfg` as TOML atomically (temp file in the same folder, then os.replace), so a crash
+    never leaves a truncated config next to a checkpoint."""
+    text = config_to_toml(cfg)
+    path = os.fspath(path)
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a config is meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+@dataclass
+class CliArgs:
+    """What an entry point needs from its command line: the resolved config and how it was asked for."""
+
+    config: Config
+    config_path: str | None
+    print_config: bool
+
+
+def _help_type(tp: Any) -> str:
+    """`int`, or the choices of a Literal as TOML values: `"mdlm"|"ar"`."""
+    return "|".join(map(_toml_value, get_args(tp))) if get_origin(tp) is Literal else tp.__name__
+
+
+def _help_text(description: str) -> str:
+    """Usage, the options, and every config key with its type and default."""
+    prog = os.path.basename(sys.argv[0]) or "edlm"
+    defaults = Config()
+    rows = [
+        (f"--{section}.{key}", _help_type(tp), _toml_value(_get(defaults, f"{section}.{key}")))
+        for section, cls in _sections().items()
+        for key, tp in _field_types(cls).items()
+    ]
+    w0, w1 = (max(len(r[i]) for r in rows) for i in (0, 1))
+    keys = "\n".join(f"  {name:<{w0}}  {tp:<{w1}}  {default}" for name, tp, default in rows)
+    intro = f"\n\n{description}" if description else ""
+    return (
+        f"usage: {prog} [-h] [--config PATH] [--print-config] [--section.key=VALUE ...]{intro}\n\n"
+        "options:\n"
+        "  -h, --help           show this help and exit\n"
+        "  --config PATH        TOML config file\n"
+        "  --print-config       print the resolved config as TOML\n"
+        "  --section.key=VALUE  override one config key (also: --section.key VALUE)\n\n"
+        "precedence: defaults < model.preset < --config file < overrides\n\n"
+        f"config keys (type, default):\n{keys}"
+    )
+
+
+def parse_cli(argv: Sequence[str] | None, description: str = "") -> CliArgs:
+    """Parse `--config PATH`, `--print-config`, `-h/--help` and overrides (argv None: sys.argv[1:])
+    and load the config. Help prints usage and every key, then exits 0."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    config_path: str | None = None
+    print_config = False
+    overrides: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in ("-h", "--help"):
+            print(_help_text(description))
+            raise SystemExit(0)
+        if arg == "--print-config":
+            print_config, i = True, i + 1
+        elif arg.partition("=")[0] == "--config":
+            _, config_path, i = _take_value(args, i)
+        elif _is_override(arg):
+            name, value, i = _take_value(args, i)
+            overrides.append(f"{name}={value}")
+        else:
+            expected = "--config PATH, --print-config or --section.key=VALUE"
+            raise ConfigError(f"unrecognized argument {arg!r}; expected {expected} (see --help)")
+    return CliArgs(load_config(config_path, overrides), config_path, print_config)
+
+
+def exit_on_user_error(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Decorate an entry point so user errors (ConfigError, or any exception class with
+    `user_error = True`) print `error: <message>` on stderr and exit with status 2 without a
+    traceback. Other exceptions are bugs and propagate unchanged."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if not getattr(type(exc), "user_error", False):
+                raise
+            message = " ".join(str(exc).splitlines()) or type(exc).__name__
+            print(f"error: {message}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return wrapper

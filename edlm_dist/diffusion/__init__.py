@@ -1,0 +1,32 @@
+"""The math of masked diffusion and EDLM: schedules, the NELBO, and ancestral sampling.
+
+Model-agnostic (networks are passed in as callables) and free of distributed code.
+"""
+
+from edlm_dist.diffusion.loss import masked_token_nll, nelbo, weighted_nelbo_terms
+from edlm_dist.diffusion.noise import gumbel_argmax, mask_tokens, stratified_times, uniform
+from edlm_dist.diffusion.sampling import reads_time, sample
+from edlm_dist.diffusion.schedules import (
+    SCHEDULES,
+    CosineSchedule,
+    LogLinearSchedule,
+    Schedule,
+    build_schedule,
+)
+
+__all__ = [
+    "CosineSchedule",
+    "LogLinearSchedule",
+    "SCHEDULES",
+    "Schedule",
+    "build_schedule",
+    "gumbel_argmax",
+    "mask_tokens",
+    "masked_token_nll",
+    "nelbo",
+    "reads_time",
+    "sample",
+    "stratified_times",
+    "uniform",
+    "weighted_nelbo_terms",
+]

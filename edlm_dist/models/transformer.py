@@ -1,0 +1,252 @@
+"""DiT backbone (MDLM-style) shared by the bidirectional diffusion model and the causal AR baseline.
+
+Initialisation: every model has `init_weights()`, which draws from the current torch RNG:
+N(0, 0.02) for embeddings and linears, with the two residual-branch output projections
+(attention out, MLP down) scaled to N(0, 0.02 / sqrt(2 * n_layers)) as in GPT-2; zeros for
+biases, the adaLN modulations and the output layer; ones for LayerNorm weights. So at
+init every block is the identity (adaLN-zero gates) and all logits are zero. The
+constructor calls it unless the model is built on the meta device; there the caller
+materialises with `to_empty()` and then calls `init_weights()` (as `build_model` does).
+No buffers exist: the rotary tables are recomputed from the sequence length in forward.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from edlm_dist.config.schema import ModelConfig
+from edlm_dist.models.attention import attention
+from edlm_dist.models.layers import LayerNorm, TimestepEmbedder, apply_rotary, modulate, rotary_tables
+
+INIT_STD = 0.02
+VOCAB_MULTIPLE = 64
+
+
+def padded_vocab_size(vocab_size: int) -> int:
+    """Width of the output layer: V data tokens + the mask token, rounded up to a multiple of 64."""
+    return math.ceil((vocab_size + 1) / VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+
+
+class DiTBlock(nn.Module):
+    """Pre-LN transformer block with adaLN-zero conditioning and rotary attention.
+
+    `forward(x, c, cos, sin)`: x [B, L, hidden], c [B, cond_dim], rotary tables [L, head_dim].
+    """
+
+    def __init__(
+        self, hidden: int, n_heads: int, cond_dim: int, mlp_ratio: int, dropout: float, causal: bool
+    ) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.causal = causal
+        self.norm1 = LayerNorm(hidden)
+        self.qkv = nn.Linear(hidden, 3 * hidden, bias=False)
+        self.attn_out = nn.Linear(hidden, hidden, bias=False)
+        self.norm2 = LayerNorm(hidden)
+        self.mlp = nn.Sequential(
+            nn.Linear(hidden, mlp_ratio * hidden),
+            nn.GELU(approximate="tanh"),
+            nn.Linear(mlp_ratio * hidden, hidden),
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.adaLN_modulation = nn.Linear(cond_dim, 6 * hidden)
+
+    def init_weights(self, std: float, residual_std: float) -> None:
+        self.norm1.init_weights()
+        self.norm2.init_weights()
+        nn.init.normal_(self.qkv.weight, std=std)
+        nn.init.normal_(self.attn_out.weight, std=residual_std)
+        for layer, layer_std in ((self.mlp[0], std), (self.mlp[2], residual_std)):
+            nn.init.normal_(layer.weight, std=layer_std)
+            nn.init.zeros_(layer.bias)
+        nn.init.zeros_(self.adaLN_modulation.weight)
+        nn.init.zeros_(self.adaLN_modulation.bias)
+
+    def forward(self, x: Tensor, c: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        batch, length, hidden = x.shape
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN_modulation(c)[:, None].chunk(6, dim=-1)
+
+        h = modulate(self.norm1(x), shift_a, scale_a)
+        q, k, v = self.qkv(h).view(batch, length, 3, self.n_heads, -1).unbind(dim=2)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        h = attention(q, k, v, causal=self.causal).reshape(batch, length, hidden)
+        x = x + gate_a * self.dropout(self.attn_out(h))
+
+        h = self.mlp(modulate(self.norm2(x), shift_m, scale_m))
+        return x + gate_m * self.dropout(h)
+
+
+class FinalLayer(nn.Module):
+    """LayerNorm + adaLN (shift, scale) + output projection to the padded vocabulary."""
+
+    def __init__(self, hidden: int, cond_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.norm = LayerNorm(hidden)
+        self.adaLN_modulation = nn.Linear(cond_dim, 2 * hidden)
+        self.linear = nn.Linear(hidden, out_dim)
+
+    def init_weights(self) -> None:
+        self.norm.init_weights()
+        for layer in (self.adaLN_modulation, self.linear):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        shift, scale = self.adaLN_modulation(c)[:, None].chunk(2, dim=-1)
+        return self.linear(modulate(self.norm(x), shift, scale))
+
+
+class Transformer(nn.Module):
+    """DiT backbone over V + 1 input tokens (data tokens and the mask id V), returning raw logits
+    [B, L, padded_vocab]. Input and output embeddings are untied.
+
+    Subclasses choose `causal` and whether the timestep is read (`reads_time`); when it is
+    not, the conditioning is the embedding of t = 0 for every example (MDLM's convention).
+    """
+
+    reads_time: bool
+
+    def __init__(self, config: ModelConfig, vocab_size: int, *, causal: bool) -> None:
+        super().__init__()
+        if config.hidden_size % config.n_heads:
+            raise ValueError(f"hidden_size {config.hidden_size} is not a multiple of n_heads {config.n_heads}")
+        self.config = config
+        self.vocab_size = vocab_size
+        self.mask_id = vocab_size
+        self.padded_vocab = padded_vocab_size(vocab_size)
+        self.causal = causal
+        self.head_dim = config.hidden_size // config.n_heads
+        if self.head_dim % 2:
+            raise ValueError(f"head dim {self.head_dim} must be even for rotary embedding")
+
+        self.embed = nn.Embedding(vocab_size + 1, config.hidden_size)
+        self.time_embed = TimestepEmbedder(config.cond_dim)
+        self.blocks = nn.ModuleList(
+            DiTBlock(config.hidden_size, config.n_heads, config.cond_dim, config.mlp_ratio, config.dropout, causal)
+            for _ in range(config.n_layers)
+        )
+        self.final = FinalLayer(config.hidden_size, config.cond_dim, self.padded_vocab)
+        if self.embed.weight.device.type != "meta":
+            self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """(Re)initialise every parameter from the current torch RNG (scheme in the module docstring)."""
+        residual_std = INIT_STD / math.sqrt(2 * max(self.config.n_layers, 1))
+        nn.init.normal_(self.embed.weight, std=INIT_STD)
+        self.time_embed.init_weights(INIT_STD)
+        for block in self.blocks:
+            block.init_weights(INIT_STD, residual_std)
+        self.final.init_weights()
+
+    def _logits(self, tokens: Tensor, t: Tensor | None) -> Tensor:
+        """Backbone pass: tokens [B, L] and t [B] (None = t 0) -> logits [B, L, padded_vocab]."""
+        batch, length = tokens.shape
+        if t is None:
+            t = torch.zeros(batch, device=tokens.device)
+        c = self.time_embed(t.expand(batch))
+        cos, sin = rotary_tables(length, self.head_dim, tokens.device)
+        x = self.embed(tokens)
+        for block in self.blocks:
+            x = block(x, c, cos, sin)
+        return self.final(x, c)
+
+    def num_params(self, exclude_input_embedding: bool = True) -> int:
+        """Parameter count, by default without the input embedding (which costs no FLOPs)."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.embed.weight.numel() if exclude_input_embedding else n
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token: 6 N for the matmuls plus 12 * layers * heads * head_dim * L for attention."""
+        cfg = self.config
+        return 6.0 * self.num_params() + 12.0 * cfg.n_layers * cfg.n_heads * self.head_dim * seq_len
+
+
+class DiT(Transformer):
+    """Bidirectional denoiser for masked diffusion: `forward(xt, t) -> raw logits`.
+
+    `reads_time` mirrors `config.time_conditioning`; when False, t is ignored, so a sampler
+    may reuse outputs across steps where xt did not change.
+    """
+
+    def __init__(self, config: ModelConfig, vocab_size: int) -> None:
+        super().__init__(config, vocab_size, causal=False)
+        self.reads_time = config.time_conditioning
+
+    def forward(self, xt: Tensor, t: Tensor | None = None) -> Tensor:
+        """xt [B, L] over V + 1 ids, t [B] (or a scalar) in [0, 1] -> logits [B, L, padded_vocab]."""
+        if not self.reads_time:
+            return self._logits(xt, None)
+        if t is None:
+            raise ValueError("this DiT is time-conditioned: pass t")
+        return self._logits(xt, t)
+
+
+class ARTransformer(Transformer):
+    """Causal autoregressive baseline scoring all L positions.
+
+    The input is [V, x0[:, :-1]] (the mask id V, absent from data, serves as start token), so
+    logits[:, i] predicts x0[:, i] from x0[:, :i]. The timestep is never read.
+    """
+
+    def __init__(self, config: ModelConfig, vocab_size: int) -> None:
+        super().__init__(config, vocab_size, causal=True)
+        self.reads_time = False
+
+    def forward(self, x0: Tensor) -> Tensor:
+        """x0 [B, L] data ids -> logits [B, L, padded_vocab], logits[:, i] predicting x0[:, i]."""
+        start = torch.full_like(x0[:, :1], self.mask_id)
+        return self._logits(torch.cat((start, x0[:, :-1]), dim=1), None)
+
+    def log_prob(self, x0: Tensor, valid_mask: Tensor | None = None) -> Tensor:
+        """log p_AR(x0) [B]: sum over (valid) positions of the float32 log-softmax over the V data
+        columns only, so it is a normalised joint over V^L sequences."""
+        logits = self(x0)
+        with torch.autocast(device_type=x0.device.type, enabled=False):
+            log_probs = torch.log_softmax(logits[..., : self.vocab_size].float(), dim=-1)
+            token_lp = log_probs.gather(-1, x0[..., None]).squeeze(-1)
+            if valid_mask is not None:
+                token_lp = token_lp.masked_fill(~valid_mask, 0.0)
+            return token_lp.sum(dim=-1)
+
+
+_MODELS: dict[str, type[Transformer]] = {"dit": DiT, "ar": ARTransformer}
+
+
+def build_model(
+    kind: Literal["dit", "ar"],
+    config: ModelConfig,
+    vocab_size: int,
+    device: torch.device | str = "cpu",
+    seed: int | None = None,
+) -> Transformer:
+    """Build on meta, materialise on `device` and initialise.
+
+    With `seed`, initialisation runs under a forked RNG seeded with it, so the weights do not
+    depend on, nor advance, the global RNG state (they do depend on the device type, whose
+    generator draws them). Without it, the current RNG is used.
+    """
+    if kind not in _MODELS:
+        raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(_MODELS)}")
+    with torch.device("meta"):
+        model = _MODELS[kind](config, vocab_size)
+    device = torch.device(device)
+    model.to_empty(device=device)
+    if seed is None:
+        model.init_weights()
+        return model
+    cuda_devices = []
+    if device.type == "cuda":
+        cuda_devices = [device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=cuda_devices):
+        torch.random.default_generator.manual_seed(seed)
+        for index in cuda_devices:
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(seed)
+        model.init_weights()
+    return model

@@ -1,0 +1,125 @@
+"""Enumerable toy distributions over V^L sequences, with exact denoisers for testing the math."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+
+
+class ToyDistribution:
+    """A correlated distribution p over all V^L sequences, known exactly by enumeration."""
+
+    def __init__(self, vocab: int, length: int, seed: int = 0, temperature: float = 1.5):
+        g = torch.Generator().manual_seed(seed)
+        self.vocab, self.length, self.mask_id = vocab, length, vocab
+        self.seqs = torch.tensor(list(itertools.product(range(vocab), repeat=length)))  # [N, L]
+        logits = torch.randn(len(self.seqs), generator=g, dtype=torch.float64) * temperature
+        self.probs = torch.softmax(logits, 0)
+        self.one_hot = torch.nn.functional.one_hot(self.seqs, vocab).double()  # [N, L, V]
+
+    def index(self, x: torch.Tensor) -> torch.Tensor:
+        """Row of each sequence of x [B, L] in `seqs`."""
+        weights = self.vocab ** torch.arange(self.length - 1, -1, -1)
+        return (x * weights).sum(-1)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        return self.probs.log()[self.index(x)]
+
+    def marginals(self) -> torch.Tensor:
+        """p(x_i = v), [L, V]."""
+        return torch.einsum("n,nlv->lv", self.probs, self.one_hot)
+
+    def conditional_marginals(self, xt: torch.Tensor) -> torch.Tensor:
+        """p(x0_i = v | unmasked tokens of xt) for every position, [B, L, V] float64."""
+        consistent = ((xt[:, None, :] == self.mask_id) | (xt[:, None, :] == self.seqs[None])).all(-1)
+        weights = consistent.double() * self.probs[None]
+        marg = torch.einsum("bn,nlv->blv", weights, self.one_hot)
+        return marg / marg.sum(-1, keepdim=True)
+
+    def histogram(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.bincount(self.index(x), minlength=len(self.seqs)).double() / len(x)
+
+    def product_of_marginals(self) -> torch.Tensor:
+        """q(x) = prod_i p(x_i), over `seqs`."""
+        m = self.marginals()
+        return m[torch.arange(self.length), self.seqs].prod(-1)
+
+
+def total_variation(p: torch.Tensor, q: torch.Tensor) -> float:
+    return 0.5 * (p - q).abs().sum().item()
+
+
+def logits_with_padding(log_probs: torch.Tensor, pad_to: int, mask_logit: float) -> torch.Tensor:
+    """Logits [B, L, pad_to]: the data log-probs, a (large) mask logit, and garbage padding."""
+    b, l, v = log_probs.shape
+    g = torch.Generator().manual_seed(123)
+    out = torch.randn(b, l, pad_to, generator=g, dtype=torch.float64) * 5 + 30
+    out[..., :v] = log_probs
+    out[..., v] = mask_logit
+    return out.float()
+
+
+class ExactDenoiser:
+    """p(x0_i | xt) of the toy distribution: the best possible denoiser. Ignores t."""
+
+    reads_time = False
+
+    def __init__(self, dist: ToyDistribution, pad_to: int = 8, mask_logit: float = 50.0):
+        self.dist, self.pad_to, self.mask_logit = dist, pad_to, mask_logit
+        self.calls = 0
+
+    def __call__(self, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        logp = self.dist.conditional_marginals(xt).clamp_min(1e-300).log()
+        return logits_with_padding(logp, self.pad_to, self.mask_logit)
+
+
+class ContextFreeDenoiser:
+    """Outputs the marginals at masked positions and garbage (a confident wrong token) elsewhere."""
+
+    reads_time = False
+
+    def __init__(self, dist: ToyDistribution, pad_to: int = 8, mask_logit: float = 50.0):
+        self.dist, self.pad_to, self.mask_logit = dist, pad_to, mask_logit
+
+    def __call__(self, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        logp = self.dist.marginals().log().expand(xt.shape[0], -1, -1).clone()
+        observed = xt != self.dist.mask_id
+        wrong = (xt + 1) % self.dist.vocab
+        garbage = torch.full_like(logp, -20.0).scatter(-1, wrong[..., None], 20.0)
+        logp = torch.where(observed[..., None], garbage, logp)
+        return logits_with_padding(logp, self.pad_to, self.mask_logit)
+
+
+def implied_sampler_distribution(
+    dist: ToyDistribution, unmask_probs: list[float], init: tuple[int, ...] | None = None
+) -> torch.Tensor:
+    """Exact distribution over `seqs` of plain ancestral sampling with the exact denoiser.
+
+    `unmask_probs[k]` is the probability that a masked token unmasks at step k. Propagates the
+    probability of every partially masked state; given a state, positions move independently.
+    """
+    m, length = dist.mask_id, dist.length
+    states = {init or (m,) * length: 1.0}
+    for p in unmask_probs:
+        nxt: dict[tuple[int, ...], float] = {}
+        for state, mass in states.items():
+            cond = dist.conditional_marginals(torch.tensor([state]))[0]
+            options = [
+                [(m, 1.0 - p)] + [(v, p * float(cond[i, v])) for v in range(dist.vocab)]
+                if tok == m else [(tok, 1.0)]
+                for i, tok in enumerate(state)
+            ]
+            for combo in itertools.product(*options):
+                weight = math.prod(w for _, w in combo)
+                if weight > 0:
+                    key = tuple(tok for tok, _ in combo)
+                    nxt[key] = nxt.get(key, 0.0) + mass * weight
+        states = nxt
+    out = torch.zeros(len(dist.seqs), dtype=torch.float64)
+    for state, mass in states.items():
+        assert m not in state, "the last step must unmask everything"
+        out[dist.index(torch.tensor(state))] += mass
+    return out
