@@ -54,7 +54,7 @@ class DataConfig:
     synthetic_states: int = 48
     synthetic_branching: int = 3
     synthetic_concentration: float = 0.5
-    synthetic_seed: int = 1234
+    seed: int = 1234  # seeds the synthetic source and the order of training blocks
 
 
 @dataclass

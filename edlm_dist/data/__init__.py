@@ -1,4 +1,6 @@
-"""Data: tokenizers and the embedded synthetic Markov corpus."""
+"""Data: tokenizers, the embedded synthetic Markov corpus, and block sources by name."""
+
+from edlm_dist.data.datasets import BlockSource, DataError, Dataset, build_dataset
 
 from edlm_dist.data.synthetic import (
     MarkovSource,
@@ -7,6 +9,7 @@ from edlm_dist.data.synthetic import (
     is_primitive,
     syllable,
 )
+from edlm_dist.data.text import TextBlocks
 from edlm_dist.data.tokenizers import (
     CharTokenizer,
     GPT2Tokenizer,
@@ -17,6 +20,11 @@ from edlm_dist.data.tokenizers import (
 )
 
 __all__ = [
+    "BlockSource",
+    "DataError",
+    "Dataset",
+    "TextBlocks",
+    "build_dataset",
     "CharTokenizer",
     "GPT2Tokenizer",
     "MarkovSource",

@@ -10,7 +10,6 @@ CPU under a seeded `torch.Generator`, so the source and the data are the same ev
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 from collections.abc import Sequence
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 
 from edlm_dist.data.tokenizers import Tokenizer, TokenizerError
+from edlm_dist.diffusion.noise import seed_from_key
 
 MAX_PRIMITIVE_DRAWS = 100
 CONSONANTS = "bdfgklmnprstvz"
@@ -262,8 +262,7 @@ class SyntheticBlocks:
 
     def _batch_seed(self, split: str, index: int, batch_size: int) -> int:
         """A hash of the arguments; the lowest bit is the split, so train and val never share one."""
-        digest = hashlib.sha256(f"{self.seed}:{split}:{index}:{batch_size}".encode()).digest()
-        return (int.from_bytes(digest[:8], "little") >> 2) * 2 + SPLITS.index(split)
+        return (seed_from_key(self.seed, split, index, batch_size) >> 1) * 2 + SPLITS.index(split)
 
     def entropy_per_token(self) -> float:
         """The floor no model can beat, nats/token over all seq_len positions: the first state

@@ -4,7 +4,14 @@ Model-agnostic (networks are passed in as callables) and free of distributed cod
 """
 
 from edlm_dist.diffusion.loss import masked_token_nll, nelbo, weighted_nelbo_terms
-from edlm_dist.diffusion.noise import gumbel_argmax, mask_tokens, stratified_times, uniform
+from edlm_dist.diffusion.noise import (
+    gumbel_argmax,
+    keyed_generator,
+    mask_tokens,
+    seed_from_key,
+    stratified_times,
+    uniform,
+)
 from edlm_dist.diffusion.sampling import reads_time, sample
 from edlm_dist.diffusion.schedules import (
     SCHEDULES,
@@ -21,11 +28,13 @@ __all__ = [
     "Schedule",
     "build_schedule",
     "gumbel_argmax",
+    "keyed_generator",
     "mask_tokens",
     "masked_token_nll",
     "nelbo",
     "reads_time",
     "sample",
+    "seed_from_key",
     "stratified_times",
     "uniform",
     "weighted_nelbo_terms",

@@ -7,9 +7,23 @@ are moved to the data's device, so a CPU generator gives the same numbers on any
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 
 from edlm_dist.diffusion.schedules import Schedule
+
+
+def seed_from_key(*key: object) -> int:
+    """A 63-bit seed that is a stable function of `key` (unlike `hash`, the same in every process)."""
+    digest = hashlib.sha256(":".join(map(str, key)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def keyed_generator(*key: object, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator seeded from `key`, e.g. (seed, "train", step): the noise of a step is then a
+    function of the step alone, whatever the world size or where a run was resumed."""
+    return torch.Generator(device=device).manual_seed(seed_from_key(*key))
 
 
 def uniform(
@@ -51,13 +65,18 @@ def mask_tokens(
     mask_id: int,
     valid_mask: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    uniforms: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The forward process q(xt | x0): each valid token becomes `mask_id` w.p. 1 - alpha(t).
 
-    Returns `(xt, masked)` with `masked` the boolean [B, L] map of masked positions.
+    Returns `(xt, masked)` with `masked` the boolean [B, L] map of masked positions. The
+    U[0, 1) draws come from `generator`, or are given as `uniforms` [B, L] (a rank's slice
+    of noise drawn for a whole global batch).
     """
     move_chance = (1 - schedule.alpha(t.double())).float()
-    masked = uniform(tuple(x0.shape), generator=generator, device=x0.device) < move_chance[:, None]
+    if uniforms is None:
+        uniforms = uniform(tuple(x0.shape), generator=generator, device=x0.device)
+    masked = uniforms.to(x0.device) < move_chance[:, None]
     if valid_mask is not None:
         masked &= valid_mask
     return torch.where(masked, torch.full_like(x0, mask_id), x0), masked

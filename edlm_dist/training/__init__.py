@@ -1,0 +1,22 @@
+"""Training: tasks, optimizer and schedule, EMA, checkpoints, metrics and the loop."""
+
+from edlm_dist.training.checkpoint import CheckpointError, CheckpointManager
+from edlm_dist.training.ema import EMA
+from edlm_dist.training.optim import build_lr_scheduler, build_optimizer, lr_multiplier
+from edlm_dist.training.tasks import ARTask, MDLMTask, StepNoise, build_task
+from edlm_dist.training.trainer import BatchPlan, Trainer
+
+__all__ = [
+    "ARTask",
+    "BatchPlan",
+    "CheckpointError",
+    "CheckpointManager",
+    "EMA",
+    "MDLMTask",
+    "StepNoise",
+    "Trainer",
+    "build_lr_scheduler",
+    "build_optimizer",
+    "build_task",
+    "lr_multiplier",
+]
