@@ -120,8 +120,7 @@ def test_meta_build_matches_build_model_and_keeps_global_rng(kind):
         meta = (DiT if kind == "dit" else ARTransformer)(cfg, V)
     assert all(p.is_meta for p in meta.parameters())
     meta.to_empty(device="cpu")
-    torch.manual_seed(7)
-    meta.init_weights()
+    meta.init_weights(7)
 
     sd_built, sd_meta = built.state_dict(), meta.state_dict()
     assert sd_built.keys() == sd_meta.keys()
@@ -132,6 +131,19 @@ def test_meta_build_matches_build_model_and_keeps_global_rng(kind):
     args = (x, torch.rand(B)) if kind == "dit" else (x,)
     assert torch.equal(built(*args), meta(*args))
     assert not torch.equal(build_model(kind, cfg, V, seed=8).embed.weight, built.embed.weight)
+
+
+def test_init_follows_the_scheme_per_parameter():
+    model = build_model("dit", tiny_config(n_layers=2), V, seed=3)
+    residual_std = 0.02 / 2  # 0.02 / sqrt(2 * n_layers)
+    for name, param in model.named_parameters():
+        rule = model.init_rule(name)
+        if rule.kind == "normal":
+            assert rule.std == (residual_std if name.endswith(("attn_out.weight", "blocks.0.mlp.2.weight", "blocks.1.mlp.2.weight")) else 0.02), name
+        else:
+            assert torch.all(param == (1.0 if rule.kind == "ones" else 0.0)), name
+    assert model.init_rule("time_embed.mlp.2.weight").std == 0.02
+    assert model.init_rule("blocks.1.norm2.weight").kind == "ones"
 
 
 def test_direct_cpu_construction_is_initialised():

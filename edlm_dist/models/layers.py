@@ -20,9 +20,6 @@ class LayerNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def init_weights(self) -> None:
-        nn.init.ones_(self.weight)
-
     def forward(self, x: Tensor) -> Tensor:
         out = F.layer_norm(x.float(), (self.dim,), self.weight.float(), None, self.eps)
         return out.to(x.dtype)
@@ -76,11 +73,6 @@ class TimestepEmbedder(nn.Module):
         self.time_scale = time_scale
         self.max_period = max_period
         self.mlp = nn.Sequential(nn.Linear(freq_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim))
-
-    def init_weights(self, std: float) -> None:
-        for layer in (self.mlp[0], self.mlp[2]):
-            nn.init.normal_(layer.weight, std=std)
-            nn.init.zeros_(layer.bias)
 
     def frequency_embedding(self, t: Tensor) -> Tensor:
         """[B] -> [B, freq_dim] float32 cos/sin features at geometric frequencies."""

@@ -1,12 +1,13 @@
 """DiT backbone (MDLM-style) shared by the bidirectional diffusion model and the causal AR baseline.
 
-Initialisation: every model has `init_weights()`, which draws from the current torch RNG:
-N(0, 0.02) for embeddings and linears, with the two residual-branch output projections
-(attention out, MLP down) scaled to N(0, 0.02 / sqrt(2 * n_layers)) as in GPT-2; zeros for
-biases, the adaLN modulations and the output layer; ones for LayerNorm weights. So at
-init every block is the identity (adaLN-zero gates) and all logits are zero. The
-constructor calls it unless the model is built on the meta device; there the caller
-materialises with `to_empty()` and then calls `init_weights()` (as `build_model` does).
+Initialisation (`init_weights(seed)`, see `init_rule`): N(0, 0.02) for embeddings and linears,
+with the two residual-branch output projections (attention out, MLP down) scaled to
+N(0, 0.02 / sqrt(2 * n_layers)) as in GPT-2; zeros for biases, the adaLN modulations and the
+output layer; ones for LayerNorm weights. So at init every block is the identity (adaLN-zero
+gates) and all logits are zero. Each parameter is drawn from a generator keyed by (seed, name),
+so the weights do not depend on the device or on how the model is sharded. The constructor
+initialises with seed 0 unless the model is built on the meta device; there the caller
+materialises with `to_empty()` and then calls `init_weights(seed)` (as `build_model` does).
 No buffers exist: the rotary tables are recomputed from the sequence length in forward.
 """
 
@@ -21,6 +22,7 @@ from torch import Tensor
 
 from edlm_dist.config.schema import ModelConfig
 from edlm_dist.models.attention import attention
+from edlm_dist.models.init import Init, initialize_parameters
 from edlm_dist.models.layers import LayerNorm, TimestepEmbedder, apply_rotary, modulate, rotary_tables
 
 INIT_STD = 0.02
@@ -56,17 +58,6 @@ class DiTBlock(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.adaLN_modulation = nn.Linear(cond_dim, 6 * hidden)
 
-    def init_weights(self, std: float, residual_std: float) -> None:
-        self.norm1.init_weights()
-        self.norm2.init_weights()
-        nn.init.normal_(self.qkv.weight, std=std)
-        nn.init.normal_(self.attn_out.weight, std=residual_std)
-        for layer, layer_std in ((self.mlp[0], std), (self.mlp[2], residual_std)):
-            nn.init.normal_(layer.weight, std=layer_std)
-            nn.init.zeros_(layer.bias)
-        nn.init.zeros_(self.adaLN_modulation.weight)
-        nn.init.zeros_(self.adaLN_modulation.bias)
-
     def forward(self, x: Tensor, c: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         batch, length, hidden = x.shape
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN_modulation(c)[:, None].chunk(6, dim=-1)
@@ -89,12 +80,6 @@ class FinalLayer(nn.Module):
         self.norm = LayerNorm(hidden)
         self.adaLN_modulation = nn.Linear(cond_dim, 2 * hidden)
         self.linear = nn.Linear(hidden, out_dim)
-
-    def init_weights(self) -> None:
-        self.norm.init_weights()
-        for layer in (self.adaLN_modulation, self.linear):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         shift, scale = self.adaLN_modulation(c)[:, None].chunk(2, dim=-1)
@@ -134,15 +119,19 @@ class Transformer(nn.Module):
         if self.embed.weight.device.type != "meta":
             self.init_weights()
 
-    @torch.no_grad()
-    def init_weights(self) -> None:
-        """(Re)initialise every parameter from the current torch RNG (scheme in the module docstring)."""
-        residual_std = INIT_STD / math.sqrt(2 * max(self.config.n_layers, 1))
-        nn.init.normal_(self.embed.weight, std=INIT_STD)
-        self.time_embed.init_weights(INIT_STD)
-        for block in self.blocks:
-            block.init_weights(INIT_STD, residual_std)
-        self.final.init_weights()
+    def init_rule(self, name: str) -> Init:
+        """The initialisation of the parameter called `name` (scheme in the module docstring)."""
+        if "adaLN_modulation" in name or name.startswith("final.linear") or name.endswith(".bias"):
+            return Init("zeros")
+        if "norm" in name:
+            return Init("ones")
+        if name.startswith("blocks.") and name.endswith(("attn_out.weight", "mlp.2.weight")):
+            return Init("normal", INIT_STD / math.sqrt(2 * self.config.n_layers))
+        return Init("normal", INIT_STD)
+
+    def init_weights(self, seed: int = 0) -> None:
+        """(Re)initialise every parameter, sharded or not, identically for a given seed."""
+        initialize_parameters(self, self.init_rule, seed)
 
     def _logits(self, tokens: Tensor, t: Tensor | None) -> Tensor:
         """Backbone pass: tokens [B, L] and t [B] (None = t 0) -> logits [B, L, padded_vocab]."""
@@ -223,30 +212,17 @@ def build_model(
     config: ModelConfig,
     vocab_size: int,
     device: torch.device | str = "cpu",
-    seed: int | None = None,
+    seed: int = 0,
 ) -> Transformer:
-    """Build on meta, materialise on `device` and initialise.
+    """Build on meta, materialise on `device` and initialise with `seed`.
 
-    With `seed`, initialisation runs under a forked RNG seeded with it, so the weights do not
-    depend on, nor advance, the global RNG state (they do depend on the device type, whose
-    generator draws them). Without it, the current RNG is used.
+    The weights depend on the seed alone (not on the device or the global RNG, which is left
+    untouched).
     """
     if kind not in _MODELS:
         raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(_MODELS)}")
     with torch.device("meta"):
         model = _MODELS[kind](config, vocab_size)
-    device = torch.device(device)
-    model.to_empty(device=device)
-    if seed is None:
-        model.init_weights()
-        return model
-    cuda_devices = []
-    if device.type == "cuda":
-        cuda_devices = [device.index if device.index is not None else torch.cuda.current_device()]
-    with torch.random.fork_rng(devices=cuda_devices):
-        torch.random.default_generator.manual_seed(seed)
-        for index in cuda_devices:
-            with torch.cuda.device(index):
-                torch.cuda.manual_seed(seed)
-        model.init_weights()
+    model.to_empty(device=torch.device(device))
+    model.init_weights(seed)
     return model
