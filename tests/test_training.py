@@ -99,7 +99,7 @@ def test_uncommitted_checkpoints_are_never_latest(tmp_path):
     for step in (1, 2, 3):
         manager.save(step, trainer.state_dict())
     assert manager.committed_steps() == [2, 3]  # keep_last pruned step 1
-    (manager.path(3) / "COMMITTED").unlink()  # as if the save of step 3 had crashed before its marker
+    (Path(manager.path(3)) / "COMMITTED").unlink()  # as if the save of step 3 had crashed before its marker
     assert manager.latest() == 2
     with pytest.raises(CheckpointError, match="not committed"):
         manager.load(3, trainer.state_dict())

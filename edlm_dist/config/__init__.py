@@ -22,6 +22,7 @@ from edlm_dist.config.schema import (
     MetricsConfig,
     ModelConfig,
     OptimConfig,
+    ParallelConfig,
     SampleConfig,
     TrainingConfig,
 )

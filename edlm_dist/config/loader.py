@@ -215,6 +215,11 @@ _BOUNDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "training.micro_batch_size": _NON_NEGATIVE,
     "training.max_grad_norm": _NON_NEGATIVE,
     "training.ema_decay": _FRACTION,
+    "training.max_bad_steps": _AT_LEAST_1,
+    "parallel.dp_replicate": _AT_LEAST_1,
+    "parallel.dp_shard": (">= 1 or -1 (the rest)", lambda v: v >= 1 or v == -1),
+    "parallel.ac_every": _AT_LEAST_1,
+    "parallel.collective_timeout_s": _AT_LEAST_1,
     "optim.lr": _POSITIVE,
     "optim.beta1": _FRACTION,
     "optim.beta2": _FRACTION,
@@ -224,11 +229,14 @@ _BOUNDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "optim.min_lr_ratio": ("in [0, 1]", lambda v: 0 <= v <= 1),
     "checkpoint.interval": _AT_LEAST_1,
     "checkpoint.keep_last": _AT_LEAST_1,
+    "checkpoint.keep_every": _NON_NEGATIVE,
     "metrics.log_interval": _AT_LEAST_1,
     "metrics.eval_interval": _AT_LEAST_1,
     "metrics.eval_batch_size": _AT_LEAST_1,
     "sample.num_samples": _AT_LEAST_1,
     "sample.steps": _AT_LEAST_1,
+    "debug.kill_at_step": _NON_NEGATIVE,
+    "debug.step_sleep_s": _NON_NEGATIVE,
 }
 
 

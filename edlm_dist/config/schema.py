@@ -65,8 +65,23 @@ class TrainingConfig:
     micro_batch_size: int = 0  # per rank; 0 = no gradient accumulation
     max_grad_norm: float = 1.0  # 0 disables clipping
     ema_decay: float = 0.9999  # 0 disables EMA
-    mixed_precision: Literal["bf16", "fp32"] = "bf16"  # autocast dtype on CUDA; CPU always runs fp32
+    # bf16 on CUDA: FSDP2 bf16 params with fp32 gradient reduction, or autocast in one process.
+    # The CPU always computes in fp32.
+    mixed_precision: Literal["bf16", "fp32"] = "bf16"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_bad_steps: int = 5  # consecutive non-finite losses/grad norms (each step skipped) before the run stops
+
+
+@dataclass
+class ParallelConfig:
+    dp_replicate: int = 1  # HSDP replicas (1 = plain FSDP)
+    dp_shard: int = -1  # ranks sharding each replica; -1 = all ranks not used by dp_replicate
+    backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: nccl on CUDA, gloo on CPU
+    activation_checkpoint: Literal["none", "full", "selective"] = "none"
+    ac_every: int = 2  # "selective": checkpoint every n-th block
+    compile: bool = False  # torch.compile each block
+    reshard_after_forward: bool = True  # FSDP2: free gathered params after forward (ZeRO-3)
+    collective_timeout_s: int = 600  # a collective waiting longer than this fails the run
 
 
 @dataclass
@@ -86,7 +101,9 @@ class CheckpointConfig:
     enable: bool = True
     interval: int = 1000
     keep_last: int = 2
-    folder: str = "checkpoints"  # inside the run folder
+    keep_every: int = 0  # also keep every checkpoint whose step is a multiple of this (0 = none)
+    folder: str = "checkpoints"  # inside the run folder, or any fsspec URL (s3://..., gs://...)
+    async_save: bool = False  # write in the background while training goes on
 
 
 @dataclass
@@ -107,7 +124,10 @@ class SampleConfig:
 
 @dataclass
 class DebugConfig:
-    deterministic: bool = False
+    deterministic: bool = False  # bit-reproducible kernels (slower)
+    # fault injection for tests and drills: rank 0 SIGKILLs itself right after this step (0 = never)
+    kill_at_step: int = 0
+    step_sleep_s: float = 0.0  # sleep after every step (gives a test time to send signals)
 
 
 @dataclass
@@ -117,6 +137,7 @@ class Config:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     data: DataConfig = field(default_factory=DataConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)

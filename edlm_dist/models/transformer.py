@@ -14,7 +14,7 @@ No buffers exist: the rotary tables are recomputed from the sequence length in f
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 import torch.nn as nn
@@ -213,16 +213,20 @@ def build_model(
     vocab_size: int,
     device: torch.device | str = "cpu",
     seed: int = 0,
+    prepare: Callable[[Transformer], None] | None = None,
 ) -> Transformer:
-    """Build on meta, materialise on `device` and initialise with `seed`.
+    """Build on meta, let `prepare` transform it there (e.g. shard it), materialise on `device`
+    and initialise with `seed`.
 
-    The weights depend on the seed alone (not on the device or the global RNG, which is left
-    untouched).
+    The weights depend on the seed alone (not on the device, the sharding or the global RNG,
+    which is left untouched).
     """
     if kind not in _MODELS:
         raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(_MODELS)}")
     with torch.device("meta"):
         model = _MODELS[kind](config, vocab_size)
+    if prepare is not None:
+        prepare(model)
     model.to_empty(device=torch.device(device))
     model.init_weights(seed)
     return model

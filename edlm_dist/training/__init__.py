@@ -4,7 +4,8 @@ from edlm_dist.training.checkpoint import CheckpointError, CheckpointManager
 from edlm_dist.training.ema import EMA
 from edlm_dist.training.optim import build_lr_scheduler, build_optimizer, lr_multiplier
 from edlm_dist.training.tasks import ARTask, MDLMTask, StepNoise, build_task
-from edlm_dist.training.trainer import BatchPlan, Trainer
+from edlm_dist.training.run_folder import RunFolder
+from edlm_dist.training.trainer import BatchPlan, Trainer, TrainingError
 
 __all__ = [
     "ARTask",
@@ -13,8 +14,10 @@ __all__ = [
     "CheckpointManager",
     "EMA",
     "MDLMTask",
+    "RunFolder",
     "StepNoise",
     "Trainer",
+    "TrainingError",
     "build_lr_scheduler",
     "build_optimizer",
     "build_task",

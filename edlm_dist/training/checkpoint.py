@@ -1,21 +1,25 @@
 """Checkpoints with torch.distributed.checkpoint (DCP): a folder per step, committed last.
 
 A checkpoint counts only once its `COMMITTED` marker exists, and the marker is written after
-every shard; `latest` is derived from committed folders alone, so a save that crashed halfway
-is never taken for the newest state (no rename is relied on: object stores have none).
+every rank's shards (and DCP's metadata) are complete; `latest` is derived from committed
+folders alone, so a save that crashed halfway is never taken for the newest state. No rename
+is relied on, since object stores have none: the folder may be any fsspec URL (local paths,
+`file://`, `s3://`, `gs://`). DCP reshards on load, so a checkpoint written by N ranks loads
+on M ranks and on another mesh shape.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import posixpath
 import re
-import shutil
 import time
 import warnings
-from pathlib import Path
+from concurrent.futures import Future
 from typing import Any, Iterator
 
+import fsspec
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
@@ -30,63 +34,109 @@ class CheckpointError(RuntimeError):
 
 
 class CheckpointManager:
-    """Saves and finds the checkpoints of one run folder, keeping the newest `keep_last`."""
+    """Saves, finds and prunes the checkpoints of one run.
 
-    def __init__(self, folder: str | Path, keep_last: int) -> None:
-        self.folder = Path(folder)
-        self.keep_last = keep_last
+    Keeps the newest `keep_last` committed checkpoints plus every one whose step is a multiple
+    of `keep_every` (when > 0). With `async_save`, the shards are written in the background and
+    committed when the next save starts or at `close()`.
+    """
 
-    def path(self, step: int) -> Path:
-        return self.folder / f"step_{step:08d}"
+    def __init__(self, folder: str, keep_last: int, keep_every: int = 0, async_save: bool = False) -> None:
+        self.folder = str(folder)
+        self.fs, self.root = fsspec.core.url_to_fs(self.folder)
+        self.keep_last, self.keep_every, self.async_save = keep_last, keep_every, async_save
+        self._pending: tuple[int, Future, bool] | None = None
+        self._async_group = None
+        if async_save and dist.is_initialized():
+            # the background writes must not share a communicator with training collectives
+            self._async_group = dist.new_group(backend="gloo")
+
+    def path(self, step: int) -> str:
+        """Where the checkpoint of `step` lives, in the form the folder was given (path or URL)."""
+        return posixpath.join(self.folder, f"step_{step:08d}")
+
+    def _fs_path(self, step: int) -> str:
+        return posixpath.join(self.root, f"step_{step:08d}")
+
+    def _step_dirs(self) -> dict[int, str]:
+        if not self.fs.isdir(self.root):
+            return {}
+        dirs = {}
+        for entry in self.fs.ls(self.root, detail=False):
+            match = _STEP_DIR.match(posixpath.basename(entry.rstrip("/")))
+            if match:
+                dirs[int(match.group(1))] = entry
+        return dirs
 
     def committed_steps(self) -> list[int]:
-        if not self.folder.is_dir():
-            return []
-        steps = []
-        for child in self.folder.iterdir():
-            match = _STEP_DIR.match(child.name)
-            if match and (child / MARKER).is_file():
-                steps.append(int(match.group(1)))
-        return sorted(steps)
+        return sorted(s for s, d in self._step_dirs().items() if self.fs.exists(posixpath.join(d, MARKER)))
 
     def latest(self) -> int | None:
         steps = self.committed_steps()
         return steps[-1] if steps else None
 
-    def save(self, step: int, state: dict[str, Any], *, is_main: bool = True) -> Path:
-        """Write `state` (a DCP state dict) as the checkpoint of `step`, then commit it."""
-        path = self.path(step)
-        if is_main and path.exists():
-            shutil.rmtree(path)  # an uncommitted leftover of a crashed save
+    def save(self, step: int, state: dict[str, Any], *, is_main: bool = True) -> None:
+        """Write `state` (a DCP state dict, on every rank) as the checkpoint of `step`."""
+        self.wait()
+        if is_main and self.fs.exists(self._fs_path(step)):
+            self.fs.rm(self._fs_path(step), recursive=True)  # an uncommitted leftover of a crashed save
         _barrier()
-        with _single_process_quiet():
-            dcp.save(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
-        _barrier()
+        with _quiet_single_process():
+            if self.async_save:
+                future = dcp.async_save(
+                    state, checkpoint_id=self.path(step), process_group=self._async_group
+                )
+                self._pending = (step, future, is_main)
+                return
+            dcp.save(state, checkpoint_id=self.path(step), no_dist=not dist.is_initialized())
+        self._commit(step, is_main)
+
+    def wait(self) -> None:
+        """Finish and commit a background save, if one is under way."""
+        if self._pending is None:
+            return
+        step, future, is_main = self._pending
+        self._pending = None
+        future.result()
+        self._commit(step, is_main)
+
+    def close(self) -> None:
+        self.wait()
+
+    def _commit(self, step: int, is_main: bool) -> None:
+        _barrier()  # every rank's shards are on storage
         if is_main:
-            marker = {"step": step, "time": time.time()}
-            (path / MARKER).write_text(json.dumps(marker) + "\n")
+            marker = json.dumps({"step": step, "time": time.time()}) + "\n"
+            self.fs.pipe_file(posixpath.join(self._fs_path(step), MARKER), marker.encode())
             self._prune()
         _barrier()
-        return path
 
     def load(self, step: int, state: dict[str, Any]) -> None:
         """Fill `state` in place from the committed checkpoint of `step`."""
-        path = self.path(step)
-        if not (path / MARKER).is_file():
-            raise CheckpointError(f"checkpoint {path} is not committed (no {MARKER} marker)")
+        if not self.fs.exists(posixpath.join(self._fs_path(step), MARKER)):
+            raise CheckpointError(f"checkpoint {self.path(step)} is not committed (no {MARKER} marker)")
         try:
-            with _single_process_quiet():
-                dcp.load(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
+            with _quiet_single_process():
+                dcp.load(state, checkpoint_id=self.path(step), no_dist=not dist.is_initialized())
         except Exception as err:  # DCP wraps shard errors in several exception types
-            raise CheckpointError(f"cannot load checkpoint {path}: {str(err).splitlines()[0]}") from err
+            raise CheckpointError(f"cannot load checkpoint {self.path(step)}: {str(err).splitlines()[0]}") from err
 
     def _prune(self) -> None:
-        for step in self.committed_steps()[: -self.keep_last]:
-            shutil.rmtree(self.path(step), ignore_errors=True)
+        """Delete committed checkpoints past the retention policy, and crashed saves older than
+        the newest committed one."""
+        dirs = self._step_dirs()
+        committed = self.committed_steps()
+        keep = set(committed[-self.keep_last :])
+        if self.keep_every:
+            keep |= {s for s in committed if s % self.keep_every == 0}
+        newest = committed[-1] if committed else -1
+        for step, entry in dirs.items():
+            if step not in keep and (step in committed or step < newest):
+                self.fs.rm(entry, recursive=True)
 
 
 @contextlib.contextmanager
-def _single_process_quiet() -> Iterator[None]:
+def _quiet_single_process() -> Iterator[None]:
     """DCP warns on every single-process save and load; a single process is a supported case here."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)

@@ -3,34 +3,53 @@
 Per step the global batch and its noise are pure functions of (seed, step); each rank takes
 its rows, splits them into micro-batches for gradient accumulation, and steps AdamW. Dropout
 is reseeded from (seed, step, rank) every step, so a resumed run repeats the same randomness.
+With more than one process the model is built on the meta device, parallelised
+(activation checkpointing -> compile -> FSDP2) and only then materialised.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
 from edlm_dist.config import Config, ConfigError, config_to_toml, save_config
 from edlm_dist.data import build_dataset
 from edlm_dist.diffusion import keyed_generator, seed_from_key
-from edlm_dist.distributed import DistEnv, all_reduce_sum, init_distributed
+from edlm_dist.distributed import (
+    PreemptionWatcher,
+    all_reduce_sum,
+    barrier,
+    build_mesh,
+    init_distributed,
+    parallelize_transformer,
+    reshard,
+    set_gradient_sync,
+)
 from edlm_dist.models import build_model
 from edlm_dist.training.checkpoint import CheckpointManager
 from edlm_dist.training.ema import EMA
-from edlm_dist.training.metrics import MetricsLogger
+from edlm_dist.training.metrics import MetricsLogger, device_peak_flops, peak_memory_gib, reset_peak_memory
 from edlm_dist.training.optim import build_lr_scheduler, build_optimizer
+from edlm_dist.training.run_folder import RunFolder
 from edlm_dist.training.tasks import build_task
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on (e.g. a diverged loss); the message says why and what was saved."""
+
+    user_error = True
 
 
 @dataclass(frozen=True)
@@ -67,28 +86,41 @@ def configure_determinism(deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
+def _full_value(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
 class Trainer:
     """Builds every component from a `Config`, then `run()` trains, evaluates and reports."""
 
-    def __init__(self, cfg: Config, env: DistEnv | None = None) -> None:
+    def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.env = env or init_distributed(cfg.training.device)
-        if self.env.world_size > 1:
-            raise ConfigError("multi-process training needs the FSDP2 trainer (not yet available); run one process")
+        par = cfg.parallel
+        self.env = init_distributed(cfg.training.device, par.backend, par.collective_timeout_s)
         configure_determinism(cfg.debug.deterministic)
-        self.run_dir = Path(cfg.job.dump_folder) / cfg.job.name
+        self.run_folder = RunFolder(Path(cfg.job.dump_folder) / cfg.job.name)
         self.plan = BatchPlan.from_config(cfg, self.env.world_size)
+        self.mesh = build_mesh(par, self.env.world_size, self.env.device.type)
+        bf16 = cfg.training.mixed_precision == "bf16" and self.env.device.type == "cuda"
+        self.use_autocast = bf16 and self.mesh is None  # FSDP2 casts parameters itself
         self.data = build_dataset(cfg.data)
         self.task = build_task(cfg, self.data.tokenizer.mask_id)
         self.model = build_model(
-            self.task.model_kind, cfg.model, self.data.tokenizer.vocab_size, self.env.device, seed=cfg.job.seed
+            self.task.model_kind, cfg.model, self.data.tokenizer.vocab_size, self.env.device, seed=cfg.job.seed,
+            prepare=lambda m: parallelize_transformer(m, par, self.mesh, torch.bfloat16 if bf16 else torch.float32),
         )
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = build_lr_scheduler(self.optimizer, cfg.optim, cfg.training.steps)
         self.ema = EMA(self.model, cfg.training.ema_decay) if cfg.training.ema_decay > 0 else None
-        self.checkpoints = CheckpointManager(self.run_dir / cfg.checkpoint.folder, cfg.checkpoint.keep_last)
-        self.logger = MetricsLogger(self.run_dir / "tb", enabled=self.env.is_main and cfg.metrics.tensorboard)
+        ckpt = cfg.checkpoint
+        folder = ckpt.folder if "://" in ckpt.folder else str(self.run_folder.path / ckpt.folder)
+        self.checkpoints = CheckpointManager(folder, ckpt.keep_last, ckpt.keep_every, ckpt.async_save)
+        self.logger = MetricsLogger(self.run_folder.path / "tb", enabled=self.env.is_main and cfg.metrics.tensorboard)
+        self.flops_per_token = self.model.flops_per_token(cfg.data.seq_len)
+        self.peak_flops = device_peak_flops(self.env.device)
         self.step = 0
+        self.bad_steps = 0  # consecutive non-finite steps
+        self.skipped_steps = 0
 
     # ---- state -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -97,7 +129,7 @@ class Trainer:
             "model": model_state,
             "optimizer": optim_state,
             "scheduler": self.scheduler.state_dict(),
-            "trainer": {"step": self.step},
+            "trainer": {"step": self.step, "skipped_steps": self.skipped_steps},
         }
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
@@ -108,7 +140,7 @@ class Trainer:
             self.checkpoints.save(self.step, self.state_dict(), is_main=self.env.is_main)
 
     def resume(self) -> bool:
-        """Continue from the newest committed checkpoint of the run folder, if there is one."""
+        """Continue from the newest committed checkpoint of the run, if there is one."""
         latest = self.checkpoints.latest()
         if latest is None:
             return False
@@ -121,117 +153,203 @@ class Trainer:
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
         self.step = int(state["trainer"]["step"])
+        self.skipped_steps = int(state["trainer"]["skipped_steps"])
         return True
 
     # ---- steps -------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.env.device.type == "cuda" and self.cfg.training.mixed_precision == "bf16":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.use_autocast else contextlib.nullcontext()
 
     def train_step(self) -> dict[str, float]:
-        """One optimizer step over the global batch of `self.step`; returns its metrics."""
+        """One optimizer step over the global batch of `self.step`; returns its metrics.
+
+        A non-finite loss or gradient norm skips the update (the step still advances, so the
+        next batch is fresh) and is counted; too many in a row stop the run.
+        """
         start = time.perf_counter()
-        plan, seq_len = self.plan, self.cfg.data.seq_len
-        torch.manual_seed(seed_from_key(self.cfg.job.seed, "dropout", self.step, self.env.rank))
-        first = self.env.rank * plan.local_batch
+        plan, seq_len, env = self.plan, self.cfg.data.seq_len, self.env
+        torch.manual_seed(seed_from_key(self.cfg.job.seed, "dropout", self.step, env.rank))
+        first = env.rank * plan.local_batch
         x0 = self.data.blocks.batch("train", self.step, plan.global_batch)[first : first + plan.local_batch]
         noise = self.task.draw_noise(plan.global_batch, seq_len, self.step)
-        x0 = x0.to(self.env.device, non_blocking=True)
+        x0 = x0.to(env.device, non_blocking=True)
+        data_time = time.perf_counter() - start
         self.model.train()
-        nll_total = torch.zeros((), device=self.env.device)
+        nll_total = torch.zeros((), device=env.device)
         for m in range(plan.accum_steps):
             rows = slice(m * plan.micro, (m + 1) * plan.micro)
             micro_noise = noise.rows(first + rows.start, first + rows.stop) if noise is not None else None
+            set_gradient_sync(self.model, m == plan.accum_steps - 1)
             with self.autocast():
                 nll = self.task.sequence_nll(self.model, x0[rows], micro_noise)
             (nll.sum() / (plan.local_batch * seq_len)).backward()
             nll_total += nll.detach().sum()
-        grad_norm = self._clip_gradients()
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.ema is not None:
-            self.ema.update(self.model)
-        self.step += 1
         loss = all_reduce_sum(nll_total).item() / (plan.global_batch * seq_len)
+        grad_norm = self._clip_gradients()
+        finite = math.isfinite(loss) and math.isfinite(grad_norm)
+        if finite:
+            self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update(self.model)
+            self.bad_steps = 0
+        else:
+            self.bad_steps += 1
+            self.skipped_steps += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+        if self.cfg.debug.step_sleep_s:
+            time.sleep(self.cfg.debug.step_sleep_s)
         elapsed = time.perf_counter() - start
-        return {
+        tokens_per_s = plan.global_batch * seq_len / elapsed
+        metrics = {
             "train/loss": loss,
             "train/nelbo_per_token": loss,
             "train/lr": self.scheduler.get_last_lr()[0],
             "train/grad_norm": grad_norm,
-            "train/tokens_per_s": plan.global_batch * seq_len / elapsed,
+            "train/tokens_per_s": tokens_per_s,
+            "train/tokens_per_s_per_device": tokens_per_s / env.world_size,
             "train/step_time_s": elapsed,
+            "train/data_wait_s": data_time,
+            "train/skipped_steps": self.skipped_steps,
+            "system/peak_memory_gib": peak_memory_gib(env.device),
         }
+        if self.peak_flops:
+            metrics["train/mfu"] = self.flops_per_token * tokens_per_s / env.world_size / self.peak_flops
+        return metrics
 
     def _clip_gradients(self) -> float:
+        """Clip the global gradient norm (over all shards) and return it before clipping."""
         max_norm = self.cfg.training.max_grad_norm
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm if max_norm > 0 else math.inf)
-        return float(norm)
+        return float(_full_value(norm))
 
     @torch.no_grad()
     def evaluate(self) -> float:
         """Validation NLL bound (NELBO for mdlm, exact NLL for ar) in nats/token, EMA weights.
 
         Batch i always uses the same blocks and noise (keyed by i), so figures are comparable
-        across evaluations and world sizes; ranks share the batches round-robin.
+        across evaluations and world sizes. Ranks share the batches round-robin and all run the
+        same number of forward passes (FSDP gathers parameters collectively), padding the last
+        round with uncounted repeats.
         """
-        cfg = self.cfg.metrics
-        totals = torch.zeros(2, dtype=torch.float64, device=self.env.device)
+        cfg, env = self.cfg.metrics, self.env
+        totals = torch.zeros(2, dtype=torch.float64, device=env.device)
         with self._ema_weights():
             self.model.eval()
-            for i in range(self.env.rank, cfg.eval_batches, self.env.world_size):
-                x0 = self.data.blocks.batch("val", i, cfg.eval_batch_size).to(self.env.device)
+            for r in range(math.ceil(cfg.eval_batches / env.world_size)):
+                i = r * env.world_size + env.rank
+                x0 = self.data.blocks.batch("val", i % cfg.eval_batches, cfg.eval_batch_size).to(env.device)
                 with self.autocast():
-                    nll = self.task.eval_nll(self.model, x0, keyed_generator(self.cfg.job.seed, "eval", i))
-                totals += torch.stack([nll.double().sum(), torch.tensor(x0.numel(), device=x0.device)])
+                    nll = self.task.eval_nll(self.model, x0, keyed_generator(self.cfg.job.seed, "eval", i % cfg.eval_batches))
+                if i < cfg.eval_batches:
+                    totals += torch.stack([nll.double().sum(), torch.tensor(x0.numel(), device=x0.device)])
         nll_sum, tokens = all_reduce_sum(totals).tolist()
         return nll_sum / tokens
 
     @torch.no_grad()
     def generate(self, num: int) -> list[str]:
-        """Decoded samples from the EMA weights."""
+        """Decoded samples from the EMA weights (the same on every rank: one shared generator)."""
         cfg = self.cfg
         with self._ema_weights():
             self.model.eval()
-            tokens = self.task.generate(
-                self.model, num, cfg.data.seq_len, cfg.sample.steps, keyed_generator(cfg.job.seed, "samples")
-            )
+            with self.autocast():
+                tokens = self.task.generate(
+                    self.model, num, cfg.data.seq_len, cfg.sample.steps, keyed_generator(cfg.job.seed, "samples")
+                )
         return [self.data.tokenizer.decode(row.tolist()) for row in tokens.cpu()]
 
-    def _ema_weights(self) -> contextlib.AbstractContextManager:
-        return self.ema.swapped_in(self.model) if self.ema is not None else contextlib.nullcontext()
+    @contextlib.contextmanager
+    def _ema_weights(self) -> Iterator[None]:
+        """Evaluate with the EMA weights swapped in (the live ones afterwards)."""
+        if self.ema is None:
+            yield
+            return
+        reshard(self.model)
+        with self.ema.swapped_in(self.model):
+            try:
+                yield
+            finally:
+                reshard(self.model)
 
     # ---- the run -----------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        """Train to `training.steps` (resuming if the run folder has a checkpoint), then report."""
+        """Train to `training.steps` (resuming from the run's latest checkpoint), then report.
+
+        On SIGTERM/SIGUSR1 every rank finishes the step, a checkpoint is written, the
+        `preempted` marker is left and the run returns early.
+        """
         cfg, main = self.cfg, self.env.is_main
         if main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.run_dir / "config.toml")
+            self.run_folder.create()
+            self.run_folder.clear_markers()
+            save_config(cfg, self.run_folder.path / "config.toml")
             self.logger.text("config", "```\n" + config_to_toml(cfg) + "\n```")
+        barrier()
         if self.resume() and main:
             tqdm.write(f"resumed from {self.checkpoints.path(self.step)} at step {self.step}")
+        watcher = PreemptionWatcher()
+        try:
+            preempted = self._train_loop(watcher)
+        finally:
+            watcher.restore()
+            self.checkpoints.close()
+        if preempted:
+            if main:
+                self.run_folder.mark("preempted", step=self.step, signal=signal.Signals(preempted).name)
+                tqdm.write(f"pre-empted by {signal.Signals(preempted).name}: checkpoint at step {self.step}")
+            self.logger.close()
+            return {"step": self.step, "preempted": True}
+        return self.report()
+
+    def _train_loop(self, watcher: PreemptionWatcher) -> int:
+        """Steps until done (returns 0) or until a rank got a pre-emption signal (returns it)."""
+        cfg, main = self.cfg, self.env.is_main
         bar = tqdm(total=cfg.training.steps, initial=self.step, desc=cfg.job.name, unit="step",
                    disable=not (main and cfg.metrics.progress), dynamic_ncols=True,
                    mininterval=0.1 if sys.stderr.isatty() else 30.0)
-        while self.step < cfg.training.steps:
-            metrics = self.train_step()
-            bar.update(1)
-            bar.set_postfix(loss=f"{metrics['train/loss']:.3f}")
-            done = self.step == cfg.training.steps
-            if self.step % cfg.metrics.log_interval == 0 or done:
-                self.logger.scalars(self.step, metrics)
-            if self.step % cfg.metrics.eval_interval == 0 and not done:
-                val = self.evaluate()
-                self.logger.scalars(self.step, {"val/nelbo_per_token": val})
-                if main:
-                    tqdm.write(f"step {self.step:>7}  train {metrics['train/loss']:.4f}  val {val:.4f} nats/token")
-            if self.step % cfg.checkpoint.interval == 0 or done:
-                self.save_checkpoint()
-        bar.close()
-        return self.report()
+        reset_peak_memory(self.env.device)
+        try:
+            while self.step < cfg.training.steps:
+                metrics = self.train_step()
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['train/loss']:.3f}")
+                done = self.step == cfg.training.steps
+                if self.bad_steps >= cfg.training.max_bad_steps:
+                    self._stop_diverged(metrics)
+                if self.step % cfg.metrics.log_interval == 0 or done:
+                    self._log(metrics)
+                if self.step % cfg.metrics.eval_interval == 0 and not done:
+                    self._log({"val/nelbo_per_token": self.evaluate()})
+                signum = watcher.requested(self.env.device)
+                if self.step % cfg.checkpoint.interval == 0 or done or signum:
+                    self.save_checkpoint()
+                if self.step == cfg.debug.kill_at_step and main:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                if signum:
+                    return signum
+        finally:
+            bar.close()
+        return 0
+
+    def _log(self, metrics: dict[str, float]) -> None:
+        self.logger.scalars(self.step, metrics)
+        if self.env.is_main:
+            tqdm.write(f"step {self.step:>7}  " + "  ".join(
+                f"{tag.split('/')[-1]} {value:.4g}" for tag, value in metrics.items()
+                if tag in ("train/loss", "val/nelbo_per_token", "train/lr", "train/grad_norm", "train/tokens_per_s", "train/mfu")
+            ))
+
+    def _stop_diverged(self, metrics: dict[str, float]) -> None:
+        """Save the last good state (no update was applied since) and stop with a clear message."""
+        self.save_checkpoint()
+        message = (
+            f"loss or gradient norm was not finite for {self.bad_steps} steps in a row (up to step {self.step}, "
+            f"last loss {metrics['train/loss']}); the last good weights are saved at {self.checkpoints.path(self.step)}"
+        )
+        if self.env.is_main:
+            self.run_folder.mark("failed", step=self.step, reason=message)
+        raise TrainingError(message)
 
     def report(self) -> dict[str, Any]:
         """Final validation figure against the data's reference figures, plus samples."""
@@ -246,11 +364,13 @@ class Trainer:
             "entropy_floor_per_token": floor,
             "unigram_nll_per_token": unigram,
             "gap_closed": (unigram - val) / (unigram - floor) if math.isfinite(floor) else None,
+            "skipped_steps": self.skipped_steps,
             "samples": self.generate(self.cfg.sample.num_samples),
         }
         if self.env.is_main:
             self.logger.text("samples", "\n\n".join(summary["samples"]), self.step)
-            _atomic_write(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+            self.run_folder.write_json("summary.json", summary)
+            self.run_folder.mark("finished", step=self.step)
             print(format_report(summary))
         self.logger.close()
         return summary
@@ -269,9 +389,3 @@ def format_report(summary: dict[str, Any]) -> str:
     lines.append("samples:")
     lines += [f"  [{i}] " + text.strip().replace("\n", " | ") for i, text in enumerate(summary["samples"])]
     return "\n".join(lines)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
