@@ -118,7 +118,7 @@ class CheckpointManager:
         try:
             with _quiet_single_process():
                 dcp.load(state, checkpoint_id=self.path(step), no_dist=not dist.is_initialized())
-        except Exception as err:  # DCP wraps shard errors in several exception types
+        except (Exception, dcp.CheckpointException) as err:  # the latter is a BaseException
             raise CheckpointError(f"cannot load checkpoint {self.path(step)}: {str(err).splitlines()[0]}") from err
 
     def _prune(self) -> None:

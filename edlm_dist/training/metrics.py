@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import resource
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+from torch.distributed.tensor import DTensor
 
 # Dense bf16 peak FLOP/s per device, by a substring of the CUDA device name (first match wins).
 PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
@@ -62,3 +64,18 @@ class MetricsLogger:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def local_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes these tensors occupy on this rank (a sharded DTensor counts its local shard only)."""
+    total = 0
+    for tensor in tensors:
+        local = tensor.to_local() if isinstance(tensor, DTensor) else tensor
+        total += local.numel() * local.element_size()
+    return total
+
+
+def param_and_optimizer_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """This rank's share of the parameters and the optimizer state, in bytes."""
+    states = (v for state in optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor))
+    return local_bytes(model.parameters()) + local_bytes(states)

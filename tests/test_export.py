@@ -1,0 +1,163 @@
+"""tools/export_safetensors.py: exact weights, metadata and sidecar, rebuilt logits, step choice, errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from edlm_dist.config import load_config, save_config
+from edlm_dist.models import build_model
+from edlm_dist.training import Trainer
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = [
+    "--training.steps=2", "--model.n_layers=1", "--model.hidden_size=32", "--model.n_heads=2",
+    "--model.cond_dim=16", "--data.seq_len=16", "--data.synthetic_states=8", "--training.global_batch_size=4",
+    "--metrics.progress=false", "--metrics.eval_batches=1", "--metrics.eval_batch_size=4",
+    "--sample.num_samples=1", "--sample.steps=4", "--checkpoint.interval=1",
+]
+
+
+def _load_tool():
+    spec = importlib.util.spec_from_file_location("export_safetensors", REPO / "tools/export_safetensors.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+tool = _load_tool()
+
+
+def train(folder: Path, *overrides: str) -> Trainer:
+    trainer = Trainer(load_config(REPO / "configs/tiny.toml", [f"--job.dump_folder={folder}", *TINY, *overrides]))
+    trainer.run()
+    return trainer
+
+
+def run_dir(trainer: Trainer) -> Path:
+    return Path(trainer.cfg.job.dump_folder) / trainer.cfg.job.name
+
+
+@pytest.fixture(scope="module")
+def mdlm(tmp_path_factory) -> Trainer:
+    return train(tmp_path_factory.mktemp("mdlm"))
+
+
+@pytest.fixture(scope="module")
+def ar(tmp_path_factory) -> Trainer:
+    return train(tmp_path_factory.mktemp("ar"), "--training.task=ar", "--training.ema_decay=0")
+
+
+def assert_same_tensors(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+    assert got.keys() == want.keys()
+    for name, tensor in want.items():
+        assert torch.equal(got[name], tensor.detach().cpu()), name
+
+
+def run_main(argv: list[str], capsys) -> str:
+    tool.main(argv)
+    return capsys.readouterr().out
+
+
+def fails(argv: list[str], capsys) -> str:
+    """The one-line message of a user error (exit status 2)."""
+    with pytest.raises(SystemExit) as exc:
+        tool.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_exports_ema_by_default_and_model_on_request(mdlm, capsys):
+    out = run_main([str(run_dir(mdlm))], capsys)
+    ema_file = run_dir(mdlm) / "export/step_00000002_ema.safetensors"
+    assert str(ema_file) in out
+    assert_same_tensors(load_file(ema_file), mdlm.ema.state_dict()["weights"])
+
+    model_file = run_dir(mdlm) / "model.safetensors"
+    run_main([str(run_dir(mdlm)), "--weights", "model", "--out", str(model_file)], capsys)
+    assert_same_tensors(load_file(model_file), mdlm.model.state_dict())
+    assert not any(p.name.endswith(".tmp") for p in run_dir(mdlm).rglob("*"))
+
+
+def test_metadata_and_sidecar_hold_the_resolved_config(mdlm, capsys):
+    run_main([str(run_dir(mdlm) / "checkpoints/step_00000002"), "--weights", "model"], capsys)
+    path = run_dir(mdlm) / "export/step_00000002_model.safetensors"
+    with safe_open(path, "pt") as f:
+        metadata = f.metadata()
+    assert metadata == {
+        "format": "edlm_dist-v1", "config": metadata["config"], "step": "2", "weights": "model",
+        "task": "mdlm", "vocab_size": str(mdlm.data.tokenizer.vocab_size),
+    }
+    sidecar = path.with_suffix(".toml")
+    assert sidecar.read_text() == metadata["config"]
+    assert load_config(sidecar) == mdlm.cfg
+
+
+@pytest.mark.parametrize("kind", ["mdlm", "ar"])
+def test_model_rebuilt_from_the_export_gives_the_trained_logits(kind, request, capsys):
+    trainer = request.getfixturevalue(kind)
+    run_main([str(run_dir(trainer)), "--weights", "model", "--out", str(run_dir(trainer) / "w.safetensors")], capsys)
+    cfg = load_config(run_dir(trainer) / "w.toml")
+    with safe_open(run_dir(trainer) / "w.safetensors", "pt") as f:
+        vocab_size = int(f.metadata()["vocab_size"])
+    model = build_model(trainer.task.model_kind, cfg.model, vocab_size, seed=cfg.job.seed + 1)
+    model.load_state_dict(load_file(run_dir(trainer) / "w.safetensors"))
+    model.eval()
+    trainer.model.eval()
+    tokens = torch.randint(0, vocab_size, (2, cfg.data.seq_len), generator=torch.Generator().manual_seed(0))
+    args = (tokens,) if kind == "ar" else (tokens, torch.tensor([0.3, 0.7]))
+    with torch.no_grad():
+        assert torch.equal(model(*args), trainer.model(*args))
+
+
+def test_step_selects_an_older_checkpoint(mdlm, capsys):
+    run_main([str(run_dir(mdlm)), "--step", "1", "--weights", "model"], capsys)
+    path = run_dir(mdlm) / "export/step_00000001_model.safetensors"
+    with safe_open(path, "pt") as f:
+        assert f.metadata()["step"] == "1"
+    assert not torch.equal(load_file(path)["embed.weight"], mdlm.model.state_dict()["embed.weight"])
+
+
+def test_run_without_ema_exports_model_weights_and_refuses_ema(ar, capsys):
+    run_main([str(run_dir(ar))], capsys)
+    assert_same_tensors(load_file(run_dir(ar) / "export/step_00000002_model.safetensors"), ar.model.state_dict())
+    err = fails([str(run_dir(ar)), "--weights", "ema"], capsys)
+    assert "no EMA weights" in err and str(run_dir(ar) / "checkpoints/step_00000002") in err
+
+
+def test_user_errors_are_one_line_and_exit_2(mdlm, tmp_path, capsys):
+    assert str(tmp_path / "nope") in fails([str(tmp_path / "nope")], capsys)
+    err = fails([str(run_dir(mdlm)), "--step", "7"], capsys)
+    assert "step 7" in err and "[1, 2]" in err
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir(mdlm), run)
+    (run / "checkpoints/step_00000002/COMMITTED").unlink()
+    err = fails([str(run / "checkpoints/step_00000002")], capsys)
+    assert "not committed" in err and "step_00000002" in err
+    assert "[1]" in fails([str(run), "--step", "2"], capsys)
+
+    (run / "checkpoints/step_00000001/__0_0.distcp").unlink()
+    err = fails([str(run / "checkpoints/step_00000001")], capsys)
+    assert "cannot read checkpoint" in err and "__0_0.distcp" in err
+    (run / "checkpoints/step_00000001/COMMITTED").unlink()
+    assert "no committed checkpoint" in fails([str(run)], capsys)
+
+    cfg = load_config(run / "config.toml")
+    cfg.checkpoint.folder = "s3://bucket/ckpts"
+    save_config(cfg, run / "config.toml")
+    assert "s3://bucket/ckpts" in fails([str(run)], capsys)
+
+    (run / "config.toml").unlink()
+    assert str(run / "config.toml") in fails([str(run)], capsys)
+    assert str(run / "config.toml") in fails([str(run / "checkpoints/step_00000001")], capsys)

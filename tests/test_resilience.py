@@ -1,0 +1,131 @@
+"""Single-process checks of the trainer's failure handling and parallelisation options:
+interrupted checkpoint writes, non-finite losses, pre-emption signals, checkpoint storage on
+fsspec URLs with retention, activation checkpointing and torch.compile."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+
+from edlm_dist.config import load_config
+from edlm_dist.training import CheckpointManager, Trainer, TrainingError
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = [
+    "--model.n_layers=2", "--model.hidden_size=32", "--model.n_heads=2", "--model.cond_dim=16",
+    "--data.seq_len=16", "--data.synthetic_states=8", "--training.global_batch_size=8",
+    "--optim.warmup_steps=2", "--metrics.eval_batches=1", "--metrics.eval_batch_size=8",
+    "--metrics.progress=false", "--sample.num_samples=1", "--sample.steps=4", "--optim.lr_schedule=constant",
+    "--debug.deterministic=true",
+]
+
+
+def trainer(folder: Path, *overrides: str) -> Trainer:
+    return Trainer(load_config(REPO / "configs/tiny.toml", [*SMALL, f"--job.dump_folder={folder}", *overrides]))
+
+
+def weights(t: Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in t.model.state_dict().items()}
+
+
+def test_a_save_interrupted_mid_write_leaves_the_previous_checkpoint_latest(tmp_path, monkeypatch):
+    t = trainer(tmp_path, "--training.steps=4", "--checkpoint.interval=2")
+    real_save = dcp.save
+
+    def crash_after_writing(state, *, checkpoint_id, **kwargs):
+        if checkpoint_id.endswith("step_00000004"):
+            real_save(state, checkpoint_id=checkpoint_id, **kwargs)  # shards and metadata are all there...
+            raise OSError("No space left on device")  # ...but the process dies before committing
+        return real_save(state, checkpoint_id=checkpoint_id, **kwargs)
+
+    monkeypatch.setattr(dcp, "save", crash_after_writing)
+    with pytest.raises(OSError, match="No space"):
+        t.run()
+    assert (tmp_path / "tiny" / "checkpoints" / "step_00000004").is_dir()
+    assert t.checkpoints.latest() == 2
+    monkeypatch.setattr(dcp, "save", real_save)
+    again = trainer(tmp_path, "--training.steps=4", "--checkpoint.interval=2")
+    assert again.resume() and again.step == 2
+    again.run()
+    assert again.checkpoints.committed_steps() == [2, 4]
+
+
+def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tmp_path, monkeypatch):
+    t = trainer(tmp_path, "--training.steps=20", "--training.max_bad_steps=3", "--checkpoint.interval=100")
+    t.train_step()
+    good = weights(t)
+    real = t.task.sequence_nll
+    monkeypatch.setattr(t.task, "sequence_nll", lambda *a: real(*a) * float("nan"))
+    metrics = t.train_step()
+    assert metrics["train/skipped_steps"] == 1 and t.step == 2
+    assert all(torch.equal(v, good[k]) for k, v in t.model.state_dict().items())  # no update applied
+    monkeypatch.setattr(t.task, "sequence_nll", real)
+    t.train_step()
+    assert t.bad_steps == 0 and t.skipped_steps == 1
+    monkeypatch.setattr(t.task, "sequence_nll", lambda *a: real(*a) * float("inf"))
+    before = weights(t)
+    with pytest.raises(TrainingError, match="not finite for 3 steps in a row"):
+        t.run()
+    failed = json.loads((tmp_path / "tiny" / "failed").read_text())
+    assert failed["step"] == 6 and "last good weights" in failed["reason"]
+    restored = trainer(tmp_path, "--training.steps=20")
+    assert restored.resume() and restored.step == 6
+    assert all(torch.equal(v, before[k]) for k, v in restored.model.state_dict().items())
+
+
+def test_sigusr1_preempts_checkpoints_and_resumes_bit_exact(tmp_path):
+    straight = trainer(tmp_path / "a", "--training.steps=6", "--model.dropout=0.1")
+    straight.run()
+    t = trainer(tmp_path / "b", "--training.steps=6", "--model.dropout=0.1", "--debug.step_sleep_s=0.3")
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGUSR1))
+    timer.start()
+    summary = t.run()
+    timer.join()
+    assert summary["preempted"] and 1 <= summary["step"] < 6
+    marker = json.loads((tmp_path / "b" / "tiny" / "preempted").read_text())
+    assert marker == {**marker, "step": summary["step"], "signal": "SIGUSR1"}
+    assert t.checkpoints.latest() == summary["step"]
+    resumed = trainer(tmp_path / "b", "--training.steps=6", "--model.dropout=0.1")
+    resumed.run()
+    assert not (tmp_path / "b" / "tiny" / "preempted").exists() and (tmp_path / "b" / "tiny" / "finished").exists()
+    assert all(torch.equal(v, straight.model.state_dict()[k]) for k, v in resumed.model.state_dict().items())
+    assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL  # handlers are put back
+
+
+def test_checkpoints_on_an_fsspec_url_with_retention(tmp_path):
+    t = trainer(tmp_path, "--training.steps=1")
+    manager = CheckpointManager("memory://edlm-test/run/checkpoints", keep_last=2, keep_every=4)
+    for step in range(1, 9):
+        t.step = step
+        manager.save(step, t.state_dict())
+    assert manager.committed_steps() == [4, 7, 8]
+    fresh = trainer(tmp_path / "other", "--training.steps=1")
+    state = fresh.state_dict()
+    manager.load(8, state)
+    assert state["trainer"]["step"] == 8
+
+
+@pytest.mark.parametrize("mode", ["full", "selective"])
+def test_activation_checkpointing_changes_nothing_but_memory(tmp_path, mode):
+    plain = trainer(tmp_path / "plain", "--training.steps=2")
+    ac = trainer(tmp_path / mode, "--training.steps=2", f"--parallel.activation_checkpoint={mode}", "--parallel.ac_every=2")
+    for _ in range(2):
+        assert plain.train_step()["train/loss"] == ac.train_step()["train/loss"]
+    assert all(torch.equal(v, ac.model.state_dict()[k]) for k, v in plain.model.state_dict().items())
+    assert ac.model.state_dict().keys() == plain.model.state_dict().keys()
+
+
+@pytest.mark.slow
+def test_compiled_blocks_match_eager(tmp_path):
+    eager = trainer(tmp_path / "eager", "--training.steps=2", "--debug.deterministic=false")
+    compiled = trainer(tmp_path / "compiled", "--training.steps=2", "--parallel.compile=true", "--debug.deterministic=false")
+    for _ in range(2):
+        assert compiled.train_step()["train/loss"] == pytest.approx(eager.train_step()["train/loss"], rel=1e-4)
+    assert compiled.model.state_dict().keys() == eager.model.state_dict().keys()
