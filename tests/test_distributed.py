@@ -16,31 +16,20 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.tensor import DTensor
 
 from distributed_utils import run_distributed
-from edlm_dist.config import load_config
 from edlm_dist.training import Trainer
 from edlm_dist.training.metrics import param_and_optimizer_bytes
+from run_utils import DEBUG_CONFIG, debug_config
 
-REPO = Path(__file__).resolve().parents[1]
-SMALL = [
-    "--model.n_layers=2", "--model.hidden_size=32", "--model.n_heads=2", "--model.cond_dim=16",
-    "--data.seq_len=16", "--data.synthetic_states=8", "--training.global_batch_size=8",
-    "--optim.warmup_steps=2", "--metrics.eval_batches=2", "--metrics.eval_batch_size=8",
-    "--metrics.progress=false", "--sample.num_samples=2", "--sample.steps=8", "--model.dropout=0.1",
-    "--optim.lr_schedule=constant", "--debug.deterministic=true", "--training.device=cpu",
-]
 STEPS = 3
-
-
-def config(folder: Path, *overrides: str):
-    return load_config(REPO / "configs/tiny.toml", [*SMALL, f"--job.dump_folder={folder}", *overrides])
 
 
 def train_record_and_checkpoint(folder: Path, overrides: list[str], resume_from: Path | None, out: Path) -> None:
     """On every rank: train STEPS steps (or resume a checkpoint), record losses and memory,
     checkpoint, then take one more step; rank 0 writes the record."""
-    trainer = Trainer(config(folder, *overrides))
+    trainer = Trainer(debug_config(folder, *overrides))
     if resume_from is not None:
         if trainer.env.rank == 0:
             shutil.copytree(resume_from, trainer.run_folder.path / "checkpoints")
@@ -48,10 +37,16 @@ def train_record_and_checkpoint(folder: Path, overrides: list[str], resume_from:
         assert trainer.resume() and trainer.step == STEPS
         losses = []
     else:
-        losses = [trainer.train_step()["train/loss"] for _ in range(STEPS)]
+        metrics = [trainer.train_step() for _ in range(STEPS)]
+        losses = [m["train/loss"] for m in metrics]
+        grad_norms = [m["train/grad_norm"] for m in metrics]
         trainer.save_checkpoint()
+    shards = [(s.to_local().numel(), s.numel()) for s in trainer.ema.shadow if isinstance(s, DTensor)]
     record = {
         "losses": losses,
+        "grad_norms": grad_norms if resume_from is None else [],
+        "ema_local_fraction": sum(local for local, _ in shards) / sum(full for _, full in shards),
+        "ema_all_sharded": len(shards) == len(trainer.ema.shadow),
         "bytes": param_and_optimizer_bytes(trainer.model, trainer.optimizer),
         "next_loss": trainer.train_step()["train/loss"],
         "val": trainer.evaluate(),
@@ -70,17 +65,30 @@ def fsdp_run(tmp_path_factory):
 
 def test_fsdp_matches_one_process_and_halves_memory(fsdp_run, tmp_path):
     folder, record = fsdp_run
-    single = Trainer(config(tmp_path))
-    losses = [single.train_step()["train/loss"] for _ in range(STEPS)]
-    assert losses == pytest.approx(record["losses"], rel=1e-5)
+    single = Trainer(debug_config(tmp_path))
+    metrics = [single.train_step() for _ in range(STEPS)]
+    assert [m["train/loss"] for m in metrics] == pytest.approx(record["losses"], rel=1e-5)
+    assert [m["train/grad_norm"] for m in metrics] == pytest.approx(record["grad_norms"], rel=1e-5)
     ratio = record["bytes"] / param_and_optimizer_bytes(single.model, single.optimizer)
     assert ratio <= 0.55, ratio
+    assert record["ema_all_sharded"] and record["ema_local_fraction"] <= 0.55
+
+
+def test_checkpoint_of_one_process_resumes_on_two_ranks(tmp_path):
+    single = Trainer(debug_config(tmp_path / "single"))
+    for _ in range(STEPS):
+        single.train_step()
+    single.save_checkpoint()
+    next_loss = single.train_step()["train/loss"]
+    run_distributed(train_record_and_checkpoint, 2, tmp_path / "two", [], single.run_folder.path / "checkpoints",
+                    tmp_path / "two.json")
+    assert json.loads((tmp_path / "two.json").read_text())["next_loss"] == pytest.approx(next_loss, rel=1e-5)
 
 
 def test_checkpoint_of_two_ranks_resumes_on_one(fsdp_run, tmp_path):
     folder, record = fsdp_run
-    trainer = Trainer(config(tmp_path))
-    shutil.copytree(folder / "tiny" / "checkpoints", trainer.run_folder.path / "checkpoints")
+    trainer = Trainer(debug_config(tmp_path))
+    shutil.copytree(folder / "debug" / "checkpoints", trainer.run_folder.path / "checkpoints")
     assert trainer.resume() and trainer.step == STEPS
     assert trainer.train_step()["train/loss"] == pytest.approx(record["next_loss"], rel=1e-5)
     assert trainer.evaluate() == pytest.approx(record["val"], rel=1e-5)
@@ -93,7 +101,7 @@ def test_hsdp_matches_and_resumes_a_two_rank_checkpoint(fsdp_run, tmp_path, worl
     run_distributed(train_record_and_checkpoint, world, tmp_path / "fresh", overrides, None, tmp_path / "fresh.json")
     fresh = json.loads((tmp_path / "fresh.json").read_text())
     assert fresh["losses"] == pytest.approx(record["losses"], rel=1e-5)
-    run_distributed(train_record_and_checkpoint, world, tmp_path / "resumed", mesh, folder / "tiny" / "checkpoints",
+    run_distributed(train_record_and_checkpoint, world, tmp_path / "resumed", mesh, folder / "debug" / "checkpoints",
                     tmp_path / "resumed.json")
     resumed = json.loads((tmp_path / "resumed.json").read_text())
     assert resumed["next_loss"] == pytest.approx(record["next_loss"], rel=1e-5)
@@ -103,8 +111,7 @@ def test_hsdp_matches_and_resumes_a_two_rank_checkpoint(fsdp_run, tmp_path, worl
 
 RUN_STEPS = 6
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "edlm_dist.train",
-            "--config", str(REPO / "configs/tiny.toml"), *SMALL, f"--training.steps={RUN_STEPS}",
-            "--checkpoint.interval=3", "--metrics.log_interval=1"]
+            "--config", str(DEBUG_CONFIG), f"--training.steps={RUN_STEPS}"]
 
 
 def torchrun(folder: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -118,8 +125,8 @@ def torchrun(folder: Path, *extra: str, check: bool = True) -> subprocess.Comple
 
 def final_weights(folder: Path) -> dict[str, torch.Tensor]:
     """The model weights of the run's step-RUN_STEPS checkpoint, read back as full tensors."""
-    ckpt = folder / "tiny" / "checkpoints" / f"step_{RUN_STEPS:08d}"
-    model = Trainer(config(folder / "reader")).model
+    ckpt = folder / "debug" / "checkpoints" / f"step_{RUN_STEPS:08d}"
+    model = Trainer(debug_config(folder / "reader")).model
     state = {"model": model.state_dict()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -155,7 +162,7 @@ def test_sigkill_after_a_checkpoint_then_restart_is_bit_exact(straight_run, tmp_
     weights, losses = straight_run
     killed = torchrun(tmp_path, "--debug.kill_at_step=4", check=False)
     assert killed.returncode != 0
-    assert not (tmp_path / "tiny" / "finished").exists()
+    assert not (tmp_path / "debug" / "finished").exists()
     restarted = torchrun(tmp_path)
     assert "resumed from" in restarted.stdout and "at step 3" in restarted.stdout
     resumed_losses = losses_logged(restarted.stdout)
@@ -174,11 +181,11 @@ def test_sigterm_preemption_checkpoints_marks_and_resumes_bit_exact(straight_run
             proc.send_signal(signal.SIGTERM)  # to the torchrun agent, which forwards it to the workers
             break
     proc.communicate(timeout=120)
-    marker = json.loads((tmp_path / "tiny" / "preempted").read_text())
+    marker = json.loads((tmp_path / "debug" / "preempted").read_text())
     assert marker["signal"] == "SIGTERM" and 2 <= marker["step"] < RUN_STEPS
-    assert (tmp_path / "tiny" / "checkpoints" / f"step_{marker['step']:08d}" / "COMMITTED").exists()
+    assert (tmp_path / "debug" / "checkpoints" / f"step_{marker['step']:08d}" / "COMMITTED").exists()
     restarted = torchrun(tmp_path)
     assert f"at step {marker['step']}" in restarted.stdout
-    assert not (tmp_path / "tiny" / "preempted").exists() and (tmp_path / "tiny" / "finished").exists()
+    assert not (tmp_path / "debug" / "preempted").exists() and (tmp_path / "debug" / "finished").exists()
     assert losses_logged(restarted.stdout)[RUN_STEPS] == losses[RUN_STEPS]
     assert_same_weights(final_weights(tmp_path), weights)

@@ -15,14 +15,8 @@ from safetensors.torch import load_file
 from edlm_dist.config import load_config, save_config
 from edlm_dist.models import build_model
 from edlm_dist.training import Trainer
+from run_utils import REPO, debug_config
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = [
-    "--training.steps=2", "--model.n_layers=1", "--model.hidden_size=32", "--model.n_heads=2",
-    "--model.cond_dim=16", "--data.seq_len=16", "--data.synthetic_states=8", "--training.global_batch_size=4",
-    "--metrics.progress=false", "--metrics.eval_batches=1", "--metrics.eval_batch_size=4",
-    "--sample.num_samples=1", "--sample.steps=4", "--checkpoint.interval=1",
-]
 
 
 def _load_tool():
@@ -37,7 +31,7 @@ tool = _load_tool()
 
 
 def train(folder: Path, *overrides: str) -> Trainer:
-    trainer = Trainer(load_config(REPO / "configs/tiny.toml", [f"--job.dump_folder={folder}", *TINY, *overrides]))
+    trainer = Trainer(debug_config(folder, "--training.steps=2", "--checkpoint.interval=1", *overrides))
     trainer.run()
     return trainer
 

@@ -14,21 +14,13 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
-from edlm_dist.config import load_config
 from edlm_dist.training import CheckpointManager, Trainer, TrainingError
+from run_utils import debug_config
 
-REPO = Path(__file__).resolve().parents[1]
-SMALL = [
-    "--model.n_layers=2", "--model.hidden_size=32", "--model.n_heads=2", "--model.cond_dim=16",
-    "--data.seq_len=16", "--data.synthetic_states=8", "--training.global_batch_size=8",
-    "--optim.warmup_steps=2", "--metrics.eval_batches=1", "--metrics.eval_batch_size=8",
-    "--metrics.progress=false", "--sample.num_samples=1", "--sample.steps=4", "--optim.lr_schedule=constant",
-    "--debug.deterministic=true",
-]
 
 
 def trainer(folder: Path, *overrides: str) -> Trainer:
-    return Trainer(load_config(REPO / "configs/tiny.toml", [*SMALL, f"--job.dump_folder={folder}", *overrides]))
+    return Trainer(debug_config(folder, *overrides))
 
 
 def weights(t: Trainer) -> dict[str, torch.Tensor]:
@@ -48,7 +40,7 @@ def test_a_save_interrupted_mid_write_leaves_the_previous_checkpoint_latest(tmp_
     monkeypatch.setattr(dcp, "save", crash_after_writing)
     with pytest.raises(OSError, match="No space"):
         t.run()
-    assert (tmp_path / "tiny" / "checkpoints" / "step_00000004").is_dir()
+    assert (tmp_path / "debug" / "checkpoints" / "step_00000004").is_dir()
     assert t.checkpoints.latest() == 2
     monkeypatch.setattr(dcp, "save", real_save)
     again = trainer(tmp_path, "--training.steps=4", "--checkpoint.interval=2")
@@ -73,7 +65,7 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tmp_path, monkeyp
     before = weights(t)
     with pytest.raises(TrainingError, match="not finite for 3 steps in a row"):
         t.run()
-    failed = json.loads((tmp_path / "tiny" / "failed").read_text())
+    failed = json.loads((tmp_path / "debug" / "failed").read_text())
     assert failed["step"] == 6 and "last good weights" in failed["reason"]
     restored = trainer(tmp_path, "--training.steps=20")
     assert restored.resume() and restored.step == 6
@@ -89,12 +81,12 @@ def test_sigusr1_preempts_checkpoints_and_resumes_bit_exact(tmp_path):
     summary = t.run()
     timer.join()
     assert summary["preempted"] and 1 <= summary["step"] < 6
-    marker = json.loads((tmp_path / "b" / "tiny" / "preempted").read_text())
+    marker = json.loads((tmp_path / "b" / "debug" / "preempted").read_text())
     assert marker == {**marker, "step": summary["step"], "signal": "SIGUSR1"}
     assert t.checkpoints.latest() == summary["step"]
     resumed = trainer(tmp_path / "b", "--training.steps=6", "--model.dropout=0.1")
     resumed.run()
-    assert not (tmp_path / "b" / "tiny" / "preempted").exists() and (tmp_path / "b" / "tiny" / "finished").exists()
+    assert not (tmp_path / "b" / "debug" / "preempted").exists() and (tmp_path / "b" / "debug" / "finished").exists()
     assert all(torch.equal(v, straight.model.state_dict()[k]) for k, v in resumed.model.state_dict().items())
     assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL  # handlers are put back
 

@@ -13,18 +13,12 @@ from edlm_dist.config import config_to_toml, load_config
 from edlm_dist.data import DataError, build_dataset
 from edlm_dist.train import main
 from edlm_dist.training import CheckpointError, CheckpointManager, Trainer
+from run_utils import REPO, debug_config
 
-REPO = Path(__file__).resolve().parents[1]
-SMALL = [
-    "--model.n_layers=2", "--model.hidden_size=32", "--model.n_heads=2", "--model.cond_dim=16",
-    "--data.seq_len=16", "--data.synthetic_states=8", "--training.global_batch_size=8",
-    "--optim.warmup_steps=2", "--metrics.eval_batches=2", "--metrics.eval_batch_size=8",
-    "--metrics.progress=false", "--sample.num_samples=2", "--sample.steps=8",
-]
 
 
 def small_config(tmp_path: Path, *overrides: str):
-    return load_config(REPO / "configs/tiny.toml", [*SMALL, f"--job.dump_folder={tmp_path}", *overrides])
+    return debug_config(tmp_path, *overrides)
 
 
 def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -72,7 +66,7 @@ def test_resume_from_a_checkpoint_is_bit_exact(tmp_path):
         assert torch.equal(a, b), name
     for a, b in zip(straight.ema.shadow, resumed.ema.shadow):
         assert torch.equal(a, b)
-    assert read_scalars(tmp_path / "a" / "tiny")["train/loss"][-1] == read_scalars(tmp_path / "b" / "tiny")["train/loss"][-1]
+    assert read_scalars(tmp_path / "a" / "debug")["train/loss"][-1] == read_scalars(tmp_path / "b" / "debug")["train/loss"][-1]
 
 
 def test_gradient_accumulation_matches_one_big_batch(tmp_path):
@@ -116,8 +110,8 @@ def test_char_level_text_dataset(data_dir, tmp_path):
         assert (blocks[:, 0] == data.tokenizer.eos_id).all() and (blocks[:, -1] == data.tokenizer.eos_id).all()
     assert torch.equal(val, data.blocks.batch("val", 0, 4)) and not torch.equal(train, data.blocks.batch("train", 1, 4))
     assert data.tokenizer.decode(val[0, 1:-1].tolist()) in path.read_text()
-    summary = Trainer(load_config(None, [*SMALL, f"--job.dump_folder={tmp_path}", "--data.dataset=text",
-                                         "--data.tokenizer=char", f"--data.path={path}", "--training.steps=3"])).run()
+    summary = Trainer(small_config(tmp_path, "--data.dataset=text", "--data.tokenizer=char", f"--data.path={path}",
+                                   "--training.steps=3")).run()
     assert summary["gap_closed"] is None and len(summary["samples"]) == 2
 
 

@@ -26,3 +26,28 @@ from edlm_dist.config.schema import (
     SampleConfig,
     TrainingConfig,
 )
+
+__all__ = [
+    "CheckpointConfig",
+    "CliArgs",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "DebugConfig",
+    "DiffusionConfig",
+    "JobConfig",
+    "MODEL_PRESETS",
+    "MetricsConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "ParallelConfig",
+    "SampleConfig",
+    "TrainingConfig",
+    "config_to_dict",
+    "config_to_toml",
+    "exit_on_user_error",
+    "load_config",
+    "parse_cli",
+    "save_config",
+    "validate_config",
+]
