@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,21 @@ def test_print_config_prints_the_resolved_toml(capsys):
     out = capsys.readouterr().out
     assert "steps = 7" in out and load_config(None) != load_config(REPO / "configs/tiny.toml")
     assert out == config_to_toml(load_config(REPO / "configs/tiny.toml", ["--training.steps=7"]))
+
+
+@pytest.mark.parametrize("config", ["owt.toml", "owt_ar.toml"])
+def test_owt_configs_run_on_the_shared_sample(config, data_dir, tmp_path, monkeypatch):
+    """The paper-setting configs, shrunk to a debug model: GPT-2 BPE over the OWT sample, async saves."""
+    monkeypatch.setenv("EDLM_DATA_DIR", str(data_dir))
+    cfg = load_config(REPO / "configs" / config, [
+        f"--job.dump_folder={tmp_path}", "--model.n_layers=1", "--model.hidden_size=32", "--model.n_heads=2",
+        "--model.cond_dim=16", "--data.seq_len=32", "--training.global_batch_size=4", "--training.micro_batch_size=2",
+        "--training.steps=2", "--parallel.compile=false", "--checkpoint.interval=1", "--metrics.eval_batches=1",
+        "--metrics.eval_batch_size=2", "--sample.num_samples=1", "--sample.steps=4", "--metrics.progress=false",
+    ])
+    assert cfg.checkpoint.async_save and cfg.training.global_batch_size == 4
+    trainer = Trainer(cfg)
+    assert trainer.data.tokenizer.vocab_size == 50257 and trainer.model.padded_vocab == 50304
+    summary = trainer.run()
+    assert summary["step"] == 2 and trainer.checkpoints.committed_steps() == [1, 2]
+    assert math.isfinite(summary["val_nll_per_token"]) and summary["gap_closed"] is None

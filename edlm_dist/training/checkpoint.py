@@ -10,14 +10,13 @@ on M ranks and on another mesh shape.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import posixpath
 import re
 import time
 import warnings
 from concurrent.futures import Future
-from typing import Any, Iterator
+from typing import Any
 
 import fsspec
 import torch.distributed as dist
@@ -25,6 +24,10 @@ import torch.distributed.checkpoint as dcp
 
 MARKER = "COMMITTED"
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
+
+# DCP warns on every save and load without a process group, also from its async writer thread;
+# a single process is a supported case here, not a mistake.
+warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
 
 
 class CheckpointError(RuntimeError):
@@ -81,14 +84,11 @@ class CheckpointManager:
         if is_main and self.fs.exists(self._fs_path(step)):
             self.fs.rm(self._fs_path(step), recursive=True)  # an uncommitted leftover of a crashed save
         _barrier()
-        with _quiet_single_process():
-            if self.async_save:
-                future = dcp.async_save(
-                    state, checkpoint_id=self.path(step), process_group=self._async_group
-                )
-                self._pending = (step, future, is_main)
-                return
-            dcp.save(state, checkpoint_id=self.path(step), no_dist=not dist.is_initialized())
+        if self.async_save:
+            future = dcp.async_save(state, checkpoint_id=self.path(step), process_group=self._async_group)
+            self._pending = (step, future, is_main)
+            return
+        dcp.save(state, checkpoint_id=self.path(step), no_dist=not dist.is_initialized())
         self._commit(step, is_main)
 
     def wait(self) -> None:
@@ -116,8 +116,7 @@ class CheckpointManager:
         if not self.fs.exists(posixpath.join(self._fs_path(step), MARKER)):
             raise CheckpointError(f"checkpoint {self.path(step)} is not committed (no {MARKER} marker)")
         try:
-            with _quiet_single_process():
-                dcp.load(state, checkpoint_id=self.path(step), no_dist=not dist.is_initialized())
+            dcp.load(state, checkpoint_id=self.path(step), no_dist=not dist.is_initialized())
         except (Exception, dcp.CheckpointException) as err:  # the latter is a BaseException
             raise CheckpointError(f"cannot load checkpoint {self.path(step)}: {str(err).splitlines()[0]}") from err
 
@@ -133,14 +132,6 @@ class CheckpointManager:
         for step, entry in dirs.items():
             if step not in keep and (step in committed or step < newest):
                 self.fs.rm(entry, recursive=True)
-
-
-@contextlib.contextmanager
-def _quiet_single_process() -> Iterator[None]:
-    """DCP warns on every single-process save and load; a single process is a supported case here."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
-        yield
 
 
 def _barrier() -> None:
