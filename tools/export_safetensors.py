@@ -14,8 +14,6 @@ import argparse
 import contextlib
 import os
 import re
-import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -23,10 +21,11 @@ from typing import Iterator, Sequence
 import torch.distributed.checkpoint as dcp
 from safetensors.torch import save_file
 
+from edlm_dist.fileio import atomic_output
 from edlm_dist.config import Config, config_to_toml, exit_on_user_error, load_config, save_config
 from edlm_dist.models import Transformer, build_model
 from edlm_dist.training import CheckpointManager, build_task
-from edlm_dist.training.checkpoint import MARKER
+from edlm_dist.training.checkpoint import MARKER, describe_load_error
 
 FORMAT = "edlm_dist-v1"
 _PREFIXES = {"model": "model.", "ema": "ema.weights."}  # where each kind of weights sits in the DCP state dict
@@ -87,18 +86,11 @@ def find_checkpoint(path: str | os.PathLike[str], step: int | None = None) -> Ch
 
 @contextlib.contextmanager
 def _reading(path: Path) -> Iterator[None]:
-    """Report an unreadable checkpoint as one line, and silence the warning DCP gives on every load
-    without a process group. DCP raises several exception types for missing or corrupt files; its
-    CheckpointException, wrapping the errors met reading shards (per rank), derives from BaseException only."""
+    """Report an unreadable checkpoint (missing or corrupt files) as one line."""
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
-            yield
+        yield
     except (Exception, dcp.CheckpointException) as err:
-        failures = err.failures if isinstance(err, dcp.CheckpointException) else {}
-        cause = next(iter(failures.values()))[0] if failures else err
-        message = (str(cause) or type(cause).__name__).splitlines()[0]
-        raise ExportError(f"cannot read checkpoint {path}: {message}") from err
+        raise ExportError(f"cannot read checkpoint {path}: {describe_load_error(err)}") from err
 
 
 def _stored_shapes(path: Path) -> dict[str, tuple[int, ...]]:
@@ -158,17 +150,8 @@ def export(ckpt: Checkpoint, model: Transformer, weights: str, out: str | os.Pat
         "vocab_size": str(model.vocab_size),
     }
     save_config(ckpt.config, out.with_suffix(".toml"))  # atomic as well
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_output(out) as tmp:
         save_file(model.state_dict(), tmp, metadata=metadata)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; an export is meant to be shared
-        os.replace(tmp, out)
-    except BaseException:
-        os.unlink(tmp)
-        raise
     return out
 
 

@@ -12,7 +12,6 @@ import difflib
 import functools
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, ParamSpec, Sequence, TypeVar, get_args, get_origin, get_type_hints
 
@@ -21,6 +20,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
+from edlm_dist.fileio import atomic_write_text
 from edlm_dist.config.schema import MODEL_PRESETS, Config
 
 _P = ParamSpec("_P")
@@ -322,21 +322,7 @@ def config_to_toml(cfg: Config) -> str:
 def save_config(cfg: Config, path: str | os.PathLike[str]) -> None:
     """Write `cfg` as TOML atomically (temp file in the same folder, then os.replace), so a crash
     never leaves a truncated config next to a checkpoint."""
-    text = config_to_toml(cfg)
-    path = os.fspath(path)
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a config is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write_text(path, config_to_toml(cfg))
 
 
 # ---------------------------------------------------------------------------------------------

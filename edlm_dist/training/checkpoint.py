@@ -118,7 +118,7 @@ class CheckpointManager:
         try:
             dcp.load(state, checkpoint_id=self.path(step), no_dist=not dist.is_initialized())
         except (Exception, dcp.CheckpointException) as err:  # the latter is a BaseException
-            raise CheckpointError(f"cannot load checkpoint {self.path(step)}: {str(err).splitlines()[0]}") from err
+            raise CheckpointError(f"cannot load checkpoint {self.path(step)}: {describe_load_error(err)}") from err
 
     def _prune(self) -> None:
         """Delete committed checkpoints past the retention policy, and crashed saves older than
@@ -132,6 +132,14 @@ class CheckpointManager:
         for step, entry in dirs.items():
             if step not in keep and (step in committed or step < newest):
                 self.fs.rm(entry, recursive=True)
+
+
+def describe_load_error(err: BaseException) -> str:
+    """One line saying why DCP could not read a checkpoint. DCP wraps the errors met reading
+    shards (per rank) in a CheckpointException, which derives from BaseException only."""
+    failures = err.failures if isinstance(err, dcp.CheckpointException) else {}
+    cause = next(iter(failures.values()))[0] if failures else err
+    return (str(cause) or type(cause).__name__).splitlines()[0]
 
 
 def _barrier() -> None:

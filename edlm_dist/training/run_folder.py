@@ -9,19 +9,13 @@ this reliably under torchrun, which replaces its workers' codes with its own.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
+from edlm_dist.fileio import atomic_write_text
+
 MARKERS = ("finished", "preempted", "failed")
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write `text` to `path` so that readers see the old file or the new one, never a part."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class RunFolder:
@@ -35,7 +29,7 @@ class RunFolder:
         """Leave the marker `name` with `info` (and the time)."""
         if name not in MARKERS:
             raise ValueError(f"unknown marker {name!r}")
-        atomic_write(self.path / name, json.dumps({**info, "time": time.time()}) + "\n")
+        atomic_write_text(self.path / name, json.dumps({**info, "time": time.time()}) + "\n")
 
     def marker(self, name: str) -> dict[str, Any] | None:
         """The contents of marker `name`, or None if it is absent."""
@@ -48,4 +42,4 @@ class RunFolder:
             (self.path / name).unlink(missing_ok=True)
 
     def write_json(self, name: str, payload: dict[str, Any]) -> None:
-        atomic_write(self.path / name, json.dumps(payload, indent=2) + "\n")
+        atomic_write_text(self.path / name, json.dumps(payload, indent=2) + "\n")
