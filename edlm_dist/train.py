@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from edlm_dist.config import config_to_toml, exit_on_user_error, parse_cli
+from edlm_dist.distributed import shutdown
 from edlm_dist.training import Trainer
 
 
@@ -18,7 +19,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.print_config:
         print(config_to_toml(args.config), end="")
         return
-    Trainer(args.config).run()
+    try:
+        Trainer(args.config).run()
+    finally:
+        shutdown()
 
 
 if __name__ == "__main__":
