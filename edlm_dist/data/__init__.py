@@ -1,6 +1,7 @@
 """Data: tokenizers, the embedded synthetic Markov corpus, and block sources by name."""
 
-from edlm_dist.data.datasets import BlockSource, DataError, Dataset, build_dataset
+from edlm_dist.data.datasets import BlockSource, Dataset, build_dataset
+from edlm_dist.data.errors import DataError, SkipCounter
 
 from edlm_dist.data.synthetic import (
     MarkovSource,
@@ -23,6 +24,7 @@ __all__ = [
     "BlockSource",
     "DataError",
     "Dataset",
+    "SkipCounter",
     "TextBlocks",
     "build_dataset",
     "CharTokenizer",

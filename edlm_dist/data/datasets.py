@@ -10,15 +10,10 @@ from typing import Protocol
 import torch
 
 from edlm_dist.config import DataConfig
+from edlm_dist.data.errors import DataError
 from edlm_dist.data.synthetic import MarkovSource, SyntheticBlocks, SyntheticTokenizer
 from edlm_dist.data.text import TextBlocks
 from edlm_dist.data.tokenizers import Tokenizer, build_tokenizer
-
-
-class DataError(ValueError):
-    """Bad or missing data, named in the message (printed as one line by entry points)."""
-
-    user_error = True
 
 
 class BlockSource(Protocol):
