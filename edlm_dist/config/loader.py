@@ -210,6 +210,8 @@ _BOUNDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "diffusion.t_min": _FRACTION,
     "data.seq_len": (">= 4 (room for BOS and EOS)", lambda v: v >= 4),
     "data.val_fraction": _OPEN_FRACTION,
+    "data.num_workers": _NON_NEGATIVE,
+    "data.shuffle_buffer": _AT_LEAST_1,
     "training.steps": _AT_LEAST_1,
     "training.global_batch_size": _AT_LEAST_1,
     "training.micro_batch_size": _NON_NEGATIVE,
@@ -263,8 +265,8 @@ def validate_config(cfg: Config) -> None:
             f"training.global_batch_size ({t.global_batch_size}) must be a multiple of "
             f"training.micro_batch_size ({t.micro_batch_size})"
         )
-    if cfg.data.dataset == "text" and not cfg.data.path:
-        raise ConfigError("data.dataset = 'text' requires data.path (the text file to train on)")
+    if cfg.data.dataset in ("text", "files") and not cfg.data.path:
+        raise ConfigError(f"data.dataset = {cfg.data.dataset!r} requires data.path")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -43,13 +43,26 @@ class DiffusionConfig:
     t_min: float = 1e-3  # the NELBO integral runs over [t_min, 1]
 
 
+DATASETS = ("synthetic", "text", "files", "openwebtext", "wikitext2", "ptb", "lambada", "tiny_shakespeare", "text8")
+
+
 @dataclass
 class DataConfig:
-    dataset: Literal["synthetic", "text"] = "synthetic"
+    # synthetic: the embedded Markov corpus; text: one UTF-8 file (data.path) held in memory;
+    # files / openwebtext: a corpus prepared by tools/prepare_data.py (data.path, a folder or URL);
+    # wikitext2, ptb, lambada, tiny_shakespeare, text8: the files under $EDLM_DATA_DIR (or data.path)
+    dataset: Literal[
+        "synthetic", "text", "files", "openwebtext", "wikitext2", "ptb", "lambada", "tiny_shakespeare", "text8"
+    ] = "synthetic"
     seq_len: int = 64
     tokenizer: Literal["synthetic", "gpt2", "char"] = "synthetic"
     tokenizer_path: str = ""  # folder with GPT-2 BPE files; empty = $EDLM_DATA_DIR/gpt2_tokenizer or tiktoken's cache
-    path: str = ""  # text file for dataset = "text"
+    path: str = ""  # the file (text) or prepared corpus folder (files, openwebtext); empty = the dataset's default
+    format: Literal["auto", "tokens", "raw"] = "auto"  # prepared corpora: pre-tokenised shards or raw .jsonl.zst
+    num_workers: int = 0  # dataloader worker processes per rank (streamed corpora)
+    shuffle_buffer: int = 1000  # raw-text streaming: blocks in the shuffle buffer
+    on_error: Literal["raise", "skip"] = "raise"  # bad records: stop naming the file, or skip and count them
+    allow_fingerprint_mismatch: bool = False  # resume on different data than the checkpoint saw
     val_fraction: float = 0.05  # tail of a text file held out for validation
     synthetic_states: int = 48
     synthetic_branching: int = 3

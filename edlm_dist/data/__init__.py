@@ -2,6 +2,7 @@
 
 from edlm_dist.data.datasets import BlockSource, Dataset, build_dataset
 from edlm_dist.data.errors import DataError, SkipCounter
+from edlm_dist.data.pipeline import TrainStream, build_train_stream
 
 from edlm_dist.data.synthetic import (
     MarkovSource,
@@ -26,7 +27,9 @@ __all__ = [
     "Dataset",
     "SkipCounter",
     "TextBlocks",
+    "TrainStream",
     "build_dataset",
+    "build_train_stream",
     "CharTokenizer",
     "GPT2Tokenizer",
     "MarkovSource",

@@ -23,18 +23,21 @@ class TextBlocks:
     in order, wrapping around, so every evaluation sees the same blocks.
     """
 
-    def __init__(
-        self, tokens: torch.Tensor, *, seq_len: int, eos_id: int, val_fraction: float, seed: int
-    ) -> None:
-        window = seq_len - 2
-        n_val = max(window, int(len(tokens) * val_fraction))
-        if seq_len < 4 or len(tokens) - n_val < window:
-            raise ValueError(
-                f"text of {len(tokens)} tokens is too short for blocks of {seq_len} with "
-                f"val_fraction {val_fraction}"
-            )
+    def __init__(self, splits: dict[str, torch.Tensor], *, seq_len: int, eos_id: int, seed: int) -> None:
+        for split in SPLITS:
+            if split not in splits or len(splits[split]) < seq_len - 2:
+                size = len(splits[split]) if split in splits else 0
+                raise ValueError(f"the {split} split has {size} tokens, too few for one block of {seq_len}")
         self.seq_len, self.eos_id, self.seed = seq_len, eos_id, seed
-        self.splits = {"train": tokens[:-n_val], "val": tokens[-n_val:]}
+        self.splits = splits
+
+    @classmethod
+    def from_stream(
+        cls, tokens: torch.Tensor, *, seq_len: int, eos_id: int, val_fraction: float, seed: int
+    ) -> TextBlocks:
+        """Hold out the last `val_fraction` of one token stream (at least a block) for validation."""
+        n_val = min(len(tokens), max(seq_len - 2, int(len(tokens) * val_fraction)))
+        return cls({"train": tokens[:-n_val], "val": tokens[-n_val:]}, seq_len=seq_len, eos_id=eos_id, seed=seed)
 
     def batch(self, split: str, index: int, batch_size: int) -> torch.Tensor:
         """Blocks [batch_size, seq_len] for batch `index` of `split`: a pure function of its arguments."""

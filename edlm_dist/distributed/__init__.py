@@ -5,6 +5,7 @@ A single process is world size 1 of the same path: no process group, no mesh, no
 
 from edlm_dist.distributed.env import (
     DistEnv,
+    all_gather_object,
     all_reduce_max,
     all_reduce_sum,
     barrier,
@@ -18,6 +19,7 @@ from edlm_dist.distributed.signals import PreemptionWatcher
 __all__ = [
     "DistEnv",
     "PreemptionWatcher",
+    "all_gather_object",
     "all_reduce_max",
     "all_reduce_sum",
     "barrier",

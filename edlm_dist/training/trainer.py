@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import pickle
 import signal
 import sys
 import time
@@ -25,10 +26,11 @@ from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
 from edlm_dist.config import Config, ConfigError, config_to_toml, save_config
-from edlm_dist.data import build_dataset
+from edlm_dist.data import build_dataset, build_train_stream
 from edlm_dist.diffusion import keyed_generator, seed_from_key
 from edlm_dist.distributed import (
     PreemptionWatcher,
+    all_gather_object,
     all_reduce_sum,
     barrier,
     build_mesh,
@@ -104,6 +106,10 @@ class Trainer:
         bf16 = cfg.training.mixed_precision == "bf16" and self.env.device.type == "cuda"
         self.use_autocast = bf16 and self.mesh is None  # FSDP2 casts parameters itself
         self.data = build_dataset(cfg.data)
+        self.stream = build_train_stream(
+            self.data, global_batch=self.plan.global_batch, rank=self.env.rank, world_size=self.env.world_size,
+            allow_fingerprint_mismatch=cfg.data.allow_fingerprint_mismatch,
+        )
         self.task = build_task(cfg, self.data.tokenizer.mask_id)
         self.model = build_model(
             self.task.model_kind, cfg.model, self.data.tokenizer.vocab_size, self.env.device, seed=cfg.job.seed,
@@ -130,6 +136,8 @@ class Trainer:
             "optimizer": optim_state,
             "scheduler": self.scheduler.state_dict(),
             "trainer": {"step": self.step, "skipped_steps": self.skipped_steps},
+            # every rank's stream state, pickled as one object (it may hold loader internals)
+            "data": {"states": pickle.dumps(all_gather_object(self.stream.state_dict()))},
         }
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
@@ -154,6 +162,7 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
         self.step = int(state["trainer"]["step"])
         self.skipped_steps = int(state["trainer"]["skipped_steps"])
+        self.stream.load_state_dict(pickle.loads(state["data"]["states"]))
         return True
 
     # ---- steps -------------------------------------------------------------------------
@@ -170,9 +179,8 @@ class Trainer:
         plan, seq_len, env = self.plan, self.cfg.data.seq_len, self.env
         torch.manual_seed(seed_from_key(self.cfg.job.seed, "dropout", self.step, env.rank))
         first = env.rank * plan.local_batch
-        x0 = self.data.blocks.batch("train", self.step, plan.global_batch)[first : first + plan.local_batch]
+        x0 = self.stream.next_batch().to(env.device, non_blocking=True)
         noise = self.task.draw_noise(plan.global_batch, seq_len, self.step)
-        x0 = x0.to(env.device, non_blocking=True)
         data_time = time.perf_counter() - start
         self.model.train()
         nll_total = torch.zeros((), device=env.device)
@@ -212,6 +220,7 @@ class Trainer:
             "train/step_time_s": elapsed,
             "train/data_wait_s": data_time,
             "train/skipped_steps": self.skipped_steps,
+            "data/skipped_records": all_reduce_sum(torch.tensor(float(self.stream.skipped.count))).item(),
             "system/peak_memory_gib": peak_memory_gib(env.device),
         }
         if self.peak_flops:
@@ -294,6 +303,7 @@ class Trainer:
         finally:
             watcher.restore()
             self.checkpoints.close()
+            self.stream.close()
         if preempted:
             if main:
                 self.run_folder.mark("preempted", step=self.step, signal=signal.Signals(preempted).name)
