@@ -1,0 +1,213 @@
+"""Pre-tokenised corpora read as fixed-length blocks in a deterministic global order.
+
+Training (`PackedBlocks`): the corpus's token stream (each document followed by one EOS) is cut
+into blocks of `seq_len - 2` tokens, each framed by EOS (EOS doubles as BOS), MDLM's "wrap"
+packing. Every epoch visits the blocks in a permutation that is a function of (seed, epoch),
+and global step g reads a fixed slice of it; rank r of R takes rows r*B/R .. (r+1)*B/R - 1.
+A batch is thus a pure function of (seed, step, rank layout) and the only state is the next
+step, which does not depend on the number of ranks or dataloader workers: a run resumed at
+another layout continues with no block skipped or repeated.
+
+Evaluation (`DocumentBlocks`): one pass over the documents, one padded block per document (or
+per chunk of a long one), with a mask of the real tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from itertools import count
+from typing import Any, Iterator, Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from edlm_dist.data.errors import DataError
+from edlm_dist.diffusion.noise import keyed_generator
+
+
+class Corpus(Protocol):
+    """What the readers need of a corpus (`edlm_dist.data.shards.TokenCorpus`)."""
+
+    length: int
+    documents: int
+    eos_id: int
+    vocab_size: int
+    fingerprint: str
+
+    def read(self, start: int, stop: int) -> np.ndarray: ...
+
+    def document(self, i: int) -> np.ndarray: ...
+
+
+def _worker() -> tuple[int, int]:
+    """(worker id, number of workers) of the dataloader worker we run in; (0, 1) outside one."""
+    info = get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+def _check_rank(rank: int, world_size: int) -> None:
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in [0, world_size = {world_size})")
+
+
+def _check_seq_len(seq_len: int) -> None:
+    if seq_len < 3:
+        raise ValueError(f"seq_len = {seq_len}: a block needs at least BOS, one token and EOS")
+
+
+class PackedBlocks(IterableDataset):
+    """This rank's local batches of global steps `start_step`, `start_step + 1`, ... (endless).
+
+    Block k is `[EOS] + stream[k*(L-2) : (k+1)*(L-2)] + [EOS]` for k < num_blocks =
+    length // (L-2); the tail of the stream that does not fill a block is never read. Epoch e
+    orders the blocks by `torch.randperm(num_blocks)` drawn from keyed_generator(seed, "blocks",
+    e); step g reads positions [(g mod S)*G, (g mod S + 1)*G) of epoch g // S, with G the global
+    batch and S = num_blocks // G the steps per epoch, so the last num_blocks - S*G positions of
+    each epoch's permutation are not used in that epoch (other blocks land there next epoch).
+
+    Under a DataLoader with W workers, worker w yields the steps g with (g - first) % W == w
+    (`first` being the step the iteration started at); with `batch_size=None` the loader's
+    round-robin then returns the steps in order.
+
+    State: `{"step", "seed", "seq_len", "global_batch", "fingerprint"}`, "step" being the next
+    global step this object will produce. Iterating in the main process advances it; copies in
+    worker processes advance their own (the position of their next round of W steps, which a
+    torchdata `StatefulDataLoader` saves and restores per worker), and the copy in the main
+    process stays where the iteration started. The consumer therefore counts the batches it took
+    and saves `{**dataset.state_dict(), "step": first + consumed}`, valid at any layout.
+    """
+
+    def __init__(
+        self,
+        corpus: Corpus,
+        *,
+        seq_len: int,
+        global_batch: int,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        start_step: int = 0,
+        allow_fingerprint_mismatch: bool = False,
+    ) -> None:
+        _check_seq_len(seq_len)
+        _check_rank(rank, world_size)
+        if global_batch < 1:
+            raise ValueError(f"global_batch = {global_batch} < 1")
+        if global_batch % world_size:
+            raise DataError(f"the global batch {global_batch} does not split evenly over {world_size} ranks")
+        if start_step < 0:
+            raise ValueError(f"start_step = {start_step} < 0")
+        self.corpus, self.seq_len, self.global_batch = corpus, seq_len, global_batch
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.allow_fingerprint_mismatch = allow_fingerprint_mismatch
+        self.local_batch = global_batch // world_size
+        self.span = seq_len - 2
+        self.num_blocks = corpus.length // self.span
+        self.steps_per_epoch = self.num_blocks // global_batch
+        if self.steps_per_epoch == 0:
+            raise DataError(
+                f"the corpus is too small for the batch: {corpus.length} tokens make {self.num_blocks} blocks of "
+                f"seq_len {seq_len}, fewer than the global batch of {global_batch}"
+            )
+        self.step = start_step
+        self._order: tuple[int, np.ndarray] | None = None  # (epoch, permutation), rebuilt on demand
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Workers rebuild the permutation rather than receive it (megabytes on a large corpus).
+        return {**self.__dict__, "_order": None}
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """The permutation of block ids that epoch `epoch` reads (the last one is cached)."""
+        if self._order is None or self._order[0] != epoch:
+            generator = keyed_generator(self.seed, "blocks", epoch)
+            self._order = (epoch, torch.randperm(self.num_blocks, generator=generator).numpy())
+        return self._order[1]
+
+    def batch(self, step: int) -> torch.Tensor:
+        """This rank's rows of global step `step`: LongTensor [global_batch // world_size, seq_len]."""
+        epoch, position = divmod(step, self.steps_per_epoch)
+        first = position * self.global_batch + self.rank * self.local_batch
+        blocks = self.epoch_order(epoch)[first : first + self.local_batch]
+        out = np.empty((self.local_batch, self.seq_len), dtype=np.int64)
+        out[:, 0] = out[:, -1] = self.corpus.eos_id
+        for row, block in enumerate(blocks.tolist()):
+            out[row, 1:-1] = self.corpus.read(block * self.span, (block + 1) * self.span)
+        return torch.from_numpy(out)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        worker, workers = _worker()
+        for step in count(self.step + worker, workers):
+            batch = self.batch(step)
+            # Set before the yield: a StatefulDataLoader snapshots the state as soon as we yield.
+            self.step = step + workers - worker
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "seed": self.seed,
+            "seq_len": self.seq_len,
+            "global_batch": self.global_batch,
+            "fingerprint": self.corpus.fingerprint,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue at `state["step"]`; refuse a state whose block order differs from ours."""
+        if state["fingerprint"] != self.corpus.fingerprint and not self.allow_fingerprint_mismatch:
+            raise DataError(
+                f"the saved data state is of data with fingerprint {state['fingerprint']}, but this corpus has "
+                f"fingerprint {self.corpus.fingerprint}; allow_fingerprint_mismatch=True resumes anyway"
+            )
+        for key in ("seed", "seq_len", "global_batch"):
+            if state[key] != getattr(self, key):
+                raise DataError(
+                    f"the saved data state has {key} = {state[key]}, but this run has {key} = {getattr(self, key)}; "
+                    f"changing it changes the block order, so the run cannot resume its data position"
+                )
+        self.step = int(state["step"])
+
+
+def build_loader(dataset: PackedBlocks, num_workers: int = 0, pin_memory: bool = False) -> Any:
+    """A loader that yields `dataset`'s batches in step order, prepared by `num_workers` workers.
+
+    A torchdata `StatefulDataLoader` where torchdata is installed, else a plain DataLoader. The
+    trainer does not save the loader's state (worker-specific: it resumes only at the same
+    layout) but the number of steps consumed (see `PackedBlocks`), which resumes exactly at any
+    layout with either loader.
+    """
+    try:
+        from torchdata.stateful_dataloader import StatefulDataLoader as Loader
+    except ImportError:
+        from torch.utils.data import DataLoader as Loader
+    return Loader(
+        dataset, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=pin_memory
+    )
+
+
+class DocumentBlocks(IterableDataset):
+    """One pass over the documents, for evaluation: each document (or each `seq_len - 2`-token
+    chunk of a longer one) becomes `[EOS] + tokens + [EOS]` padded with EOS to `seq_len`.
+
+    Yields `{"tokens": LongTensor[L], "valid": BoolTensor[L], "index": document, "chunk": i}`,
+    `valid` marking the BOS, the tokens and the closing EOS but not the padding. Rank r of R,
+    worker w of W within it, reads the documents i with i % (R*W) == r*W + w.
+    """
+
+    def __init__(self, corpus: Corpus, *, seq_len: int, rank: int = 0, world_size: int = 1) -> None:
+        _check_seq_len(seq_len)
+        _check_rank(rank, world_size)
+        self.corpus, self.seq_len, self.rank, self.world_size = corpus, seq_len, rank, world_size
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        worker, workers = _worker()
+        span, eos = self.seq_len - 2, self.corpus.eos_id
+        for index in range(self.rank * workers + worker, self.corpus.documents, self.world_size * workers):
+            tokens = self.corpus.document(index)
+            for chunk in range(max(1, math.ceil(len(tokens) / span))):
+                piece = tokens[chunk * span : (chunk + 1) * span]
+                block = np.full(self.seq_len, eos, dtype=np.int64)
+                block[1 : 1 + len(piece)] = piece
+                valid = torch.zeros(self.seq_len, dtype=torch.bool)
+                valid[: len(piece) + 2] = True
+                yield {"tokens": torch.from_numpy(block), "valid": valid, "index": index, "chunk": chunk}

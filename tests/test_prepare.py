@@ -1,0 +1,289 @@
+"""The prepared-corpus format (edlm_dist.data.shards) and tools/prepare_data.py: shards read back
+exactly, corruption and missing files are named, fingerprints follow the data, and preparation
+matches a direct GPT-2 encoding and resumes to the same bytes after an interruption."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import pickle
+import re
+import shutil
+import uuid
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pytest
+import zstandard
+
+from edlm_dist.data.errors import DataError, SkipCounter
+from edlm_dist.data.shards import (
+    CorpusWriter,
+    Manifest,
+    TokenCorpus,
+    manifest_fingerprint,
+    read_manifest,
+    write_corpus,
+)
+from edlm_dist.data.sources import iter_documents
+from edlm_dist.data.tokenizers import Tokenizer, build_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+# Distinct token patterns per document, so any misplaced slice shows.
+CHAR_DOCS = [("abc"[i % 3] + "xyz"[i % 2]) * (i % 7 + 1) + str(i) for i in range(60)]
+
+
+def load_tool():
+    spec = importlib.util.spec_from_file_location("prepare_data", REPO / "tools/prepare_data.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+prepare_data = load_tool()
+
+
+def stream_of(tokenizer: Tokenizer, docs: list[str]) -> np.ndarray:
+    return np.array([t for d in docs for t in tokenizer.encode(d) + [tokenizer.eos_id]], dtype=np.int64)
+
+
+def char_corpus(folder: str, docs: list[str] = CHAR_DOCS, shard_tokens: int = 40) -> Tokenizer:
+    tokenizer = build_tokenizer("char", corpus="".join(CHAR_DOCS))
+    write_corpus(folder, tokenizer, {"train": docs[:50], "val": docs[50:]}, shard_tokens=shard_tokens, write_raw=True)
+    return tokenizer
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+# ---- shards ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_char_corpus_reads_back(tmp_path: Path, where: str) -> None:
+    folder = str(tmp_path / "corpus") if where == "local" else f"memory://corpus-{uuid.uuid4().hex}"
+    tokenizer = char_corpus(folder)
+    corpus = TokenCorpus(folder, "train")
+    stream = stream_of(tokenizer, CHAR_DOCS[:50])
+    shards = corpus.manifest.splits["train"]["token_shards"]
+    assert len(shards) > 4 and corpus.manifest.dtype == "uint16"
+    assert (corpus.length, corpus.documents, corpus.vocab_size, corpus.eos_id) == (
+        len(stream), 50, tokenizer.vocab_size, tokenizer.eos_id)
+    assert np.array_equal(corpus.read(0, corpus.length), stream)
+    bounds = np.cumsum([s["tokens"] for s in shards])
+    for a in [0, 1, *(int(b) - 2 for b in bounds[:-1])]:
+        for b in [a, a + 1, a + 3, a + 45, a + 130]:
+            b = min(b, corpus.length)
+            assert np.array_equal(corpus.read(a, b), stream[a:b]), (a, b)
+    for i, doc in enumerate(CHAR_DOCS[:50]):
+        assert corpus.document(i).tolist() == tokenizer.encode(doc)
+    val = TokenCorpus(folder, "val")
+    assert val.document(9).tolist() == tokenizer.encode(CHAR_DOCS[59])
+    assert corpus.read(5, 90).dtype == np.int64
+    assert corpus.read(corpus.length, corpus.length).shape == (0,)
+    with pytest.raises(IndexError):
+        corpus.read(0, corpus.length + 1)
+    with pytest.raises(IndexError):
+        corpus.document(50)
+    clone = pickle.loads(pickle.dumps(corpus))
+    assert np.array_equal(clone.read(3, 200), stream[3:200])
+    raw = [d for s in corpus.manifest.splits["train"]["raw_shards"] for d in iter_documents(f"{folder}/{s['path']}")]
+    assert raw == CHAR_DOCS[:50]
+
+
+def test_gpt2_corpus_reads_back(tmp_path: Path, data_dir: Path) -> None:
+    tokenizer = build_tokenizer("gpt2", str(data_dir / "gpt2_tokenizer"))
+    docs = list(iter_documents(str(data_dir / "owt_sample/openwebtext_first100docs.txt"), txt_mode="blank_line"))[:60]
+    write_corpus(str(tmp_path), tokenizer, {"train": docs[:50], "val": docs[50:]}, shard_tokens=500)
+    corpus = TokenCorpus(str(tmp_path), "train")
+    stream = stream_of(tokenizer, docs[:50])
+    assert len(corpus.manifest.splits["train"]["token_shards"]) > 2
+    assert np.array_equal(corpus.read(0, corpus.length), stream)
+    assert np.array_equal(corpus.read(490, 1700), stream[490:1700])
+    assert all(corpus.document(i).tolist() == tokenizer.encode(docs[i]) for i in range(50))
+
+
+def test_out_of_range_token_id(tmp_path: Path) -> None:
+    tokenizer = char_corpus(str(tmp_path))
+    with open(tmp_path / "train-00001.tokens", "r+b") as f:
+        f.seek(3 * 2)
+        f.write(np.array([60000], "<u2").tobytes())
+    first = TokenCorpus(str(tmp_path), "train").manifest.splits["train"]["token_shards"][0]["tokens"]
+    with pytest.raises(DataError, match=r"train-00001\.tokens: token id 60000 at token offset 3 is >= the vocab"):
+        TokenCorpus(str(tmp_path), "train").read(0, first + 10)
+    skipped = SkipCounter()
+    corpus = TokenCorpus(str(tmp_path), "train", on_error="skip", skipped=skipped)
+    tokens = corpus.read(first, first + 10)
+    expected = stream_of(tokenizer, CHAR_DOCS[:50])[first : first + 10]
+    expected[3] = tokenizer.eos_id
+    assert np.array_equal(tokens, expected) and skipped.count == 1 and "train-00001.tokens" in skipped.reasons[0]
+
+
+def test_missing_or_broken_files(tmp_path: Path) -> None:
+    char_corpus(str(tmp_path))
+    (tmp_path / "val-00000.index").unlink()
+    with pytest.raises(DataError, match=r"val-00000\.index: listed in .*manifest\.json but missing"):
+        read_manifest(str(tmp_path))
+    with pytest.raises(DataError, match=r"val-00000\.index: listed"):
+        TokenCorpus(str(tmp_path), "train")
+    (tmp_path / "val-00000.index").write_bytes(b"")
+    with open(tmp_path / "train-00002.tokens", "r+b") as f:
+        f.truncate(10)
+    with pytest.raises(DataError, match=r"train-00002\.tokens: 10 bytes, .*manifest\.json says \d+ \(truncated"):
+        read_manifest(str(tmp_path))
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    del manifest["splits"]["train"]["token_shards"][1]["sha256"]
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match=r"manifest\.json: splits\.train\.token_shards\[1\]: missing key 'sha256'"):
+        read_manifest(str(tmp_path))
+    (tmp_path / "manifest.json").unlink()
+    with pytest.raises(DataError, match=r"manifest\.json not found: .* is not a corpus prepared by tools/prepare_data"):
+        read_manifest(str(tmp_path))
+
+
+def test_fingerprint_follows_the_data(tmp_path: Path) -> None:
+    fingerprints = {}
+    for name, docs in [("a", CHAR_DOCS), ("b", CHAR_DOCS), ("c", CHAR_DOCS[:7] + ["xx"] + CHAR_DOCS[8:])]:
+        char_corpus(str(tmp_path / name), docs)
+        fingerprints[name] = TokenCorpus(str(tmp_path / name), "train").fingerprint
+    assert fingerprints["a"] == fingerprints["b"] != fingerprints["c"]
+    manifest = read_manifest(str(tmp_path / "a"))
+    assert manifest_fingerprint(manifest) == fingerprints["a"] and len(fingerprints["a"]) == 16
+    assert Manifest.from_json(manifest.to_json()) == manifest
+
+
+def test_writer_rolls_shards_and_returns_entries(tmp_path: Path) -> None:
+    tokenizer = build_tokenizer("char", corpus="ab")
+    records = []
+    writer = CorpusWriter(str(tmp_path), tokenizer, shard_tokens=5, split="train", on_shard=records.append)
+    for text in ["ab", "aab", "b", "abab", "a"]:
+        writer.add(text)
+    shards = writer.close()
+    assert writer.close() == shards
+    assert [(s["path"], s["documents"], s["tokens"]) for s in shards] == [
+        ("train-00000.tokens", 2, 7), ("train-00001.tokens", 2, 7), ("train-00002.tokens", 1, 2)]
+    assert [r["shard"] for r in records] == [0, 1, 2] and writer.raw_shards == []
+    assert np.fromfile(tmp_path / "train-00001.index", "<i8").tolist() == [0, 2, 7]
+    assert sorted(os.listdir(tmp_path)) == [f"train-0000{i}.{ext}" for i in range(3) for ext in ("index", "tokens")]
+
+
+# ---- tools/prepare_data.py -------------------------------------------------------------------
+def owt_args(data_dir: Path, out: Path) -> list[str]:
+    return [
+        "--source", str(data_dir / "owt_sample/openwebtext_first100docs.txt"), "--out", str(out),
+        "--tokenizer-path", str(data_dir / "gpt2_tokenizer"), "--txt-mode", "blank_line",
+        "--format", "both", "--shard-tokens", "20000", "--val-docs", "10", "--workers", "2",
+    ]
+
+
+@pytest.fixture(scope="module")
+def owt_reference(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
+    """An uninterrupted preparation of the OpenWebText sample."""
+    out = tmp_path_factory.mktemp("owt") / "corpus"
+    prepare_data.main(owt_args(data_dir, out))
+    return out
+
+
+def test_prepare_owt_matches_direct_encoding(owt_reference: Path, data_dir: Path) -> None:
+    docs = list(iter_documents(str(data_dir / "owt_sample/openwebtext_first100docs.txt"), txt_mode="blank_line"))
+    tokenizer = build_tokenizer("gpt2", str(data_dir / "gpt2_tokenizer"))
+    manifest = read_manifest(str(owt_reference))
+    train, val = manifest.splits["train"], manifest.splits["val"]
+    assert len(train["token_shards"]) >= 4 and len(train["raw_shards"]) == len(train["token_shards"])
+    assert (train["documents"], val["documents"], manifest.val_documents) == (len(docs) - 10, 10, 10)
+    tokens = train["tokens"] + val["tokens"] - len(docs)
+    assert tokens == sum(len(tokenizer.encode(d)) for d in docs)
+    raw = [d for split in (train, val) for s in split["raw_shards"]
+           for d in iter_documents(str(owt_reference / s["path"]))]
+    assert raw == docs
+    corpus = TokenCorpus(str(owt_reference), "val")
+    assert [corpus.document(i).tolist() for i in range(10)] == [tokenizer.encode(d) for d in docs[-10:]]
+    assert manifest.tokenizer["fingerprint"] == tokenizer.fingerprint() and manifest.dtype == "uint16"
+
+
+class Interrupted(RuntimeError):
+    pass
+
+
+def test_interrupted_run_resumes_to_the_same_bytes(
+    owt_reference: Path, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    finished: list[int] = []
+
+    class FailingWriter(prepare_data.CorpusWriter):
+        def _finish_shard(self) -> None:
+            if len(finished) == 2:
+                raise Interrupted("killed")
+            super()._finish_shard()
+            finished.append(1)
+
+    out = tmp_path / "corpus"
+    with monkeypatch.context() as patch:
+        patch.setattr(prepare_data, "CorpusWriter", FailingWriter)
+        with pytest.raises(Interrupted):
+            prepare_data.main(owt_args(data_dir, out))
+    progress = json.loads((out / "progress.json").read_text())
+    assert [r["shard"] for r in progress["shards"]] == [0, 1] and not (out / "manifest.json").exists()
+    assert not [p for p in os.listdir(out) if p.startswith(".")]  # no temporary files left
+    prepare_data.main(owt_args(data_dir, out))
+    assert "(2 kept from an earlier run)" in capsys.readouterr().out
+    assert file_hashes(out) == file_hashes(owt_reference)
+
+
+def test_tampered_shard_is_rewritten(owt_reference: Path, data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "corpus"
+    shutil.copytree(owt_reference, out)
+    kept, tampered = out / "train-00000.tokens", out / "train-00001.tokens"
+    inode = kept.stat().st_ino
+    data = bytearray(tampered.read_bytes())
+    data[100] ^= 1
+    tampered.write_bytes(bytes(data))
+    prepare_data.main(owt_args(data_dir, out))
+    assert file_hashes(out) == file_hashes(owt_reference)
+    assert kept.stat().st_ino == inode  # verified and kept, not rewritten
+
+
+def test_prepare_urls_char_and_skip(capsys: pytest.CaptureFixture) -> None:
+    root = f"memory://prepare-{uuid.uuid4().hex}"
+    fs = fsspec.filesystem("memory")
+    lines = [json.dumps({"text": d}).encode() for d in CHAR_DOCS]
+    fs.pipe_file(f"{root}/src/a.jsonl.zst", zstandard.ZstdCompressor().compress(b"\n".join(lines[:30] + [b"{bad"])))
+    fs.pipe_file(f"{root}/src/b.jsonl", b"\n".join(lines[30:]))
+    args = ["--source", f"{root}/src", "--out", f"{root}/out", "--tokenizer", "char", "--format", "both",
+            "--shard-tokens", "50", "--val-docs", "5", "--on-error", "skip"]
+    prepare_data.main(args)
+    summary = capsys.readouterr().out
+    shards = re.search(r"(\d+) shards \(0 kept", summary).group(1)
+    assert "1 bad records skipped" in summary and int(shards) > 4
+    tokenizer = build_tokenizer("char", corpus="".join(CHAR_DOCS))
+    train = TokenCorpus(f"{root}/out", "train")
+    assert np.array_equal(train.read(0, train.length), stream_of(tokenizer, CHAR_DOCS[:55]))
+    assert TokenCorpus(f"{root}/out", "val").document(4).tolist() == tokenizer.encode(CHAR_DOCS[59])
+    prepare_data.main(args)  # a finished run: verified, nothing rewritten
+    assert f"{shards} shards ({shards} kept from an earlier run), 0 bad records" in capsys.readouterr().out
+
+
+def test_prepare_user_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    source = tmp_path / "a.txt"
+    source.write_text("one document")
+    cases = [
+        (["--source", str(tmp_path / "none"), "--out", str(tmp_path / "o")], f"no .* files found at {tmp_path}/none"),
+        (["--source", str(source), "--out", str(tmp_path / "o"), "--tokenizer", "char"],
+         ".*a\\.txt has 1 documents: --val-docs 100000 leaves none for training"),
+    ]
+    if importlib.util.find_spec("datasets") is None:
+        cases.append((["--hf-dataset", "Skylion007/openwebtext", "--out", str(tmp_path / "o")],
+                      r"--hf-dataset needs the Hugging Face datasets package \(pip install datasets\)"))
+    for args, message in cases:
+        with pytest.raises(SystemExit) as info:
+            prepare_data.main(args)
+        assert info.value.code == 2
+        last = capsys.readouterr().err.splitlines()[-1]
+        assert re.fullmatch("error: " + message, last), last
+    base = ["--source", str(source), "--out", str(tmp_path / "o"), "--tokenizer", "char", "--val-docs", "0"]
+    prepare_data.main(base + ["--shard-tokens", "4"])
+    with pytest.raises(SystemExit):
+        prepare_data.main(base + ["--shard-tokens", "5"])
+    assert "holds a run with other settings (shard_tokens: 4, now 5)" in capsys.readouterr().err
