@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -150,17 +152,31 @@ def test_print_config_prints_the_resolved_toml(capsys):
     assert out == config_to_toml(load_config(REPO / "configs/tiny.toml", ["--training.steps=7"]))
 
 
+@pytest.fixture(scope="module")
+def owt_sample_corpus(tmp_path_factory, data_dir) -> Path:
+    """The shared 100-document OpenWebText sample, prepared as GPT-2 token shards."""
+    out = tmp_path_factory.mktemp("owt") / "corpus"
+    subprocess.run(
+        [sys.executable, str(REPO / "tools/prepare_data.py"), "--source", str(data_dir / "owt_sample"),
+         "--out", str(out), "--tokenizer", "gpt2", "--tokenizer-path", str(data_dir / "gpt2_tokenizer"),
+         "--txt-mode", "blank_line", "--val-docs", "100", "--shard-tokens", "30000"],
+        check=True, capture_output=True,
+    )
+    return out
+
+
 @pytest.mark.parametrize("config", ["owt.toml", "owt_ar.toml"])
-def test_owt_configs_run_on_the_shared_sample(config, data_dir, tmp_path, monkeypatch):
-    """The paper-setting configs, shrunk to a debug model: GPT-2 BPE over the OWT sample, async saves."""
+def test_owt_configs_run_on_the_prepared_sample(config, owt_sample_corpus, data_dir, tmp_path, monkeypatch):
+    """The paper-setting configs, shrunk to a debug model, on prepared OWT shards with workers and async saves."""
     monkeypatch.setenv("EDLM_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("EDLM_OWT_DIR", str(owt_sample_corpus))
     cfg = load_config(REPO / "configs" / config, [
         f"--job.dump_folder={tmp_path}", "--model.n_layers=1", "--model.hidden_size=32", "--model.n_heads=2",
         "--model.cond_dim=16", "--data.seq_len=32", "--training.global_batch_size=4", "--training.micro_batch_size=2",
         "--training.steps=2", "--parallel.compile=false", "--checkpoint.interval=1", "--metrics.eval_batches=1",
         "--metrics.eval_batch_size=2", "--sample.num_samples=1", "--sample.steps=4", "--metrics.progress=false",
     ])
-    assert cfg.checkpoint.async_save and cfg.training.global_batch_size == 4
+    assert cfg.checkpoint.async_save and cfg.data.dataset == "openwebtext" and cfg.data.num_workers == 2
     trainer = Trainer(cfg)
     assert trainer.data.tokenizer.vocab_size == 50257 and trainer.model.padded_vocab == 50304
     summary = trainer.run()

@@ -12,13 +12,14 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-from edlm_dist.data.errors import DataError, SkipCounter
+from edlm_dist.data.errors import DataError
 
 
 class TrainStream(Protocol):
-    skipped: SkipCounter
-
     def next_batch(self) -> torch.Tensor: ...
+
+    def skipped_records(self) -> int:
+        """Bad records skipped so far on this rank (`data.on_error = "skip"`)."""
 
     def state_dict(self) -> dict[str, Any]: ...
 
@@ -39,12 +40,14 @@ class StepIndexedStream:
         self.batch_of_step, self.fingerprint = batch_of_step, fingerprint
         self.allow_fingerprint_mismatch = allow_fingerprint_mismatch
         self.step = 0
-        self.skipped = SkipCounter()
 
     def next_batch(self) -> torch.Tensor:
         batch = self.batch_of_step(self.step)
         self.step += 1
         return batch
+
+    def skipped_records(self) -> int:
+        return 0
 
     def state_dict(self) -> dict[str, Any]:
         return {"step": self.step, "fingerprint": self.fingerprint}

@@ -144,6 +144,11 @@ class PackedStream:
         self.step += 1
         return batch
 
+    def skipped_records(self) -> int:
+        """Out-of-range token ids replaced so far; counted in this process (with dataloader workers,
+        each worker counts its own reads and reports them through its warnings only)."""
+        return self.skipped.count
+
     def state_dict(self) -> dict[str, Any]:
         return {**self.blocks.state_dict(), "step": self.step}
 
@@ -168,9 +173,15 @@ class RawStream:
         self.blocks, self.local_batch, self.num_workers = blocks, local_batch, num_workers
         self.rank, self.world_size = rank, world_size
         self.fingerprint, self.allow_fingerprint_mismatch = fingerprint, allow_fingerprint_mismatch
-        self.skipped = blocks.skipped
         self.loader = build_raw_loader(blocks, local_batch, num_workers)
         self._batches = None
+
+    def skipped_records(self) -> int:
+        """Bad records skipped so far; with dataloader workers the counts live in the workers and
+        are read from the states they report to the loader."""
+        if self.num_workers == 0:
+            return self.blocks.skipped.count
+        return sum(int(s.get("skipped", 0)) for s in dataset_states_from_loader_state(self.loader.state_dict()))
 
     def next_batch(self) -> torch.Tensor:
         if self._batches is None:

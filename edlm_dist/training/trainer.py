@@ -177,11 +177,12 @@ class Trainer:
         """
         start = time.perf_counter()
         plan, seq_len, env = self.plan, self.cfg.data.seq_len, self.env
-        torch.manual_seed(seed_from_key(self.cfg.job.seed, "dropout", self.step, env.rank))
         first = env.rank * plan.local_batch
         x0 = self.stream.next_batch().to(env.device, non_blocking=True)
         noise = self.task.draw_noise(plan.global_batch, seq_len, self.step)
         data_time = time.perf_counter() - start
+        # after the data: a dataloader draws from the global RNG when it starts its iterator
+        torch.manual_seed(seed_from_key(self.cfg.job.seed, "dropout", self.step, env.rank))
         self.model.train()
         nll_total = torch.zeros((), device=env.device)
         for m in range(plan.accum_steps):
@@ -220,7 +221,6 @@ class Trainer:
             "train/step_time_s": elapsed,
             "train/data_wait_s": data_time,
             "train/skipped_steps": self.skipped_steps,
-            "data/skipped_records": all_reduce_sum(torch.tensor(float(self.stream.skipped.count))).item(),
             "system/peak_memory_gib": peak_memory_gib(env.device),
         }
         if self.peak_flops:
@@ -343,6 +343,8 @@ class Trainer:
         return 0
 
     def _log(self, metrics: dict[str, float]) -> None:
+        skipped = torch.tensor(float(self.stream.skipped_records()), device=self.env.device)
+        metrics = {**metrics, "data/skipped_records": all_reduce_sum(skipped).item()}
         self.logger.scalars(self.step, metrics)
         if self.env.is_main:
             tqdm.write(f"step {self.step:>7}  " + "  ".join(
@@ -389,11 +391,12 @@ class Trainer:
 def format_report(summary: dict[str, Any]) -> str:
     """The end-of-run figures and samples, as printed on the console."""
     bound = "validation NELBO" if summary["task"] == "mdlm" else "validation NLL"
-    lines = [
-        f"{bound + ':':<26}{summary['val_nll_per_token']:.4f} nats/token",
-        f"{'entropy floor:':<26}{summary['entropy_floor_per_token']:.4f} nats/token",
-        f"{'unigram (context-free):':<26}{summary['unigram_nll_per_token']:.4f} nats/token",
+    figures = [
+        (bound, summary["val_nll_per_token"]),
+        ("entropy floor", summary["entropy_floor_per_token"]),
+        ("unigram (context-free)", summary["unigram_nll_per_token"]),
     ]
+    lines = [f"{name + ':':<26}{value:.4f} nats/token" for name, value in figures if math.isfinite(value)]
     if summary["gap_closed"] is not None:
         lines.append(f"{'gap closed:':<26}{100 * summary['gap_closed']:.1f}% of unigram -> floor")
     lines.append("samples:")
