@@ -287,3 +287,24 @@ def test_prepare_user_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     with pytest.raises(SystemExit):
         prepare_data.main(base + ["--shard-tokens", "5"])
     assert "holds a run with other settings (shard_tokens: 4, now 5)" in capsys.readouterr().err
+
+
+def test_owt_shards_stream_back_through_the_training_pipeline(owt_reference: Path, data_dir: Path) -> None:
+    """Both shard formats, read the way training reads them, give the direct encoding's tokens."""
+    import torch
+
+    from edlm_dist.data.raw_stream import RawTextBlocks
+    from edlm_dist.data.stream import PackedBlocks
+
+    docs = list(iter_documents(str(data_dir / "owt_sample/openwebtext_first100docs.txt"), txt_mode="blank_line"))[:-10]
+    tokenizer = build_tokenizer("gpt2", str(data_dir / "gpt2_tokenizer"))
+    stream = [t for d in docs for t in tokenizer.encode(d) + [tokenizer.eos_id]]
+    manifest = read_manifest(str(owt_reference))
+    raw_files = [str(owt_reference / s["path"]) for s in manifest.splits["train"]["raw_shards"]]
+    raw = torch.stack(list(RawTextBlocks(raw_files, tokenizer, seq_len=256, shuffle_buffer=8, max_epochs=1)))
+    assert int((raw[:, 1:-1] != tokenizer.eos_id).sum()) == sum(len(tokenizer.encode(d)) for d in docs)
+    packed = PackedBlocks(TokenCorpus(str(owt_reference), "train"), seq_len=256, global_batch=4)
+    order = packed.epoch_order(0)
+    for step in range(3):
+        for row, block_id in zip(packed.batch(step), order[step * 4 : step * 4 + 4].tolist()):
+            assert row[1:-1].tolist() == stream[block_id * 254 : (block_id + 1) * 254]
