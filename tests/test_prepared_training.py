@@ -4,6 +4,7 @@ token shards and raw shards, and a 2-rank checkpoint resumed on 1 rank."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import torch
 
 from distributed_utils import run_distributed
 from edlm_dist.training import Trainer
-from run_utils import REPO, debug_config
+from run_utils import REPO, debug_config, read_scalars
 
 
 @pytest.fixture(scope="module")
@@ -66,3 +67,19 @@ def test_a_two_rank_checkpoint_resumes_on_one_rank_with_the_same_batches(corpus,
         straight.train_step()
     assert torch.equal(resumed.stream.next_batch(), straight.stream.next_batch())
     assert json.loads((tmp_path / "two" / "debug" / "finished").read_text())["step"] == 2
+
+
+def test_a_missing_shard_stops_the_run_or_is_skipped_and_counted(corpus, tmp_path):
+    from edlm_dist.data import DataError, build_dataset
+
+    broken = tmp_path / "broken"
+    shutil.copytree(corpus, broken)
+    (broken / "train-00001.tokens").unlink()
+    with pytest.raises(DataError, match=r"train-00001\.tokens: listed in .* but missing"):
+        build_dataset(config(tmp_path, broken).data)
+    trainer = Trainer(config(tmp_path, broken, "--data.on_error=skip", "--training.steps=2"))
+    intact = build_dataset(config(tmp_path, corpus).data)
+    assert trainer.data.fingerprint != intact.fingerprint  # a resume on the intact corpus would be noticed
+    trainer.run()
+    scalars = read_scalars(trainer.run_folder.path)
+    assert scalars["data/skipped_records"][-1][1] == 1.0

@@ -10,24 +10,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from edlm_dist.config import config_to_toml, load_config
 from edlm_dist.data import DataError, build_dataset
 from edlm_dist.train import main
 from edlm_dist.training import CheckpointError, CheckpointManager, Trainer
-from run_utils import REPO, debug_config
+from run_utils import REPO, debug_config, read_scalars
 
 
 
 def small_config(tmp_path: Path, *overrides: str):
     return debug_config(tmp_path, *overrides)
-
-
-def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    events = EventAccumulator(str(run_dir / "tb"))
-    events.Reload()
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
 @pytest.mark.slow

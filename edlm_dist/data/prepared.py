@@ -34,9 +34,10 @@ def prepared_dataset(cfg: DataConfig) -> Any:
             f"(for OpenWebText: --hf-dataset Skylion007/openwebtext)"
         )
     folder = os.path.expandvars(cfg.path)
-    manifest = read_manifest(folder)
+    skipped = SkipCounter()
+    manifest = read_manifest(folder, on_error=cfg.on_error, skipped=skipped)
     tokenizer = _manifest_tokenizer(manifest, cfg)
-    source = PreparedCorpus(folder, manifest, tokenizer, cfg)
+    source = PreparedCorpus(folder, manifest, tokenizer, cfg, skipped)
     return Dataset(tokenizer, source, source.fingerprint)
 
 
@@ -54,12 +55,14 @@ def _manifest_tokenizer(manifest: Manifest, cfg: DataConfig) -> Tokenizer:
 class PreparedCorpus:
     """Validation batches and training streams of one prepared corpus."""
 
-    def __init__(self, folder: str, manifest: Manifest, tokenizer: Tokenizer, cfg: DataConfig) -> None:
+    def __init__(
+        self, folder: str, manifest: Manifest, tokenizer: Tokenizer, cfg: DataConfig, skipped: SkipCounter
+    ) -> None:
         self.folder, self.manifest, self.tokenizer, self.cfg = folder, manifest, tokenizer, cfg
         self.seq_len = cfg.seq_len
         self.fingerprint = manifest_fingerprint(manifest)
         self.format = self._resolve_format()
-        self.skipped = SkipCounter()
+        self.skipped = skipped
         self._val_packed: dict[int, PackedBlocks] = {}
         self._val_raw: list[torch.Tensor] = []
         self._val_raw_iter = None
@@ -72,6 +75,9 @@ class PreparedCorpus:
             raise DataError(f"data.format = {fmt!r}, but {self.folder} has no {fmt} shards for the train split")
         return fmt
 
+    def _token_corpus(self, split: str) -> TokenCorpus:
+        return TokenCorpus(self.folder, split, on_error=self.cfg.on_error, skipped=self.skipped, manifest=self.manifest)
+
     def _raw_files(self, split: str) -> list[str]:
         return [f"{self.folder.rstrip('/')}/{s['path']}" for s in self.manifest.splits[split]["raw_shards"]]
 
@@ -82,7 +88,7 @@ class PreparedCorpus:
             raise ValueError("a prepared corpus streams its training data: use train_stream()")
         if self.manifest.splits["val"]["token_shards"]:
             if batch_size not in self._val_packed:
-                corpus = TokenCorpus(self.folder, "val", on_error=self.cfg.on_error, skipped=self.skipped)
+                corpus = self._token_corpus("val")
                 self._val_packed[batch_size] = PackedBlocks(
                     corpus, seq_len=self.seq_len, global_batch=batch_size, seed=self.cfg.seed
                 )
@@ -111,9 +117,8 @@ class PreparedCorpus:
     def train_stream(self, *, global_batch: int, rank: int, world_size: int) -> TrainStream:
         cfg = self.cfg
         if self.format == "tokens":
-            corpus = TokenCorpus(self.folder, "train", on_error=cfg.on_error, skipped=self.skipped)
             blocks = PackedBlocks(
-                corpus, seq_len=self.seq_len, global_batch=global_batch, rank=rank, world_size=world_size,
+                self._token_corpus("train"), seq_len=self.seq_len, global_batch=global_batch, rank=rank, world_size=world_size,
                 seed=cfg.seed, allow_fingerprint_mismatch=cfg.allow_fingerprint_mismatch,
             )
             return PackedStream(blocks, cfg.num_workers, self.skipped)

@@ -26,10 +26,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset
 
 from edlm_dist.data.errors import DataError, SkipCounter
 from edlm_dist.data.sources import iter_documents
+from edlm_dist.data.stream import worker_slot
 from edlm_dist.data.tokenizers import Tokenizer
 from edlm_dist.diffusion.noise import keyed_generator
 
@@ -49,12 +50,6 @@ def _relative_names(files: list[str]) -> list[str]:
 def files_fingerprint(files: list[str]) -> str:
     """Short hash of the file list (relative names, in order)."""
     return hashlib.sha256("\n".join(_relative_names(files)).encode()).hexdigest()[:16]
-
-
-def _worker() -> tuple[int, int]:
-    """(worker id, number of workers) of the dataloader worker we run in; (0, 1) outside one."""
-    info = get_worker_info()
-    return (0, 1) if info is None else (info.id, info.num_workers)
 
 
 def _own_count(start: int, stop: int, stride: int, offset: int) -> int:
@@ -189,7 +184,7 @@ class _SlotReader:
     """
 
     def __init__(self, ds: RawTextBlocks, state: dict[str, Any] | None) -> None:
-        worker, num_workers = _worker()
+        worker, num_workers = worker_slot()
         self.ds, self.pid = ds, os.getpid()
         self.eos, self.span = ds.tokenizer.eos_id, ds.seq_len - 2
         self.slot, self.num_slots = ds.rank * num_workers + worker, ds.world_size * num_workers

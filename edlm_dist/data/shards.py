@@ -20,6 +20,7 @@ import os
 from array import array
 from bisect import bisect_right
 from collections.abc import Callable
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -155,8 +156,15 @@ class Manifest:
         return sizes
 
 
-def read_manifest(folder: str) -> Manifest:
-    """The manifest of `folder`, after checking that every shard it lists is there at its size."""
+def read_manifest(
+    folder: str, *, on_error: Literal["raise", "skip"] = "raise", skipped: SkipCounter | None = None
+) -> Manifest:
+    """The manifest of `folder`, after checking that every shard it lists is there at its size.
+
+    A missing or wrong-size shard is an error naming it; with on_error="skip" the shard is left
+    out of the returned manifest (its split's counts shrink) and counted in `skipped`, so the
+    manifest's fingerprint also changes and a resume on a different set of shards is noticed.
+    """
     fs, root, _ = filesystem(folder)
     where = join(folder, MANIFEST_NAME)
     try:
@@ -176,14 +184,34 @@ def read_manifest(folder: str) -> Manifest:
         }
     except OSError as e:
         raise DataError(f"cannot list {folder}: {e}") from e
+    bad: dict[str, str] = {}
     for path, size in manifest.expected_files().items():
         if path not in present:
-            raise DataError(f"{join(folder, path)}: listed in {where} but missing")
-        if present[path] is not None and present[path] != size:
-            raise DataError(
-                f"{join(folder, path)}: {present[path]} bytes, {where} says {size} (truncated or replaced?)"
-            )
-    return manifest
+            bad[path] = f"{join(folder, path)}: listed in {where} but missing"
+        elif present[path] is not None and present[path] != size:
+            bad[path] = f"{join(folder, path)}: {present[path]} bytes, {where} says {size} (truncated or replaced?)"
+    if bad and on_error == "raise":
+        raise DataError(next(iter(bad.values())))
+    return _without_shards(manifest, bad, skipped) if bad else manifest
+
+
+def _without_shards(manifest: Manifest, bad: dict[str, str], skipped: SkipCounter | None) -> Manifest:
+    """`manifest` without the shards whose files are bad, each counted once."""
+    splits = {}
+    for name, info in manifest.splits.items():
+        tokens = [s for s in info["token_shards"] if s["path"] not in bad and s["index"] not in bad]
+        raw = [s for s in info["raw_shards"] if s["path"] not in bad]
+        kept = tokens or raw
+        splits[name] = {
+            **info, "token_shards": tokens, "raw_shards": raw,
+            "documents": sum(s["documents"] for s in kept),
+            "tokens": sum(s["tokens"] for s in tokens) if tokens else info["tokens"],
+        }
+    for reason in bad.values():
+        if skipped is not None:
+            skipped.skip(reason)
+        log.warning("skipping shard: %s", reason)
+    return dataclasses.replace(manifest, splits=splits)
 
 
 def write_manifest(folder: str, manifest: Manifest) -> None:
@@ -235,13 +263,13 @@ class TokenCorpus:
 
     def __init__(
         self, folder: str, split: str, *, on_error: Literal["raise", "skip"] = "raise",
-        skipped: SkipCounter | None = None,
+        skipped: SkipCounter | None = None, manifest: Manifest | None = None,
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.folder, self.split, self.on_error = folder, split, on_error
         self.skipped = skipped
-        self.manifest = read_manifest(folder)
+        self.manifest = manifest or read_manifest(folder, on_error=on_error, skipped=skipped)
         if split not in self.manifest.splits:
             raise DataError(
                 f"{join(folder, MANIFEST_NAME)}: no split {split!r} (has {', '.join(self.manifest.splits)})"

@@ -40,7 +40,7 @@ class Corpus(Protocol):
     def document(self, i: int) -> np.ndarray: ...
 
 
-def _worker() -> tuple[int, int]:
+def worker_slot() -> tuple[int, int]:
     """(worker id, number of workers) of the dataloader worker we run in; (0, 1) outside one."""
     info = get_worker_info()
     return (0, 1) if info is None else (info.id, info.num_workers)
@@ -136,7 +136,7 @@ class PackedBlocks(IterableDataset):
         return torch.from_numpy(out)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        worker, workers = _worker()
+        worker, workers = worker_slot()
         for step in count(self.step + worker, workers):
             batch = self.batch(step)
             # Set before the yield: a StatefulDataLoader snapshots the state as soon as we yield.
@@ -200,7 +200,7 @@ class DocumentBlocks(IterableDataset):
         self.corpus, self.seq_len, self.rank, self.world_size = corpus, seq_len, rank, world_size
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        worker, workers = _worker()
+        worker, workers = worker_slot()
         span, eos = self.seq_len - 2, self.corpus.eos_id
         for index in range(self.rank * workers + worker, self.corpus.documents, self.world_size * workers):
             tokens = self.corpus.document(index)
