@@ -275,7 +275,7 @@ def test_prepare_user_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     ]
     if importlib.util.find_spec("datasets") is None:
         cases.append((["--hf-dataset", "Skylion007/openwebtext", "--out", str(tmp_path / "o")],
-                      r"--hf-dataset needs the Hugging Face datasets package \(pip install datasets\)"))
+                      r"--hf-dataset needs the Hugging Face datasets package \(pip install 'edlm-dist\[hub\]'\)"))
     for args, message in cases:
         with pytest.raises(SystemExit) as info:
             prepare_data.main(args)

@@ -67,7 +67,7 @@ def test_parquet(tmp_path: Path) -> None:
         import pyarrow.parquet as pq
     except ImportError:
         Path(path).write_bytes(b"PAR1")
-        with pytest.raises(DataError, match=r"a\.parquet.*needs pyarrow \(pip install pyarrow\)"):
+        with pytest.raises(DataError, match=r"a\.parquet.*needs pyarrow \(pip install 'edlm-dist\[parquet\]'\)"):
             read_all(path)
         return
     pq.write_table(pa.table({"text": JSON_DOCS + [None]}), path, row_group_size=7)

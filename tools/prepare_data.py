@@ -81,7 +81,7 @@ class HFSource:
         try:
             import datasets
         except ImportError as e:
-            raise DataError("--hf-dataset needs the Hugging Face datasets package (pip install datasets)") from e
+            raise DataError("--hf-dataset needs the Hugging Face datasets package (pip install 'edlm-dist[hub]')") from e
         try:
             self.dataset = datasets.load_dataset(name, split="train")
         except Exception as e:  # network, hub and format errors come in many types

@@ -277,7 +277,7 @@ def _parquet(path: str, text_key: str, policy: _Policy) -> Iterator[str]:
     try:
         import pyarrow.parquet as pq
     except ImportError as e:
-        raise DataError(f"{path}: reading .parquet files needs pyarrow (pip install pyarrow)") from e
+        raise DataError(f"{path}: reading .parquet files needs pyarrow (pip install 'edlm-dist[parquet]')") from e
     with open_binary(path) as f:
         try:
             table = pq.ParquetFile(f)
