@@ -192,16 +192,21 @@ class ARTransformer(Transformer):
         start = torch.full_like(x0[:, :1], self.mask_id)
         return self._logits(torch.cat((start, x0[:, :-1]), dim=1), None)
 
-    def log_prob(self, x0: Tensor, valid_mask: Tensor | None = None) -> Tensor:
-        """log p_AR(x0) [B]: sum over (valid) positions of the float32 log-softmax over the V data
-        columns only, so it is a normalised joint over V^L sequences."""
+    def token_log_probs(self, x0: Tensor) -> Tensor:
+        """log p_AR(x0_i | x0_<i) [B, L], float32: log-softmax over the V data columns only
+        (computed with autocast off), so each position is a normalised conditional."""
         logits = self(x0)
         with torch.autocast(device_type=x0.device.type, enabled=False):
             log_probs = torch.log_softmax(logits[..., : self.vocab_size].float(), dim=-1)
-            token_lp = log_probs.gather(-1, x0[..., None]).squeeze(-1)
-            if valid_mask is not None:
-                token_lp = token_lp.masked_fill(~valid_mask, 0.0)
-            return token_lp.sum(dim=-1)
+            return log_probs.gather(-1, x0[..., None]).squeeze(-1)
+
+    def log_prob(self, x0: Tensor, valid_mask: Tensor | None = None) -> Tensor:
+        """log p_AR(x0) [B]: sum over (valid) positions of `token_log_probs`, so it is a
+        normalised joint over V^L sequences."""
+        token_lp = self.token_log_probs(x0)
+        if valid_mask is not None:
+            token_lp = token_lp.masked_fill(~valid_mask, 0.0)
+        return token_lp.sum(dim=-1)
 
 
 _MODELS: dict[str, type[Transformer]] = {"dit": DiT, "ar": ARTransformer}

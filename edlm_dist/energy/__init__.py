@@ -1,0 +1,16 @@
+"""Energies for EDLM's residual model p(x0 | xt) ∝ p_theta(x0 | xt) exp(-E(x0, xt, t)).
+
+An energy is a callable `energy(x0, xt, t, proposal_logp) -> [N]` (float32 or float64, lower
+= more likely) as taken by `edlm_dist.diffusion.sample(..., energy=...)`: x0 [N, L] are the
+candidate denoisings, xt [N, L] the noisy sequences they came from (mask id = vocab size),
+t [N] the time, and proposal_logp [N] float64 = log p_theta(x0 | xt) summed over the masked
+positions of xt. An attribute `reads_time = False` lets the sampler reuse outputs across
+steps where xt did not change.
+
+`AREnergy` uses a pretrained autoregressive model (EDLM-AR and the carry-over variant); the
+NCE-trained energy network will live here too.
+"""
+
+from edlm_dist.energy.autoregressive import AREnergy
+
+__all__ = ["AREnergy"]
