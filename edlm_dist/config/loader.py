@@ -297,7 +297,7 @@ def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
     return dataclasses.asdict(cfg)
 
 
-# TOML basic-string escapes: the short forms where TOML has one, \uXXXX for other control characters.
+# TOML basic-string escapes: the short forms where TOML has one, a four-hex-digit \u escape for other control characters.
 _SHORT_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
 _TOML_ESCAPES = {c: f"\\u{c:04X}" for c in [*range(0x20), 0x7F]} | {ord(k): v for k, v in _SHORT_ESCAPES.items()}
 
