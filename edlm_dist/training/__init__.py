@@ -2,6 +2,7 @@
 
 from edlm_dist.training.checkpoint import CheckpointError, CheckpointManager
 from edlm_dist.training.ema import EMA
+from edlm_dist.training.loading import Checkpoint, WeightsError, find_checkpoint, load_weights
 from edlm_dist.training.optim import build_lr_scheduler, build_optimizer, lr_multiplier
 from edlm_dist.training.tasks import ARTask, MDLMTask, StepNoise, build_task
 from edlm_dist.training.run_folder import RunFolder
@@ -11,6 +12,7 @@ __all__ = [
     "ARTask",
     "BatchPlan",
     "CheckpointError",
+    "Checkpoint",
     "CheckpointManager",
     "EMA",
     "MDLMTask",
@@ -18,8 +20,11 @@ __all__ = [
     "StepNoise",
     "Trainer",
     "TrainingError",
+    "WeightsError",
     "build_lr_scheduler",
     "build_optimizer",
     "build_task",
+    "find_checkpoint",
+    "load_weights",
     "lr_multiplier",
 ]
