@@ -52,10 +52,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="export_safetensors.py", description="Export a checkpoint's weights as one .safetensors file."
     )
-    parser.add_argument("path", metavar="RUN_OR_CHECKPOINT", help="a run folder or a step_XXXXXXXX checkpoint folder")
+    parser.add_argument("path", metavar="RUN_OR_CHECKPOINT", help="a run folder or a step_<8-digit step> checkpoint folder")
     parser.add_argument("--step", type=int, help="checkpoint step of a run folder (default: the latest committed)")
     parser.add_argument("--weights", choices=("ema", "model"), help="default: ema when the checkpoint has it")
-    parser.add_argument("--out", metavar="FILE.safetensors", help="default: <run>/export/step_XXXXXXXX_<weights>.safetensors")
+    parser.add_argument("--out", metavar="FILE.safetensors", help="default: <run>/export/step_<8-digit step>_<weights>.safetensors")
     args = parser.parse_args(argv)
     ckpt = find_checkpoint(args.path, args.step)
     model, weights = load_weights(ckpt, args.weights)

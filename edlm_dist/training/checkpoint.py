@@ -23,7 +23,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
 MARKER = "COMMITTED"
-_STEP_DIR = re.compile(r"^step_(\d{8})$")
+STEP_DIR = re.compile(r"^step_(\d{8})$")  # a checkpoint folder: step_ and the step in 8 digits
 
 # DCP warns on every save and load without a process group, also from its async writer thread;
 # a single process is a supported case here, not a mistake.
@@ -66,7 +66,7 @@ class CheckpointManager:
             return {}
         dirs = {}
         for entry in self.fs.ls(self.root, detail=False):
-            match = _STEP_DIR.match(posixpath.basename(entry.rstrip("/")))
+            match = STEP_DIR.match(posixpath.basename(entry.rstrip("/")))
             if match:
                 dirs[int(match.group(1))] = entry
         return dirs

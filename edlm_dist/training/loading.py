@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -18,11 +17,10 @@ import torch.distributed.checkpoint as dcp
 
 from edlm_dist.config import Config, load_config
 from edlm_dist.models import Transformer, build_model
-from edlm_dist.training.checkpoint import MARKER, CheckpointManager, describe_load_error
+from edlm_dist.training.checkpoint import MARKER, STEP_DIR, CheckpointManager, describe_load_error
 from edlm_dist.training.tasks import build_task
 
 _PREFIXES = {"model": "model.", "ema": "ema.weights."}  # where each kind of weights sits in the DCP state dict
-_STEP_DIR = re.compile(r"^step_(\d{8})$")
 
 
 class WeightsError(ValueError):
@@ -42,12 +40,12 @@ class Checkpoint:
 
 
 def find_checkpoint(path: str | os.PathLike[str], step: int | None = None) -> Checkpoint:
-    """The checkpoint that `path` names: a `step_XXXXXXXX` folder itself, or in a run folder the
+    """The checkpoint that `path` names: a `step_<8-digit step>` folder itself, or in a run folder the
     committed checkpoint of `step` (None: the latest)."""
     path = Path(path)
     if not path.is_dir():
         raise WeightsError(f"folder not found: {path}")
-    match = _STEP_DIR.match(path.name)
+    match = STEP_DIR.match(path.name)
     run_dir = path.parent.parent if match else path
     config_path = run_dir / "config.toml"
     if not config_path.is_file():
@@ -64,7 +62,7 @@ def find_checkpoint(path: str | os.PathLike[str], step: int | None = None) -> Ch
     if "://" in folder:
         raise WeightsError(
             f"checkpoint.folder of {run_dir} is the URL {folder}, and export reads local folders only: "
-            f"copy a step_XXXXXXXX folder into {run_dir / 'checkpoints'} and pass that folder"
+            f"copy a step_<8-digit step> folder into {run_dir / 'checkpoints'} and pass that folder"
         )
     manager = CheckpointManager(str(run_dir / folder), config.checkpoint.keep_last)
     steps = manager.committed_steps()
