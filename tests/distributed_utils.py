@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from typing import Any, Callable
 
 import torch.multiprocessing as mp
@@ -21,14 +22,19 @@ def _worker(rank: int, world_size: int, port: int, fn: Callable[..., Any], args:
         WORLD_SIZE=str(world_size), OMP_NUM_THREADS="1",
     )
     import torch
-    import torch.distributed as dist
+
+    from edlm_dist.distributed import shutdown
 
     torch.set_num_threads(1)
     try:
         fn(*args)
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        shutdown()
+    # Success: skip interpreter teardown, where gloo's threads occasionally abort the process
+    # after the work is done (a failure still exits through spawn's error reporting above).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_distributed(fn: Callable[..., Any], world_size: int, *args: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -85,6 +86,12 @@ def barrier() -> None:
 
 
 def shutdown() -> None:
-    """Leave the process group, if any."""
+    """Leave the process group, if any.
+
+    Unreachable objects that hold process groups or their tensors (FSDP modules, DTensors in
+    reference cycles) are collected first, while the interpreter is fully alive: left to
+    interpreter teardown, gloo's worker threads can abort the process at exit.
+    """
+    gc.collect()
     if dist.is_initialized():
         dist.destroy_process_group()
