@@ -181,13 +181,13 @@ def test_bad_bool_text() -> None:
 
 def test_literal_choice_on_command_line() -> None:
     assert error_of(None, ["--training.task=xyz"]) == (
-        "config key training.task must be one of 'mdlm', 'ar'; got 'xyz' on the command line"
+        "config key training.task must be one of 'mdlm', 'ar', 'nce'; got 'xyz' on the command line"
     )
 
 
 def test_literal_choice_in_toml(tmp_path: Path) -> None:
     path = write(tmp_path, "[training]\ntask = 5\n")
-    assert "config key training.task must be one of 'mdlm', 'ar'; got 5 (int)" in error_of(path)
+    assert "config key training.task must be one of 'mdlm', 'ar', 'nce'; got 5 (int)" in error_of(path)
 
 
 @pytest.mark.parametrize("arg", ["training.steps=5", "--steps=5", "--training.steps.x=5", "--.steps=5"])
@@ -351,7 +351,7 @@ def test_help_lists_every_key(flag: str, capsys: pytest.CaptureFixture[str]) -> 
         for key in table:
             assert f"--{section}.{key} " in out
     line = next(line for line in out.splitlines() if "--training.task " in line)
-    assert line.split()[1:] == ['"mdlm"|"ar"', '"mdlm"']
+    assert line.split()[1:] == ['"mdlm"|"ar"|"nce"', '"mdlm"']
     assert next(line for line in out.splitlines() if "--training.steps " in line).split()[1:] == ["int", "1000"]
 
 

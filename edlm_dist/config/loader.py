@@ -235,8 +235,14 @@ _BOUNDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "metrics.log_interval": _AT_LEAST_1,
     "metrics.eval_interval": _AT_LEAST_1,
     "metrics.eval_batch_size": _AT_LEAST_1,
+    "energy.num_negatives": _AT_LEAST_1,
+    "energy.max_batch": _AT_LEAST_1,
+    "energy.ess_candidates": ("0 (off) or >= 2", lambda v: v == 0 or v >= 2),
+    "energy.ess_sequences": _AT_LEAST_1,
     "sample.num_samples": _AT_LEAST_1,
     "sample.steps": _AT_LEAST_1,
+    "sample.num_candidates": _AT_LEAST_1,
+    "sample.window": ("in [0, 1]", lambda v: 0 <= v <= 1),
     "debug.kill_at_step": _NON_NEGATIVE,
     "debug.step_sleep_s": _NON_NEGATIVE,
 }
@@ -265,6 +271,8 @@ def validate_config(cfg: Config) -> None:
             f"training.global_batch_size ({t.global_batch_size}) must be a multiple of "
             f"training.micro_batch_size ({t.micro_batch_size})"
         )
+    if t.task == "nce" and not cfg.energy.denoiser:
+        raise ConfigError("training.task = 'nce' requires energy.denoiser (the MDLM run to fine-tune from)")
     if cfg.data.dataset in ("text", "files") and not cfg.data.path:
         raise ConfigError(f"data.dataset = {cfg.data.dataset!r} requires data.path")
 

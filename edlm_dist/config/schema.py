@@ -72,7 +72,7 @@ class DataConfig:
 
 @dataclass
 class TrainingConfig:
-    task: Literal["mdlm", "ar"] = "mdlm"
+    task: Literal["mdlm", "ar", "nce"] = "mdlm"  # nce: fine-tune the EDLM energy (see [energy])
     steps: int = 1000
     global_batch_size: int = 64
     micro_batch_size: int = 0  # per rank; 0 = no gradient accumulation
@@ -130,9 +130,32 @@ class MetricsConfig:
 
 
 @dataclass
+class EnergyConfig:
+    """The EDLM residual energy: which kind, and the runs (or step_<8-digit step> folders) it comes from.
+
+    Training task `nce` fine-tunes an energy network from `denoiser` (an MDLM run, also the
+    frozen proposal that draws the negatives); the NCE run takes the denoiser's architecture,
+    reading only `model.dropout` from its own [model] section. Sampling and evaluation build `kind` from `checkpoint` (the AR run
+    for ar/coar, the NCE run for nce) with `denoiser` as the proposal.
+    """
+
+    kind: Literal["nce", "ar", "coar"] = "nce"
+    checkpoint: str = ""
+    denoiser: str = ""
+    weights: Literal["auto", "ema", "model"] = "auto"  # auto: EMA weights when the checkpoint has them
+    time_conditioning: bool = False  # nce: whether the energy network reads t
+    num_negatives: int = 1  # nce: negatives per positive (the paper uses one)
+    max_batch: int = 256  # sequences per energy forward when scoring many candidates
+    ess_candidates: int = 16  # nce diagnostics: candidates per sequence for the effective sample size (0 = off)
+    ess_sequences: int = 8  # nce diagnostics: validation sequences scored at each of the fixed ESS times
+
+
+@dataclass
 class SampleConfig:
     num_samples: int = 4
     steps: int = 64
+    num_candidates: int = 4  # EDLM importance sampling: candidates per step (nce runs' end-of-run samples)
+    window: float = 1.0  # importance sampling while t >= 1 - window
 
 
 @dataclass
@@ -154,5 +177,6 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    energy: EnergyConfig = field(default_factory=EnergyConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)

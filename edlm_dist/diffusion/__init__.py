@@ -3,6 +3,7 @@
 Model-agnostic (networks are passed in as callables) and free of distributed code.
 """
 
+from edlm_dist.diffusion.energy import effective_sample_size, nce_loss, pairwise_accuracy
 from edlm_dist.diffusion.loss import masked_token_nll, nelbo, weighted_nelbo_terms
 from edlm_dist.diffusion.noise import (
     gumbel_argmax,
@@ -12,7 +13,7 @@ from edlm_dist.diffusion.noise import (
     stratified_times,
     uniform,
 )
-from edlm_dist.diffusion.sampling import reads_time, sample
+from edlm_dist.diffusion.sampling import draw_candidates, reads_time, sample
 from edlm_dist.diffusion.schedules import (
     SCHEDULES,
     CosineSchedule,
@@ -27,11 +28,15 @@ __all__ = [
     "SCHEDULES",
     "Schedule",
     "build_schedule",
+    "draw_candidates",
+    "effective_sample_size",
     "gumbel_argmax",
     "keyed_generator",
     "mask_tokens",
     "masked_token_nll",
+    "nce_loss",
     "nelbo",
+    "pairwise_accuracy",
     "reads_time",
     "sample",
     "seed_from_key",

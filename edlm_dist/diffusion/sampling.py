@@ -52,23 +52,82 @@ def _check_args(
         raise ValueError(f"init has shape {tuple(init.shape)}, expected ({batch_size}, {seq_len})")
 
 
-def _draw_candidates(
-    logits: torch.Tensor, xt: torch.Tensor, masked: torch.Tensor, num_candidates: int,
-    mask_id: int, generator: torch.Generator | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """k full denoisings x0^j ~ p_theta(. | xt) per sequence and their log-probabilities.
+MAX_NOISE_ELEMENTS = 2**24
+"""Most float64 Gumbel noise values the sampler draws at once. `gumbel_argmax` keeps about five
+arrays of that size alive (noise, temporaries, float64 logits): ~640 MiB at 2**24, against
+16 * 1024 * 50257 values (6.6 GB each) for k = 16 GPT-2 candidates drawn in one go. With a CPU
+generator the draws do not depend on it."""
 
-    Returns candidates [B, k, L] (unmasked tokens carried over) and log p_theta(x0^j | xt)
-    summed over masked positions, float64 [B, k].
+
+def _data_logit_rows(logits: torch.Tensor, mask_id: int) -> torch.Tensor:
+    """Logits [B * L, mask_id] of the data tokens (a view): mask and padded ids never win a draw."""
+    return logits.reshape(-1, logits.shape[-1])[:, :mask_id]
+
+
+def _flat_positions(which: torch.Tensor) -> torch.Tensor:
+    """Indices of the set entries of a boolean [B, L] map into its flattening, row-major."""
+    return which.reshape(-1).nonzero().squeeze(-1)
+
+
+def _by_row_chunks(
+    fn: Callable[[torch.Tensor], torch.Tensor], rows_logits: torch.Tensor, rows: torch.Tensor,
+    max_elements: int,
+) -> torch.Tensor:
+    """`fn(rows_logits[rows])`, computed on consecutive slices of `rows` of at most
+    `max_elements` logits each, so that no [len(rows), V] float64 tensor is ever built."""
+    per_chunk = max(1, max_elements // rows_logits.shape[-1])
+    return torch.cat([fn(rows_logits[chunk]) for chunk in rows.split(per_chunk)])
+
+
+def _gumbel_rows(
+    rows_logits: torch.Tensor, rows: torch.Tensor, generator: torch.Generator | None,
+    max_elements: int,
+) -> torch.Tensor:
+    """One float64 Gumbel-max draw from each `rows_logits[r]`, r in `rows`, noise taken in order.
+
+    The slices are consecutive and a CPU generator's stream is serial, so the draws equal those
+    of one `gumbel_argmax(rows_logits[rows])` bit for bit, whatever `max_elements`. A CUDA
+    generator (Philox) gives numbers that depend on the call shapes: reproducible for a fixed
+    `max_elements` only.
     """
-    logp = torch.log_softmax(logits[masked][:, :mask_id].double(), dim=-1)  # [n, V]
-    draws = gumbel_argmax(logp.expand(num_candidates, *logp.shape), generator=generator)  # [k, n]
-    draw_logp = logp.gather(-1, draws.T).T  # [k, n]
-    candidates = xt.unsqueeze(0).repeat(num_candidates, 1, 1)  # [k, B, L]
-    candidates[:, masked] = draws
+    return _by_row_chunks(
+        lambda chunk: gumbel_argmax(chunk, generator=generator), rows_logits, rows, max_elements
+    )
+
+
+def draw_candidates(
+    logits: torch.Tensor, xt: torch.Tensor, masked: torch.Tensor, num_candidates: int,
+    mask_id: int, generator: torch.Generator | None, *, max_noise_elements: int = MAX_NOISE_ELEMENTS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """k = `num_candidates` independent full denoisings x0^j ~ p_theta(. | xt) per sequence.
+
+    `logits` [B, L, >= mask_id] are the denoiser's output at `xt` [B, L]; only the data logits
+    (ids < mask_id) count. Positions where `masked` [B, L] is set are drawn, the others carried
+    over from `xt`. Returns the candidates [B, k, L], sample-major (row b holds candidates for
+    sequence b only), and log p_theta(x0^j | xt) summed over the masked positions, float64
+    [B, k] (0 for a sequence with nothing masked).
+
+    Tokens are float64 Gumbel-max draws with noise taken in the order of one [k, n_masked, V]
+    draw (candidate, then masked position in row-major order, then token), at most
+    `max_noise_elements` values at a time: bounded memory for large vocabularies and, with a
+    CPU generator, the same draws whatever the bound (see `_gumbel_rows`).
+    """
+    if num_candidates < 1:
+        raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
+    rows_logits = _data_logit_rows(logits, mask_id)
+    positions = _flat_positions(masked)  # [n]
+    rows = positions.repeat(num_candidates)  # [k * n], candidate-major
+    draws = _gumbel_rows(rows_logits, rows, generator, max_noise_elements)
+    log_norm = _by_row_chunks(
+        lambda chunk: torch.logsumexp(chunk.double(), dim=-1), rows_logits, positions, max_noise_elements
+    )
+    draw_logp = rows_logits[rows, draws].double().view(num_candidates, -1) - log_norm  # [k, n]
+    seq, pos = positions // xt.shape[1], positions % xt.shape[1]
+    candidates = xt.unsqueeze(1).repeat(1, num_candidates, 1)  # [B, k, L]
+    candidates[seq, :, pos] = draws.view(num_candidates, -1).T
     per_position = torch.zeros(candidates.shape, dtype=torch.float64, device=xt.device)
-    per_position[:, masked] = draw_logp
-    return candidates.transpose(0, 1), per_position.sum(-1).T
+    per_position[seq, :, pos] = draw_logp.T
+    return candidates, per_position.sum(-1)
 
 
 def _choose_by_energy(
@@ -111,7 +170,7 @@ def sample(
     denoisings are drawn, `energy(x0, xt, t, proposal_logp) -> [N]` scores them, and the step
     moves toward the one picked with probability softmax(-energy). A denoiser output (or a
     chosen candidate) is reused while no token changes, unless a network reads t (see
-    `reads_time`).
+    `reads_time`). Gumbel noise is drawn `MAX_NOISE_ELEMENTS` values at a time.
     """
     _check_args(batch_size, seq_len, steps, init, energy, num_candidates, window)
     schedule = schedule or LogLinearSchedule()
@@ -135,8 +194,8 @@ def sample(
         if not in_window:
             chosen = None
         elif chosen is None:
-            candidates, proposal_logp = _draw_candidates(
-                logits, x, masked, num_candidates, mask_id, generator
+            candidates, proposal_logp = draw_candidates(
+                logits, x, masked, num_candidates, mask_id, generator, max_noise_elements=MAX_NOISE_ELEMENTS
             )
             chosen = _choose_by_energy(energy, candidates, proposal_logp, x, t_batch, generator)
         unmask = masked & (
@@ -146,7 +205,10 @@ def sample(
         if chosen is not None:
             x = torch.where(unmask, chosen, x)
         else:
-            x = x.masked_scatter(unmask, gumbel_argmax(logits[unmask][:, :mask_id], generator=generator))
+            draws = _gumbel_rows(
+                _data_logit_rows(logits, mask_id), _flat_positions(unmask), generator, MAX_NOISE_ELEMENTS
+            )
+            x = x.masked_scatter(unmask, draws)
         if unmask.any() or not keep_outputs:
             logits = chosen = None
     return x

@@ -7,10 +7,14 @@ t [N] the time, and proposal_logp [N] float64 = log p_theta(x0 | xt) summed over
 positions of xt. An attribute `reads_time = False` lets the sampler reuse outputs across
 steps where xt did not change.
 
-`AREnergy` uses a pretrained autoregressive model (EDLM-AR and the carry-over variant); the
-NCE-trained energy network will live here too.
+`AREnergy` uses a pretrained autoregressive model (EDLM-AR and the carry-over variant),
+`NCEEnergy` the energy network trained by noise-contrastive estimation (EDLM-NCE).
+`edlm_dist.training.loading.load_energy` builds either from an `[energy]` config section.
 """
 
 from edlm_dist.energy.autoregressive import AREnergy
+from edlm_dist.energy.nce import NCEEnergy
 
-__all__ = ["AREnergy"]
+Energy = AREnergy | NCEEnergy
+
+__all__ = ["AREnergy", "Energy", "NCEEnergy"]

@@ -15,6 +15,8 @@ from typing import Literal, Protocol
 import torch
 from torch import Tensor
 
+from edlm_dist.diffusion.loss import Denoiser, masked_token_nll
+
 
 class TokenScorer(Protocol):
     """An AR model: per-position log p(x0_i | x0_<i) [N, L] over `vocab_size` data tokens."""
@@ -28,44 +30,67 @@ class AREnergy:
     """Energy `(x0, xt, t, proposal_logp) -> float64 [N]` from an AR model (see module docstring).
 
     The AR model is put in eval mode and run under no_grad in chunks of at most `max_batch`
-    rows, so k candidates x B sequences never go through one forward at once. t is not read.
+    rows, so k candidates x B sequences never go through one forward at once. When the caller
+    has no `proposal_logp` (the sampler always passes it), the `denoiser` computes it; t is
+    read only by a time-conditioned denoiser.
     """
 
-    reads_time = False
-
-    def __init__(self, ar_model: TokenScorer, *, carry_over: bool = False, max_batch: int = 256) -> None:
+    def __init__(
+        self, ar_model: TokenScorer, *, carry_over: bool = False, max_batch: int = 256,
+        denoiser: Denoiser | None = None,
+    ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.ar_model = ar_model
         self.carry_over = carry_over
         self.max_batch = max_batch
+        self.denoiser = denoiser
         self.mask_id = ar_model.vocab_size
-        if isinstance(ar_model, torch.nn.Module):
-            ar_model.eval()
+        for model in (ar_model, denoiser):
+            if isinstance(model, torch.nn.Module):
+                model.eval()
+
+    @property
+    def reads_time(self) -> bool:
+        """Only through the denoiser, and only when the caller leaves proposal_logp to it."""
+        return self.denoiser is not None and bool(getattr(self.denoiser, "reads_time", True))
 
     @property
     def kind(self) -> Literal["ar", "coar"]:
         return "coar" if self.carry_over else "ar"
 
     def _check(self, x0: Tensor, xt: Tensor, t: Tensor, proposal_logp: Tensor | None) -> None:
-        if proposal_logp is None:
+        if proposal_logp is None and self.denoiser is None:
             raise ValueError(
-                "proposal_logp is required (log p_theta(x0 | xt) over masked positions; the sampler passes it)"
+                "proposal_logp (log p_theta(x0 | xt) over masked positions) is required when the energy has no denoiser"
             )
         if x0.dim() != 2 or x0.shape != xt.shape:
             raise ValueError(f"x0 {tuple(x0.shape)} and xt {tuple(xt.shape)} must both be [N, L]")
         n = x0.shape[0]
         for name, value in (("t", t), ("proposal_logp", proposal_logp)):
-            if tuple(value.shape) != (n,):
+            if value is not None and tuple(value.shape) != (n,):
                 raise ValueError(f"{name} has shape {tuple(value.shape)}, expected ({n},)")
         bad = x0[(x0 < 0) | (x0 >= self.mask_id)]
         if bad.numel():
             raise ValueError(f"x0 holds token id {int(bad[0])}, outside the data vocabulary [0, {self.mask_id})")
+        unmasked = xt != self.mask_id
+        if not torch.equal(x0[unmasked], xt[unmasked]):
+            raise ValueError("x0 differs from xt at unmasked positions: candidates must carry over xt's tokens")
+
+    def _proposal_logp(self, x0: Tensor, xt: Tensor, t: Tensor) -> Tensor:
+        """log p_theta(x0 | xt) summed over the masked positions, float64 [N], from the denoiser."""
+        chunks = zip(x0.split(self.max_batch), xt.split(self.max_batch), t.split(self.max_batch))
+        return torch.cat([
+            -masked_token_nll(self.denoiser(b, c), a, b == self.mask_id, mask_id=self.mask_id).double().sum(-1)
+            for a, b, c in chunks
+        ])
 
     @torch.no_grad()
     def __call__(self, x0: Tensor, xt: Tensor, t: Tensor, proposal_logp: Tensor | None) -> Tensor:
         """Energies [N] float64: -(sum of AR log-probs over all, or only masked, positions) + proposal_logp."""
         self._check(x0, xt, t, proposal_logp)
+        if proposal_logp is None:
+            proposal_logp = self._proposal_logp(x0, xt, t)
         chunks = [self.ar_model.token_log_probs(chunk).double() for chunk in x0.split(self.max_batch)]
         token_lp = torch.cat(chunks) if chunks else x0.new_zeros(x0.shape, dtype=torch.float64)
         if token_lp.shape != x0.shape:

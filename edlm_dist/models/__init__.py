@@ -1,4 +1,5 @@
-"""Models: the bidirectional DiT denoiser and the causal AR baseline, sharing one backbone."""
+"""Models: the bidirectional DiT denoiser, the causal AR baseline and the EDLM-NCE energy
+network, sharing one backbone."""
 
 from edlm_dist.models.attention import attention
 from edlm_dist.models.layers import LayerNorm, TimestepEmbedder, apply_rotary, modulate, rotary_tables
@@ -6,6 +7,8 @@ from edlm_dist.models.transformer import (
     ARTransformer,
     DiT,
     DiTBlock,
+    EnergyHead,
+    EnergyNet,
     FinalLayer,
     Transformer,
     build_model,
@@ -16,6 +19,8 @@ __all__ = [
     "ARTransformer",
     "DiT",
     "DiTBlock",
+    "EnergyHead",
+    "EnergyNet",
     "FinalLayer",
     "LayerNorm",
     "TimestepEmbedder",

@@ -18,6 +18,7 @@ from typing import Callable, Literal
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 
 from edlm_dist.config.schema import ModelConfig
@@ -115,9 +116,13 @@ class Transformer(nn.Module):
             DiTBlock(config.hidden_size, config.n_heads, config.cond_dim, config.mlp_ratio, config.dropout, causal)
             for _ in range(config.n_layers)
         )
-        self.final = FinalLayer(config.hidden_size, config.cond_dim, self.padded_vocab)
+        self._build_output()
         if self.embed.weight.device.type != "meta":
             self.init_weights()
+
+    def _build_output(self) -> None:
+        """The output module(s) on top of the blocks: here the vocabulary projection `final`."""
+        self.final = FinalLayer(self.config.hidden_size, self.config.cond_dim, self.padded_vocab)
 
     def init_rule(self, name: str) -> Init:
         """The initialisation of the parameter called `name` (scheme in the module docstring)."""
@@ -133,17 +138,21 @@ class Transformer(nn.Module):
         """(Re)initialise every parameter, sharded or not, identically for a given seed."""
         initialize_parameters(self, self.init_rule, seed)
 
-    def _logits(self, tokens: Tensor, t: Tensor | None) -> Tensor:
-        """Backbone pass: tokens [B, L] and t [B] (None = t 0) -> logits [B, L, padded_vocab]."""
-        batch, length = tokens.shape
+    def _trunk(self, x: Tensor, t: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The blocks over input embeddings x [B, L, hidden] at times t [B] (None = t 0):
+        final hidden states [B, L, hidden] and the conditioning vector c [B, cond_dim]."""
+        batch, length, _ = x.shape
         if t is None:
-            t = torch.zeros(batch, device=tokens.device)
+            t = torch.zeros(batch, device=x.device)
         c = self.time_embed(t.expand(batch))
-        cos, sin = rotary_tables(length, self.head_dim, tokens.device)
-        x = self.embed(tokens)
+        cos, sin = rotary_tables(length, self.head_dim, x.device)
         for block in self.blocks:
             x = block(x, c, cos, sin)
-        return self.final(x, c)
+        return x, c
+
+    def _logits(self, tokens: Tensor, t: Tensor | None) -> Tensor:
+        """Backbone pass: tokens [B, L] and t [B] (None = t 0) -> logits [B, L, padded_vocab]."""
+        return self.final(*self._trunk(self.embed(tokens), t))
 
     def num_params(self, exclude_input_embedding: bool = True) -> int:
         """Parameter count, by default without the input embedding (which costs no FLOPs)."""
@@ -209,11 +218,69 @@ class ARTransformer(Transformer):
         return token_lp.sum(dim=-1)
 
 
-_MODELS: dict[str, type[Transformer]] = {"dit": DiT, "ar": ARTransformer}
+class EnergyHead(nn.Module):
+    """Mean over positions of the final hidden states -> LayerNorm -> MLP -> one scalar [B].
+
+    Computed in float32 whatever the parameter dtype (bf16 under FSDP mixed precision) or
+    autocast: energies are compared across candidates a few nats apart.
+    """
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.norm = LayerNorm(hidden)
+        self.proj = nn.Linear(hidden, hidden)
+        self.out = nn.Linear(hidden, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            pooled = self.norm(x.float().mean(dim=1))
+            h = F.gelu(F.linear(pooled, self.proj.weight.float(), self.proj.bias.float()), approximate="tanh")
+            return F.linear(h, self.out.weight.float(), self.out.bias.float()).squeeze(-1)
+
+
+class EnergyNet(Transformer):
+    """EDLM-NCE residual energy E(x0, xt, t): a bidirectional DiT reading the candidate x0, told
+    which positions were masked in xt, mean-pooled to one scalar per sequence.
+
+    The input at position i is embed(x0_i), plus the learned vector `masked_marker` where xt_i
+    is the mask. `embed`, `time_embed` and `blocks` share names and shapes with the DiT, so a
+    trained MDLM initialises them; `masked_marker` and the head's output layer start at zero,
+    so the initial energy is 0 and the initial joint p_theta exp(-E) / Z is the MDLM itself.
+    `reads_time` mirrors `config.time_conditioning`.
+    """
+
+    def __init__(self, config: ModelConfig, vocab_size: int) -> None:
+        super().__init__(config, vocab_size, causal=False)
+        self.reads_time = config.time_conditioning
+
+    def _build_output(self) -> None:
+        self.masked_marker = nn.Parameter(torch.empty(self.config.hidden_size))
+        self.head = EnergyHead(self.config.hidden_size)
+
+    def init_rule(self, name: str) -> Init:
+        if name == "masked_marker" or name.startswith("head.out"):
+            return Init("zeros")
+        if name == "head.proj.weight":  # unit-scale features, so the zero output layer learns at once
+            return Init("normal", 1.0 / math.sqrt(self.config.hidden_size))
+        return super().init_rule(name)
+
+    def forward(self, x0: Tensor, xt: Tensor, t: Tensor | None = None) -> Tensor:
+        """x0 [B, L] data ids, xt [B, L] (mask id = vocab size), t [B] -> energies [B] (fp32)."""
+        if x0.shape != xt.shape:
+            raise ValueError(f"x0 {tuple(x0.shape)} and xt {tuple(xt.shape)} must have the same shape")
+        if self.reads_time and t is None:
+            raise ValueError("this energy is time-conditioned: pass t")
+        masked = (xt == self.mask_id).unsqueeze(-1)
+        x = self.embed(x0) + masked * self.masked_marker
+        hidden, _ = self._trunk(x, t if self.reads_time else None)
+        return self.head(hidden)
+
+
+_MODELS: dict[str, type[Transformer]] = {"dit": DiT, "ar": ARTransformer, "energy": EnergyNet}
 
 
 def build_model(
-    kind: Literal["dit", "ar"],
+    kind: Literal["dit", "ar", "energy"],
     config: ModelConfig,
     vocab_size: int,
     device: torch.device | str = "cpu",

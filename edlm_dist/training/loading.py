@@ -1,5 +1,6 @@
-"""Loading trained weights from a run's DCP checkpoints into a full (unsharded) model on CPU,
-without a process group: for export, inference, energies, sampling and evaluation.
+"""Loading trained weights from a run's DCP checkpoints: into a full model on CPU without a
+process group (export, inference), or into a sharded model under one (the frozen denoiser and
+the energy initialisation of NCE training, sampling, evaluation).
 
 The model is rebuilt from the run's resolved `config.toml`, its shapes are checked against the
 checkpoint, and the model or EMA weights are read with DCP (which reshards from any world size).
@@ -11,14 +12,18 @@ import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
+import torch
+import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
 
-from edlm_dist.config import Config, load_config
+from edlm_dist.config import Config, EnergyConfig, load_config
+from edlm_dist.energy import AREnergy, Energy, NCEEnergy
 from edlm_dist.models import Transformer, build_model
 from edlm_dist.training.checkpoint import MARKER, STEP_DIR, CheckpointManager, describe_load_error
-from edlm_dist.training.tasks import build_task
+from edlm_dist.training.tasks import MODEL_KINDS
 
 _PREFIXES = {"model": "model.", "ema": "ema.weights."}  # where each kind of weights sits in the DCP state dict
 
@@ -91,32 +96,105 @@ def _stored_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     return {key: tuple(m.size) for key, m in metadata.items() if isinstance(m, dcp.TensorStorageMetadata)}
 
 
-def load_weights(ckpt: Checkpoint, weights: str | None = None) -> tuple[Transformer, str]:
-    """The run's model on CPU holding the checkpoint's `weights` ("ema" or "model"; None: "ema"
-    when the checkpoint has EMA weights, else "model"), and which weights those are."""
+def checkpoint_vocab_size(ckpt: Checkpoint) -> int:
+    """The data vocabulary of the checkpoint's model: its input embedding has one row per token
+    plus the mask token (read from the checkpoint, so no corpus or tokenizer files are needed)."""
+    shapes = _stored_shapes(ckpt.path)
+    if "model.embed.weight" not in shapes:
+        raise WeightsError(f"checkpoint {ckpt.path} holds no model weights")
+    return shapes["model.embed.weight"][0] - 1
+
+
+def read_weights(model: Transformer, ckpt: Checkpoint, weights: str | None = None, *, partial: bool = False) -> str:
+    """Fill `model` (sharded under FSDP or not) with the checkpoint's `weights` ("ema" or "model";
+    None: "ema" when the checkpoint has EMA weights) and return which ones were read.
+
+    With `partial`, only the parameters the checkpoint has are read (an energy network taking
+    its backbone from an MDLM) and the others keep their values; every parameter read must match
+    the stored shape. Under a process group every rank must call this.
+    """
     shapes = _stored_shapes(ckpt.path)
     has_ema = any(key.startswith(_PREFIXES["ema"]) for key in shapes)
     weights = weights or ("ema" if has_ema else "model")
     if weights == "ema" and not has_ema:
-        raise WeightsError(f"checkpoint {ckpt.path} has no EMA weights (training.ema_decay was 0); use --weights model")
-    if "model.embed.weight" not in shapes:
-        raise WeightsError(f"checkpoint {ckpt.path} holds no model weights")
-    # The embedding has a row per token plus the mask token: the vocabulary comes from the checkpoint
-    # itself, so exporting never needs the run's corpus or tokenizer files.
-    vocab_size = shapes["model.embed.weight"][0] - 1
-    cfg = ckpt.config
-    model = build_model(build_task(cfg, vocab_size).model_kind, cfg.model, vocab_size, "cpu", seed=cfg.job.seed)
-    state = model.state_dict()
+        raise WeightsError(f"checkpoint {ckpt.path} has no EMA weights (training.ema_decay was 0); use the model weights")
     prefix = _PREFIXES[weights]
     stored = {key[len(prefix):]: shape for key, shape in shapes.items() if key.startswith(prefix)}
+    state = get_model_state_dict(model)
+    if partial:
+        state = {name: tensor for name, tensor in state.items() if name in stored}
     expected = {name: tuple(tensor.shape) for name, tensor in state.items()}
-    mismatched = sorted(name for name in stored.keys() | expected.keys() if stored.get(name) != expected.get(name))
-    if mismatched:
-        shown = ", ".join(f"{n} (stored {stored.get(n)}, config {expected.get(n)})" for n in mismatched[:3])
+    names = expected.keys() if partial else stored.keys() | expected.keys()
+    mismatched = sorted(name for name in names if stored.get(name) != expected.get(name))
+    if mismatched or not state:
+        shown = ", ".join(f"{n} (stored {stored.get(n)}, model {expected.get(n)})" for n in mismatched[:3])
         raise WeightsError(
-            f"checkpoint {ckpt.path} does not match the model of {ckpt.run_dir / 'config.toml'}: {shown}"
+            f"checkpoint {ckpt.path} does not match the model built from {ckpt.run_dir / 'config.toml'}: "
+            f"{shown or 'no parameter in common'}"
         )
     target = {"model": state} if weights == "model" else {"ema": {"weights": state}}
     with _reading(ckpt.path):
-        dcp.load(target, checkpoint_id=str(ckpt.path), no_dist=True)  # fills `state`, the model's own tensors
+        dcp.load(target, checkpoint_id=str(ckpt.path), no_dist=not dist.is_initialized())
+    set_model_state_dict(model, state, options=StateDictOptions(strict=not partial))
+    return weights
+
+
+def load_weights(
+    ckpt: Checkpoint,
+    weights: str | None = None,
+    *,
+    device: torch.device | str = "cpu",
+    prepare: Callable[[Transformer], None] | None = None,
+) -> tuple[Transformer, str]:
+    """The run's model on `device` (parallelised by `prepare`, e.g. sharded) holding the
+    checkpoint's `weights` (see `read_weights`), in eval mode, and which weights those are."""
+    cfg = ckpt.config
+    kind = MODEL_KINDS[cfg.training.task]
+    model = build_model(kind, cfg.model, checkpoint_vocab_size(ckpt), device, seed=cfg.job.seed, prepare=prepare)
+    weights = read_weights(model, ckpt, weights)
     return model.eval(), weights
+
+
+def check_compatible(energy: Checkpoint, denoiser: Checkpoint) -> None:
+    """An energy (or AR) run and a denoiser run that can work together: same vocabulary (the
+    same token ids) and the same sequence length."""
+    pairs = {
+        "vocabulary size": (checkpoint_vocab_size(energy), checkpoint_vocab_size(denoiser)),
+        "data.seq_len": (energy.config.data.seq_len, denoiser.config.data.seq_len),
+    }
+    for what, (mine, theirs) in pairs.items():
+        if mine != theirs:
+            raise WeightsError(f"{what} of {energy.path} ({mine}) does not match the denoiser {denoiser.path} ({theirs})")
+
+
+def run_of_task(path: str, task: str, key: str) -> Checkpoint:
+    """The checkpoint at config key `key` (`path`), which must come from a `task` run."""
+    if not path:
+        raise WeightsError(f"{key} is required: the {task} run (or one of its step_<8-digit step> folders)")
+    ckpt = find_checkpoint(os.path.expanduser(os.path.expandvars(path)))
+    if ckpt.config.training.task != task:
+        raise WeightsError(f"{key} = {path} is a {ckpt.config.training.task!r} run; expected a {task!r} run")
+    return ckpt
+
+
+def load_denoiser(cfg: EnergyConfig, device: torch.device | str = "cpu") -> tuple[Transformer, Checkpoint]:
+    """The MDLM of `energy.denoiser` (for an NCE energy left empty: the one the energy was trained
+    against), in eval mode on `device`."""
+    path = cfg.denoiser
+    if not path and cfg.kind == "nce" and cfg.checkpoint:
+        path = run_of_task(cfg.checkpoint, "nce", "energy.checkpoint").config.energy.denoiser
+    ckpt = run_of_task(path, "mdlm", "energy.denoiser")
+    model, _ = load_weights(ckpt, None if cfg.weights == "auto" else cfg.weights, device=device)
+    return model, ckpt
+
+
+def load_energy(cfg: EnergyConfig, denoiser: Checkpoint, device: torch.device | str = "cpu") -> Energy:
+    """The energy callable `energy.kind` names, built from `energy.checkpoint` (the AR run for
+    ar/coar, the NCE run for nce) and checked against the `denoiser` run it will correct."""
+    task = "nce" if cfg.kind == "nce" else "ar"
+    ckpt = run_of_task(cfg.checkpoint, task, "energy.checkpoint")
+    check_compatible(ckpt, denoiser)
+    model, _ = load_weights(ckpt, None if cfg.weights == "auto" else cfg.weights, device=device)
+    if cfg.kind == "nce":
+        return NCEEnergy(model, max_batch=cfg.max_batch)
+    return AREnergy(model, carry_over=cfg.kind == "coar", max_batch=cfg.max_batch)

@@ -1,11 +1,14 @@
-"""Training objectives by name: `mdlm` (masked diffusion NELBO) and `ar` (next-token NLL).
+"""Training objectives by name: `mdlm` (masked diffusion NELBO), `ar` (next-token NLL) and
+`nce` (the EDLM residual energy, by noise-contrastive estimation against a frozen MDLM).
 
-A task says which model it trains, draws the noise of a global batch, scores sequences
-(nats per sequence, for the loss and for evaluation) and generates samples.
+A task says which model it trains, draws the noise of a global batch, and turns a batch into
+per-example terms: `train_terms` (the "loss" to minimise and diagnostics) and `eval_terms`
+(validation figures). A term that does not apply to an example is NaN and is not averaged.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -14,38 +17,51 @@ from edlm_dist.config import Config
 from edlm_dist.diffusion import (
     Schedule,
     build_schedule,
+    draw_candidates,
+    effective_sample_size,
     gumbel_argmax,
     keyed_generator,
     mask_tokens,
     masked_token_nll,
+    nce_loss,
     nelbo,
+    pairwise_accuracy,
     sample,
     stratified_times,
     uniform,
     weighted_nelbo_terms,
 )
-from edlm_dist.models import ARTransformer, Transformer
+from edlm_dist.energy import NCEEnergy
+from edlm_dist.models import ARTransformer, DiT, EnergyNet, Transformer
+
+MODEL_KINDS = {"mdlm": "dit", "ar": "ar", "nce": "energy"}  # training.task -> the model it trains
+
+Terms = dict[str, torch.Tensor]  # name -> per-example values [B] (NaN: not applicable)
 
 
 @dataclass
 class StepNoise:
-    """The training noise of one global batch: times [G] and masking uniforms [G, L].
+    """The training noise of one global batch: times [G], masking uniforms [G, L], and the
+    global example indices [G] that key each example's heavier noise (NCE negatives).
 
     Drawn from a generator keyed by (seed, step) on every rank, each rank taking its rows,
     so the noise of an example does not depend on the world size or on where a run resumed.
     """
 
+    step: int
     t: torch.Tensor
     uniforms: torch.Tensor
+    index: torch.Tensor
 
     def rows(self, start: int, stop: int) -> StepNoise:
-        return StepNoise(self.t[start:stop], self.uniforms[start:stop])
+        return StepNoise(self.step, self.t[start:stop], self.uniforms[start:stop], self.index[start:stop])
 
 
 class MDLMTask:
-    """Masked diffusion: the loss is the continuous-time NELBO of each sequence."""
+    """Masked diffusion: the loss is the continuous-time NELBO of each sequence, per token."""
 
-    model_kind = "dit"
+    model_kind = MODEL_KINDS["mdlm"]
+    headline = "nelbo_per_token"  # the validation figure the report leads with
 
     def __init__(self, schedule: Schedule, mask_id: int, t_min: float, seed: int) -> None:
         self.schedule, self.mask_id, self.t_min, self.seed = schedule, mask_id, t_min, seed
@@ -53,19 +69,29 @@ class MDLMTask:
     def draw_noise(self, global_batch: int, seq_len: int, step: int) -> StepNoise:
         generator = keyed_generator(self.seed, "train-noise", step)
         t = stratified_times(global_batch, t_min=self.t_min, generator=generator)
-        return StepNoise(t, uniform((global_batch, seq_len), generator=generator, device="cpu"))
+        uniforms = uniform((global_batch, seq_len), generator=generator, device="cpu")
+        return StepNoise(step, t, uniforms, torch.arange(global_batch))
+
+    def noised(self, x0: torch.Tensor, noise: StepNoise) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(t [B], xt [B, L], masked [B, L]) of x0 under the given noise."""
+        t = noise.t.to(x0.device)
+        xt, masked = mask_tokens(x0, t, schedule=self.schedule, mask_id=self.mask_id, uniforms=noise.uniforms)
+        return t, xt, masked
 
     def sequence_nll(self, model: Transformer, x0: torch.Tensor, noise: StepNoise) -> torch.Tensor:
         """One-draw NELBO of each sequence of x0 [B, L] under the given noise, nats [B]."""
-        t = noise.t.to(x0.device)
-        xt, masked = mask_tokens(
-            x0, t, schedule=self.schedule, mask_id=self.mask_id, uniforms=noise.uniforms
-        )
+        t, xt, masked = self.noised(x0, noise)
         nll = masked_token_nll(model(xt, t), x0, masked, mask_id=self.mask_id)
         return weighted_nelbo_terms(nll, t, schedule=self.schedule, t_min=self.t_min)
 
-    def eval_nll(self, model: Transformer, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return nelbo(model, x0, mask_id=self.mask_id, schedule=self.schedule, t_min=self.t_min, generator=generator)
+    def train_terms(self, model: Transformer, x0: torch.Tensor, noise: StepNoise) -> Terms:
+        return {"loss": self.sequence_nll(model, x0, noise) / x0.shape[1]}
+
+    def eval_terms(self, model: Transformer, x0: torch.Tensor, batch: int) -> Terms:
+        """The NELBO per token of each validation sequence, noise keyed by the batch number."""
+        nll = nelbo(model, x0, mask_id=self.mask_id, schedule=self.schedule, t_min=self.t_min,
+                    generator=keyed_generator(self.seed, "eval", batch))
+        return {self.headline: nll / x0.shape[1]}
 
     def generate(
         self, model: Transformer, num: int, seq_len: int, steps: int, generator: torch.Generator
@@ -79,7 +105,8 @@ class MDLMTask:
 class ARTask:
     """Autoregressive baseline: the exact NLL of each sequence, all L positions scored."""
 
-    model_kind = "ar"
+    model_kind = MODEL_KINDS["ar"]
+    headline = "nll_per_token"
 
     def draw_noise(self, global_batch: int, seq_len: int, step: int) -> None:
         return None
@@ -87,8 +114,11 @@ class ARTask:
     def sequence_nll(self, model: ARTransformer, x0: torch.Tensor, noise: None) -> torch.Tensor:
         return -model.log_prob(x0)
 
-    def eval_nll(self, model: ARTransformer, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return -model.log_prob(x0)
+    def train_terms(self, model: ARTransformer, x0: torch.Tensor, noise: None) -> Terms:
+        return {"loss": self.sequence_nll(model, x0, noise) / x0.shape[1]}
+
+    def eval_terms(self, model: ARTransformer, x0: torch.Tensor, batch: int) -> Terms:
+        return {self.headline: -model.log_prob(x0) / x0.shape[1]}
 
     @torch.no_grad()
     def generate(
@@ -103,12 +133,133 @@ class ARTask:
         return x
 
 
-Task = MDLMTask | ARTask
+def draw_denoisings(
+    logits: torch.Tensor, xt: torch.Tensor, mask_id: int, keys: list[tuple[object, ...]]
+) -> torch.Tensor:
+    """One x0 ~ p_theta(. | xt) per row of xt [B, L]: masked positions drawn from the logits by
+    float64 Gumbel-max with the row's own generator (keyed by `keys[row]`, on the logits'
+    device), unmasked tokens carried over. Per-row keys make a row's draw independent of the
+    batch it sits in, hence of the world size and of micro-batching."""
+    out = xt.clone()
+    for row, key in enumerate(keys):
+        masked = xt[row] == mask_id
+        if masked.any():
+            generator = keyed_generator(*key, device=logits.device)
+            out[row, masked] = gumbel_argmax(logits[row, masked, :mask_id], generator=generator)
+    return out
 
 
-def build_task(cfg: Config, mask_id: int) -> Task:
-    """The task `training.task` names."""
+class NCETask(MDLMTask):
+    """EDLM-NCE: the energy network learns to tell data x0 (lower energy) from denoisings drawn
+    by the frozen MDLM at the same xt, with `num_negatives` draws per example.
+
+    t and the masks come from the same stratified (seed, step) noise as MDLM training; the
+    negatives' Gumbel noise is keyed by (seed, step, global example index, draw).
+    """
+
+    model_kind = MODEL_KINDS["nce"]
+    headline = "accuracy"
+    ESS_TIMES = (0.25, 0.5, 0.75, 1.0)  # where the diagnostics measure the ESS of k candidates
+
+    def __init__(
+        self, schedule: Schedule, mask_id: int, t_min: float, seed: int, denoiser: DiT, *,
+        num_negatives: int = 1, ess_candidates: int = 16, ess_sequences: int = 8, max_batch: int = 256,
+        sample_candidates: int = 4, sample_window: float = 1.0,
+    ) -> None:
+        super().__init__(schedule, mask_id, t_min, seed)
+        self.denoiser = denoiser.eval().requires_grad_(False)
+        self.num_negatives = num_negatives
+        self.ess_candidates, self.ess_sequences, self.max_batch = ess_candidates, ess_sequences, max_batch
+        self.sample_candidates, self.sample_window = sample_candidates, sample_window
+
+    def generate(
+        self, model: EnergyNet, num: int, seq_len: int, steps: int, generator: torch.Generator
+    ) -> torch.Tensor:
+        """EDLM samples: the frozen denoiser proposes, the energy chooses (importance sampling)."""
+        return sample(
+            self.denoiser, batch_size=num, seq_len=seq_len, mask_id=self.mask_id, steps=steps,
+            schedule=self.schedule, generator=generator, energy=NCEEnergy(model, max_batch=self.max_batch),
+            num_candidates=self.sample_candidates, window=self.sample_window,
+        )
+
+    @torch.no_grad()
+    def _negatives(self, xt: torch.Tensor, t: torch.Tensor, keys: list[tuple[object, ...]]) -> torch.Tensor:
+        """`num_negatives` denoisings per row of xt, draw-major: [m, B, L]."""
+        logits = self.denoiser(xt, t)
+        return torch.stack([
+            draw_denoisings(logits, xt, self.mask_id, [(*key, j) for key in keys]) for j in range(self.num_negatives)
+        ])
+
+    def _energies(self, model: EnergyNet, candidates: torch.Tensor, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Energies [c, B] of candidates [c, B, L] (one forward over all c * B rows)."""
+        count = candidates.shape[0]
+        flat = model(candidates.flatten(0, 1), xt.repeat(count, 1), t.repeat(count))
+        return flat.view(count, -1)
+
+    def _terms(self, model: EnergyNet, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor,
+               keys: list[tuple[object, ...]]) -> Terms:
+        negatives = self._negatives(xt, t, keys)
+        energies = self._energies(model, torch.cat((x0[None], negatives)), xt, t).float()
+        positive, negative = energies[0], energies[1:].T  # [B], [B, m]
+        return {
+            "loss": nce_loss(positive, negative),
+            "accuracy": pairwise_accuracy(positive, negative).float(),
+            "energy_pos": positive.detach(),
+            "energy_neg": negative.detach().mean(dim=-1),
+            "energy_gap": (negative.detach().mean(dim=-1) - positive.detach()),
+        }
+
+    def train_terms(self, model: EnergyNet, x0: torch.Tensor, noise: StepNoise) -> Terms:
+        t, xt, _ = self.noised(x0, noise)
+        keys = [(self.seed, "nce-negatives", noise.step, int(i)) for i in noise.index]
+        return self._terms(model, x0, xt, t, keys)
+
+    @torch.no_grad()
+    def eval_terms(self, model: EnergyNet, x0: torch.Tensor, batch: int) -> Terms:
+        """NCE figures on held-out pairs (t stratified over [t_min, 1]; accuracy also at t >= 0.5),
+        and the ESS of `ess_candidates` proposal draws at the fixed ESS_TIMES for the first
+        `ess_sequences` sequences (NaN for the others)."""
+        generator = keyed_generator(self.seed, "eval", batch)
+        t = stratified_times(x0.shape[0], t_min=self.t_min, generator=generator).to(x0.device)
+        xt, _ = mask_tokens(x0, t, schedule=self.schedule, mask_id=self.mask_id, generator=generator)
+        keys = [(self.seed, "eval-negatives", batch, row) for row in range(x0.shape[0])]
+        terms = self._terms(model, x0, xt, t, keys)
+        terms["accuracy_t_ge_0.5"] = terms["accuracy"].masked_fill(t < 0.5, float("nan"))
+        if self.ess_candidates:
+            terms.update(self._ess(model, x0, batch))
+        return terms
+
+    def _ess(self, model: EnergyNet, x0: torch.Tensor, batch: int) -> Terms:
+        """ESS of k candidate energies at each of ESS_TIMES for the first rows of x0."""
+        rows, k = min(self.ess_sequences, x0.shape[0]), self.ess_candidates
+        energy = NCEEnergy(model, max_batch=self.max_batch)
+        terms = {}
+        for t_value in self.ESS_TIMES:
+            generator = keyed_generator(self.seed, "ess", batch, t_value)
+            t = torch.full((rows,), t_value, device=x0.device)
+            xt, masked = mask_tokens(x0[:rows], t, schedule=self.schedule, mask_id=self.mask_id, generator=generator)
+            candidates, _ = draw_candidates(self.denoiser(xt, t), xt, masked, k, self.mask_id, generator)
+            energies = energy(candidates.flatten(0, 1), xt.repeat_interleave(k, 0), t.repeat_interleave(k))
+            ess = torch.full((x0.shape[0],), math.nan, device=x0.device)
+            ess[:rows] = effective_sample_size(energies.view(rows, k)).float()
+            terms[f"ess_t{t_value:.2f}"] = ess
+        return terms
+
+
+Task = MDLMTask | ARTask | NCETask
+
+
+def build_task(cfg: Config, mask_id: int, denoiser: DiT | None = None) -> Task:
+    """The task `training.task` names; `nce` needs the frozen `denoiser` that draws its negatives."""
     if cfg.training.task == "ar":
         return ARTask()
     schedule = build_schedule(cfg.diffusion.schedule, cfg.diffusion.eps)
+    if cfg.training.task == "nce":
+        if denoiser is None:
+            raise ValueError("the nce task needs the frozen denoiser")
+        e = cfg.energy
+        return NCETask(schedule, mask_id, cfg.diffusion.t_min, cfg.job.seed, denoiser,
+                       num_negatives=e.num_negatives, ess_candidates=e.ess_candidates,
+                       ess_sequences=e.ess_sequences, max_batch=e.max_batch,
+                       sample_candidates=cfg.sample.num_candidates, sample_window=cfg.sample.window)
     return MDLMTask(schedule, mask_id, cfg.diffusion.t_min, cfg.job.seed)

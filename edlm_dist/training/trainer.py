@@ -16,9 +16,10 @@ import pickle
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
@@ -42,6 +43,7 @@ from edlm_dist.distributed import (
 from edlm_dist.models import build_model
 from edlm_dist.training.checkpoint import CheckpointManager
 from edlm_dist.training.ema import EMA
+from edlm_dist.training.loading import Checkpoint, WeightsError, checkpoint_vocab_size, read_weights, run_of_task
 from edlm_dist.training.metrics import MetricsLogger, device_peak_flops, peak_memory_gib, reset_peak_memory
 from edlm_dist.training.optim import build_lr_scheduler, build_optimizer
 from edlm_dist.training.run_folder import RunFolder
@@ -88,6 +90,27 @@ def configure_determinism(deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
+class TermSums:
+    """Running sums and counts of per-example terms (NaN entries not counted), averaged over
+    all ranks by `means()` (a collective: every rank must have added the same term names)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.sums: dict[str, torch.Tensor] = {}
+
+    def add(self, terms: dict[str, torch.Tensor]) -> None:
+        for name, values in terms.items():
+            values = values.detach().double()
+            counted = ~values.isnan()
+            pair = torch.stack([values.nan_to_num(0.0).sum(), counted.sum().double()])
+            self.sums[name] = self.sums.get(name, torch.zeros(2, dtype=torch.float64, device=self.device)) + pair
+
+    def means(self) -> dict[str, float]:
+        names = sorted(self.sums)
+        totals = all_reduce_sum(torch.stack([self.sums[n] for n in names])).tolist() if names else []
+        return {name: total / count if count else math.nan for name, (total, count) in zip(names, totals)}
+
+
 def _full_value(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
@@ -110,11 +133,23 @@ class Trainer:
             self.data, global_batch=self.plan.global_batch, rank=self.env.rank, world_size=self.env.world_size,
             allow_fingerprint_mismatch=cfg.data.allow_fingerprint_mismatch,
         )
-        self.task = build_task(cfg, self.data.tokenizer.mask_id)
+        prepare = partial(parallelize_transformer, cfg=par, mesh=self.mesh,
+                          param_dtype=torch.bfloat16 if bf16 else torch.float32)
+        denoiser = self.denoiser_ckpt = None
+        if cfg.training.task == "nce":
+            denoiser, self.denoiser_ckpt = self._frozen_denoiser(prepare)
+            # the energy network has the denoiser's architecture (its backbone starts from it); only
+            # dropout and time conditioning are this run's own
+            model_cfg = replace(self.denoiser_ckpt.config.model, dropout=cfg.model.dropout,
+                                time_conditioning=cfg.energy.time_conditioning)
+            self.cfg = cfg = replace(cfg, model=model_cfg)
+        self.task = build_task(cfg, self.data.tokenizer.mask_id, denoiser)
         self.model = build_model(
             self.task.model_kind, cfg.model, self.data.tokenizer.vocab_size, self.env.device, seed=cfg.job.seed,
-            prepare=lambda m: parallelize_transformer(m, par, self.mesh, torch.bfloat16 if bf16 else torch.float32),
+            prepare=prepare,
         )
+        if self.denoiser_ckpt is not None:
+            read_weights(self.model, self.denoiser_ckpt, self._denoiser_weights(), partial=True)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = build_lr_scheduler(self.optimizer, cfg.optim, cfg.training.steps)
         self.ema = EMA(self.model, cfg.training.ema_decay) if cfg.training.ema_decay > 0 else None
@@ -128,6 +163,30 @@ class Trainer:
         self.bad_steps = 0  # consecutive non-finite steps
         self.skipped_steps = 0
 
+    def _denoiser_weights(self) -> str | None:
+        weights = self.cfg.energy.weights
+        return None if weights == "auto" else weights
+
+    def _frozen_denoiser(self, prepare: Callable[[torch.nn.Module], None]) -> tuple[torch.nn.Module, Checkpoint]:
+        """NCE's proposal: the MDLM of `energy.denoiser`, parallelised like the trained model and
+        frozen; checked against the data it will see."""
+        cfg = self.cfg
+        try:
+            ckpt = run_of_task(cfg.energy.denoiser, "mdlm", "energy.denoiser")
+            vocab_size = checkpoint_vocab_size(ckpt)
+        except WeightsError as err:
+            raise ConfigError(str(err)) from None
+        pairs = {
+            "vocabulary size": (vocab_size, self.data.tokenizer.vocab_size),
+            "data.seq_len": (ckpt.config.data.seq_len, cfg.data.seq_len),
+        }
+        for what, (theirs, ours) in pairs.items():
+            if theirs != ours:
+                raise ConfigError(f"{what} of energy.denoiser {ckpt.path} ({theirs}) does not match this run's data ({ours})")
+        denoiser = build_model("dit", ckpt.config.model, vocab_size, self.env.device, seed=cfg.job.seed, prepare=prepare)
+        read_weights(denoiser, ckpt, self._denoiser_weights())
+        return denoiser.requires_grad_(False).eval(), ckpt
+
     # ---- state -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         model_state, optim_state = get_state_dict(self.model, self.optimizer)
@@ -135,13 +194,17 @@ class Trainer:
             "model": model_state,
             "optimizer": optim_state,
             "scheduler": self.scheduler.state_dict(),
-            "trainer": {"step": self.step, "skipped_steps": self.skipped_steps},
+            "trainer": {"step": self.step, "skipped_steps": self.skipped_steps, "denoiser_step": self._denoiser_step()},
             # every rank's stream state, pickled as one object (it may hold loader internals)
             "data": {"states": pickle.dumps(all_gather_object(self.stream.state_dict()))},
         }
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
         return state
+
+    def _denoiser_step(self) -> int:
+        """The step of NCE's frozen denoiser (-1 for other tasks), saved to catch a swapped denoiser on resume."""
+        return self.denoiser_ckpt.step if self.denoiser_ckpt is not None else -1
 
     def save_checkpoint(self) -> None:
         if self.cfg.checkpoint.enable:
@@ -160,6 +223,11 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
+        if state["trainer"]["denoiser_step"] != self._denoiser_step():
+            raise ConfigError(
+                f"checkpoint {self.checkpoints.path(latest)} was trained against the denoiser's step "
+                f"{state['trainer']['denoiser_step']}, but energy.denoiser now gives step {self._denoiser_step()}"
+            )
         self.step = int(state["trainer"]["step"])
         self.skipped_steps = int(state["trainer"]["skipped_steps"])
         self.stream.load_state_dict(pickle.loads(state["data"]["states"]))
@@ -184,16 +252,17 @@ class Trainer:
         # after the data: a dataloader draws from the global RNG when it starts its iterator
         torch.manual_seed(seed_from_key(self.cfg.job.seed, "dropout", self.step, env.rank))
         self.model.train()
-        nll_total = torch.zeros((), device=env.device)
+        sums = TermSums(env.device)
         for m in range(plan.accum_steps):
             rows = slice(m * plan.micro, (m + 1) * plan.micro)
             micro_noise = noise.rows(first + rows.start, first + rows.stop) if noise is not None else None
             set_gradient_sync(self.model, m == plan.accum_steps - 1)
             with self.autocast():
-                nll = self.task.sequence_nll(self.model, x0[rows], micro_noise)
-            (nll.sum() / (plan.local_batch * seq_len)).backward()
-            nll_total += nll.detach().sum()
-        loss = all_reduce_sum(nll_total).item() / (plan.global_batch * seq_len)
+                terms = self.task.train_terms(self.model, x0[rows], micro_noise)
+            (terms["loss"].sum() / plan.local_batch).backward()
+            sums.add(terms)
+        means = sums.means()
+        loss = means["loss"]
         grad_norm = self._clip_gradients()
         finite = math.isfinite(loss) and math.isfinite(grad_norm)
         if finite:
@@ -212,8 +281,7 @@ class Trainer:
         elapsed = time.perf_counter() - start
         tokens_per_s = plan.global_batch * seq_len / elapsed
         metrics = {
-            "train/loss": loss,
-            "train/nelbo_per_token": loss,
+            **{f"train/{name}": value for name, value in means.items()},
             "train/lr": self.scheduler.get_last_lr()[0],
             "train/grad_norm": grad_norm,
             "train/tokens_per_s": tokens_per_s,
@@ -234,8 +302,10 @@ class Trainer:
         return float(_full_value(norm))
 
     @torch.no_grad()
-    def evaluate(self) -> float:
-        """Validation NLL bound (NELBO for mdlm, exact NLL for ar) in nats/token, EMA weights.
+    def evaluate(self) -> dict[str, float]:
+        """Validation figures of the task with the EMA weights, averaged over the validation
+        sequences: the NELBO (mdlm) or exact NLL (ar) in nats/token; NCE loss, accuracy, energies
+        and ESS (nce).
 
         Batch i always uses the same blocks and noise (keyed by i), so figures are comparable
         across evaluations and world sizes. Ranks share the batches round-robin and all run the
@@ -243,18 +313,18 @@ class Trainer:
         round with uncounted repeats.
         """
         cfg, env = self.cfg.metrics, self.env
-        totals = torch.zeros(2, dtype=torch.float64, device=env.device)
+        sums = TermSums(env.device)
         with self._ema_weights():
             self.model.eval()
             for r in range(math.ceil(cfg.eval_batches / env.world_size)):
                 i = r * env.world_size + env.rank
                 x0 = self.data.blocks.batch("val", i % cfg.eval_batches, cfg.eval_batch_size).to(env.device)
                 with self.autocast():
-                    nll = self.task.eval_nll(self.model, x0, keyed_generator(self.cfg.job.seed, "eval", i % cfg.eval_batches))
-                if i < cfg.eval_batches:
-                    totals += torch.stack([nll.double().sum(), torch.tensor(x0.numel(), device=x0.device)])
-        nll_sum, tokens = all_reduce_sum(totals).tolist()
-        return nll_sum / tokens
+                    terms = self.task.eval_terms(self.model, x0, i % cfg.eval_batches)
+                if i >= cfg.eval_batches:  # a padding repeat: add nothing, but the same names on every rank
+                    terms = {name: torch.full_like(values, math.nan) for name, values in terms.items()}
+                sums.add(terms)
+        return sums.means()
 
     @torch.no_grad()
     def generate(self, num: int) -> list[str]:
@@ -330,7 +400,7 @@ class Trainer:
                 if self.step % cfg.metrics.log_interval == 0 or done:
                     self._log(metrics)
                 if self.step % cfg.metrics.eval_interval == 0 and not done:
-                    self._log({"val/nelbo_per_token": self.evaluate()})
+                    self._log({f"val/{name}": value for name, value in self.evaluate().items()})
                 signum = watcher.requested(self.env.device)
                 if self.step % cfg.checkpoint.interval == 0 or done or signum:
                     self.save_checkpoint()
@@ -349,7 +419,8 @@ class Trainer:
         if self.env.is_main:
             tqdm.write(f"step {self.step:>7}  " + "  ".join(
                 f"{tag.split('/')[-1]} {value:.4g}" for tag, value in metrics.items()
-                if tag in ("train/loss", "val/nelbo_per_token", "train/lr", "train/grad_norm", "train/tokens_per_s", "train/mfu")
+                if tag in ("train/loss", f"val/{self.task.headline}", "train/lr", "train/grad_norm", "train/tokens_per_s",
+                           "train/mfu")
             ))
 
     def _stop_diverged(self, metrics: dict[str, float]) -> None:
@@ -366,19 +437,19 @@ class Trainer:
     def report(self) -> dict[str, Any]:
         """Final validation figure against the data's reference figures, plus samples."""
         val = self.evaluate()
-        self.logger.scalars(self.step, {"val/nelbo_per_token": val})
-        blocks = self.data.blocks
-        floor, unigram = blocks.entropy_per_token(), blocks.unigram_nll_per_token()
-        summary = {
-            "step": self.step,
-            "task": self.cfg.training.task,
-            "val_nll_per_token": val,
-            "entropy_floor_per_token": floor,
-            "unigram_nll_per_token": unigram,
-            "gap_closed": (unigram - val) / (unigram - floor) if math.isfinite(floor) else None,
-            "skipped_steps": self.skipped_steps,
-            "samples": self.generate(self.cfg.sample.num_samples),
-        }
+        self.logger.scalars(self.step, {f"val/{name}": value for name, value in val.items()})
+        summary: dict[str, Any] = {"step": self.step, "task": self.cfg.training.task, "val": val}
+        if self.task.model_kind != "energy":
+            blocks = self.data.blocks
+            nll, floor, unigram = val[self.task.headline], blocks.entropy_per_token(), blocks.unigram_nll_per_token()
+            summary.update({
+                "val_nll_per_token": nll,
+                "entropy_floor_per_token": floor,
+                "unigram_nll_per_token": unigram,
+                "gap_closed": (unigram - nll) / (unigram - floor) if math.isfinite(floor) else None,
+            })
+        summary["skipped_steps"] = self.skipped_steps
+        summary["samples"] = self.generate(self.cfg.sample.num_samples)
         if self.env.is_main:
             self.logger.text("samples", "\n\n".join(summary["samples"]), self.step)
             self.run_folder.write_json("summary.json", summary)
@@ -390,14 +461,17 @@ class Trainer:
 
 def format_report(summary: dict[str, Any]) -> str:
     """The end-of-run figures and samples, as printed on the console."""
-    bound = "validation NELBO" if summary["task"] == "mdlm" else "validation NLL"
-    figures = [
-        (bound, summary["val_nll_per_token"]),
-        ("entropy floor", summary["entropy_floor_per_token"]),
-        ("unigram (context-free)", summary["unigram_nll_per_token"]),
-    ]
-    lines = [f"{name + ':':<26}{value:.4f} nats/token" for name, value in figures if math.isfinite(value)]
-    if summary["gap_closed"] is not None:
+    if "val_nll_per_token" in summary:
+        bound = "validation NELBO" if summary["task"] == "mdlm" else "validation NLL"
+        figures = [
+            (bound, summary["val_nll_per_token"]),
+            ("entropy floor", summary["entropy_floor_per_token"]),
+            ("unigram (context-free)", summary["unigram_nll_per_token"]),
+        ]
+        lines = [f"{name + ':':<26}{value:.4f} nats/token" for name, value in figures if math.isfinite(value)]
+    else:
+        lines = [f"{'validation ' + name + ':':<36}{value:.4f}" for name, value in summary["val"].items()]
+    if summary.get("gap_closed") is not None:
         lines.append(f"{'gap closed:':<26}{100 * summary['gap_closed']:.1f}% of unigram -> floor")
     lines.append("samples:")
     lines += [f"  [{i}] " + text.strip().replace("\n", " | ") for i, text in enumerate(summary["samples"])]
