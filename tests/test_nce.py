@@ -18,7 +18,7 @@ from edlm_dist.models import build_model
 from edlm_dist.training import Trainer, WeightsError, find_checkpoint
 from edlm_dist.training.loading import load_denoiser, load_energy
 from distributed_utils import run_distributed
-from run_utils import debug_config
+from run_utils import debug_config, read_scalars
 
 TINY = ModelConfig(n_layers=2, hidden_size=32, n_heads=2, cond_dim=16, dropout=0.0)
 
@@ -124,9 +124,21 @@ def runs(tmp_path_factory):
         trainer = Trainer(debug_config(root, f"--job.name={name}", "--training.steps=2", *overrides))
         trainer.run()
     nce = Trainer(debug_config(root, "--job.name=nce", "--training.task=nce", f"--energy.denoiser={root / 'mdlm'}",
-                               "--training.steps=2", "--energy.ess_candidates=0"))
+                               "--training.steps=2", "--energy.ess_candidates=4", "--energy.ess_sequences=2"))
     nce.run()
     return root
+
+
+def test_nce_run_logs_its_diagnostics(runs):
+    scalars = read_scalars(runs / "nce")
+    for tag in ("loss", "accuracy", "energy_pos", "energy_neg", "energy_gap"):
+        assert len(scalars[f"train/{tag}"]) == 2, tag
+    for tag in ("loss", "accuracy", "accuracy_t_ge_0.5", "ess_t0.25", "ess_t0.50", "ess_t0.75", "ess_t1.00"):
+        (step, value), = scalars[f"val/{tag}"]
+        assert step == 2 and math.isfinite(value), tag
+    assert all(1.0 <= scalars[f"val/ess_t{t:.2f}"][0][1] <= 4.0 for t in (0.25, 0.5, 0.75, 1.0))
+    summary = json.loads((runs / "nce" / "summary.json").read_text())
+    assert summary["task"] == "nce" and len(summary["samples"]) == 2
 
 
 def test_nce_training_starts_from_the_mdlm_backbone(runs):

@@ -243,6 +243,7 @@ _BOUNDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "sample.steps": _AT_LEAST_1,
     "sample.num_candidates": _AT_LEAST_1,
     "sample.window": ("in [0, 1]", lambda v: 0 <= v <= 1),
+    "sample.batch_size": _AT_LEAST_1,
     "debug.kill_at_step": _NON_NEGATIVE,
     "debug.step_sleep_s": _NON_NEGATIVE,
 }

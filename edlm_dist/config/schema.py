@@ -152,10 +152,22 @@ class EnergyConfig:
 
 @dataclass
 class SampleConfig:
+    """Generation: the end-of-run samples of training, and `python -m edlm_dist.sample`, which
+    samples the MDLM of `energy.denoiser`, corrected by the energy of [energy] when
+    `num_candidates` > 1."""
+
     num_samples: int = 4
     steps: int = 64
-    num_candidates: int = 4  # EDLM importance sampling: candidates per step (nce runs' end-of-run samples)
+    num_candidates: int = 4  # EDLM importance sampling: candidates per step (1 = plain MDLM)
     window: float = 1.0  # importance sampling while t >= 1 - window
+    # batch: each rank generates its own sequences; candidates: every rank works on the same
+    # sequences, drawing and scoring num_candidates / world size candidates each
+    mode: Literal["batch", "candidates"] = "batch"
+    batch_size: int = 16  # sequences per denoiser forward
+    prompts: str = ""  # a UTF-8 file, one prompt per line: sample i continues prompt i mod the number of prompts
+    oracle: str = ""  # Gen PPL judge: an `ar` run of this project, or hf:<name or path> (empty: no Gen PPL)
+    reference: bool = True  # also score as many held-out sequences with the oracle (the reference row)
+    compile: bool = False  # torch.compile the denoiser and the energy network
 
 
 @dataclass

@@ -13,7 +13,7 @@ from edlm_dist.diffusion.noise import (
     stratified_times,
     uniform,
 )
-from edlm_dist.diffusion.sampling import draw_candidates, reads_time, sample
+from edlm_dist.diffusion.sampling import CandidatePool, LocalPool, SamplingStats, draw_candidates, reads_time, sample
 from edlm_dist.diffusion.schedules import (
     SCHEDULES,
     CosineSchedule,
@@ -23,9 +23,12 @@ from edlm_dist.diffusion.schedules import (
 )
 
 __all__ = [
+    "CandidatePool",
     "CosineSchedule",
+    "LocalPool",
     "LogLinearSchedule",
     "SCHEDULES",
+    "SamplingStats",
     "Schedule",
     "build_schedule",
     "draw_candidates",

@@ -9,10 +9,13 @@ no mask is left and no argmax clean-up is needed.
 
 from __future__ import annotations
 
-from typing import Callable
+import math
+from dataclasses import dataclass
+from typing import Callable, Protocol
 
 import torch
 
+from edlm_dist.diffusion.energy import effective_sample_size
 from edlm_dist.diffusion.loss import Denoiser
 from edlm_dist.diffusion.noise import gumbel_argmax, uniform
 from edlm_dist.diffusion.schedules import LogLinearSchedule, Schedule
@@ -130,20 +133,73 @@ def draw_candidates(
     return candidates, per_position.sum(-1)
 
 
+class CandidatePool(Protocol):
+    """Where the k candidates of an importance-sampling step live: all in this process
+    (`LocalPool`), or spread over ranks (`edlm_dist.distributed.RankPool`)."""
+
+    def local_count(self, num_candidates: int) -> int:
+        """How many of the k candidates this process draws and scores."""
+        ...
+
+    def gather(self, energies: torch.Tensor) -> torch.Tensor:
+        """Local energies [B, k_local] -> all k energies [B, k], identical in every process."""
+        ...
+
+    def select(self, candidates: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
+        """Local candidates [B, k_local, L] and global choices [B] -> the chosen sequences [B, L]."""
+        ...
+
+
+class LocalPool:
+    """All k candidates drawn and scored in this process."""
+
+    def local_count(self, num_candidates: int) -> int:
+        return num_candidates
+
+    def gather(self, energies: torch.Tensor) -> torch.Tensor:
+        return energies
+
+    def select(self, candidates: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
+        return candidates[torch.arange(candidates.shape[0], device=candidates.device), choice]
+
+
+@dataclass
+class SamplingStats:
+    """What a `sample` call cost and how the importance weights looked, summed over calls."""
+
+    steps: int = 0  # steps taken (sampling stops early once nothing is masked)
+    denoiser_calls: int = 0  # denoiser forwards over the batch
+    denoiser_rows: int = 0  # sequences that went through those forwards
+    energy_calls: int = 0  # importance-sampling choices (each scores k candidates per sequence)
+    energy_rows: int = 0  # candidate sequences scored by this process
+    ess_sum: float = 0.0  # sum over choices and sequences of the ESS of softmax(-E) over the k
+    ess_count: int = 0
+
+    @property
+    def mean_ess(self) -> float:
+        return self.ess_sum / self.ess_count if self.ess_count else math.nan
+
+
 def _choose_by_energy(
     energy: Energy, candidates: torch.Tensor, proposal_logp: torch.Tensor, xt: torch.Tensor,
-    t: torch.Tensor, generator: torch.Generator | None,
+    t: torch.Tensor, generator: torch.Generator | None, pool: CandidatePool, stats: SamplingStats,
 ) -> torch.Tensor:
-    """Pick one candidate per sequence with probability softmax(-energy) (lower = likelier)."""
+    """Pick one candidate per sequence with probability softmax(-energy) (lower = likelier),
+    over the candidates of every process in the pool."""
     batch, k, length = candidates.shape
-    energies = energy(
+    local = energy(
         candidates.reshape(batch * k, length),
         xt.repeat_interleave(k, dim=0),
         t.repeat_interleave(k, dim=0),
         proposal_logp.reshape(batch * k),
     )
-    choice = gumbel_argmax(-energies.double().reshape(batch, k), generator=generator)
-    return candidates[torch.arange(batch, device=xt.device), choice]
+    energies = pool.gather(local.double().reshape(batch, k))
+    stats.energy_calls += 1
+    stats.energy_rows += batch * k
+    stats.ess_sum += float(effective_sample_size(energies).sum())
+    stats.ess_count += batch
+    choice = gumbel_argmax(-energies, generator=generator)
+    return pool.select(candidates, choice)
 
 
 @torch.no_grad()
@@ -160,6 +216,9 @@ def sample(
     num_candidates: int = 1,
     window: float = 1.0,
     generator: torch.Generator | None = None,
+    candidate_generator: torch.Generator | None = None,
+    pool: CandidatePool | None = None,
+    stats: SamplingStats | None = None,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Draw sequences [batch_size, seq_len] by ancestral sampling of the reverse process.
@@ -171,8 +230,18 @@ def sample(
     moves toward the one picked with probability softmax(-energy). A denoiser output (or a
     chosen candidate) is reused while no token changes, unless a network reads t (see
     `reads_time`). Gumbel noise is drawn `MAX_NOISE_ELEMENTS` values at a time.
+
+    `generator` drives every shared decision (unmasking, the choice among candidates, plain
+    steps); candidates are drawn from `candidate_generator` (default: `generator`). With a
+    `pool` spreading the k candidates over ranks, each rank passes the same `generator` and
+    its own `candidate_generator`, and all ranks return the same sequences. `stats`, if
+    given, accumulates the cost and the ESS of the importance weights.
     """
     _check_args(batch_size, seq_len, steps, init, energy, num_candidates, window)
+    pool = pool or LocalPool()
+    stats = stats if stats is not None else SamplingStats()
+    candidate_generator = candidate_generator or generator
+    local_candidates = pool.local_count(num_candidates)
     schedule = schedule or LogLinearSchedule()
     device = torch.device(device) if device is not None else _infer_device(denoiser, init, generator)
     x = init.clone().to(device) if init is not None else torch.full(
@@ -188,16 +257,19 @@ def sample(
         t_batch = torch.full((batch_size,), t, dtype=torch.float32, device=device)
         alpha_t, alpha_s = schedule.alpha(t), schedule.alpha(s)
         unmask_prob = (alpha_s - alpha_t) / (1.0 - alpha_t)
+        stats.steps += 1
         if logits is None:
             logits = denoiser(x, t_batch)
+            stats.denoiser_calls += 1
+            stats.denoiser_rows += batch_size
         in_window = energy is not None and i / steps <= window
         if not in_window:
             chosen = None
         elif chosen is None:
             candidates, proposal_logp = draw_candidates(
-                logits, x, masked, num_candidates, mask_id, generator, max_noise_elements=MAX_NOISE_ELEMENTS
+                logits, x, masked, local_candidates, mask_id, candidate_generator, max_noise_elements=MAX_NOISE_ELEMENTS
             )
-            chosen = _choose_by_energy(energy, candidates, proposal_logp, x, t_batch, generator)
+            chosen = _choose_by_energy(energy, candidates, proposal_logp, x, t_batch, generator, pool, stats)
         unmask = masked & (
             uniform(tuple(x.shape), generator=generator, device=device, dtype=torch.float64)
             < unmask_prob

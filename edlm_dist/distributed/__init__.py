@@ -3,6 +3,7 @@
 A single process is world size 1 of the same path: no process group, no mesh, no sharding.
 """
 
+from edlm_dist.distributed.candidates import RankPool
 from edlm_dist.distributed.env import (
     DistEnv,
     all_gather_object,
@@ -19,6 +20,7 @@ from edlm_dist.distributed.signals import PreemptionWatcher
 __all__ = [
     "DistEnv",
     "PreemptionWatcher",
+    "RankPool",
     "all_gather_object",
     "all_reduce_max",
     "all_reduce_sum",

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
-import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
+from torch.distributed.tensor import DTensor
 
 from edlm_dist.config import Config, EnergyConfig, load_config
 from edlm_dist.energy import AREnergy, Energy, NCEEnergy
@@ -111,7 +111,7 @@ def read_weights(model: Transformer, ckpt: Checkpoint, weights: str | None = Non
 
     With `partial`, only the parameters the checkpoint has are read (an energy network taking
     its backbone from an MDLM) and the others keep their values; every parameter read must match
-    the stored shape. Under a process group every rank must call this.
+    the stored shape. A sharded model is read collectively: every rank must call this.
     """
     shapes = _stored_shapes(ckpt.path)
     has_ema = any(key.startswith(_PREFIXES["ema"]) for key in shapes)
@@ -121,6 +121,7 @@ def read_weights(model: Transformer, ckpt: Checkpoint, weights: str | None = Non
     prefix = _PREFIXES[weights]
     stored = {key[len(prefix):]: shape for key, shape in shapes.items() if key.startswith(prefix)}
     state = get_model_state_dict(model)
+    sharded = any(isinstance(tensor, DTensor) for tensor in state.values())  # then a collective read
     if partial:
         state = {name: tensor for name, tensor in state.items() if name in stored}
     expected = {name: tuple(tensor.shape) for name, tensor in state.items()}
@@ -134,7 +135,7 @@ def read_weights(model: Transformer, ckpt: Checkpoint, weights: str | None = Non
         )
     target = {"model": state} if weights == "model" else {"ema": {"weights": state}}
     with _reading(ckpt.path):
-        dcp.load(target, checkpoint_id=str(ckpt.path), no_dist=not dist.is_initialized())
+        dcp.load(target, checkpoint_id=str(ckpt.path), no_dist=not sharded)
     set_model_state_dict(model, state, options=StateDictOptions(strict=not partial))
     return weights
 

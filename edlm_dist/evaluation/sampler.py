@@ -1,0 +1,243 @@
+"""The sharded sampler behind `python -m edlm_dist.sample`: MDLM or EDLM (importance sampling)
+generation on any number of ranks, with its cost, Gen PPL and entropy written to the run folder.
+
+Two ways to use the ranks (`sample.mode`): `batch`, where each rank generates its own share of
+the sequences, and `candidates`, where all ranks generate the same sequences and split the k
+candidates of every step between them (`RankPool`), so k is limited by the memory of all ranks
+together rather than of one. Sequences are generated in batches of `sample.batch_size`; the
+shared noise of a batch is keyed by (seed, its first sequence) and each rank's candidate draws
+by (seed, first sequence, rank), so a run is reproducible for a given world size (and on one
+rank both modes give the same samples).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from edlm_dist.config import Config, ConfigError, save_config
+from edlm_dist.data import build_dataset
+from edlm_dist.diffusion import SamplingStats, build_schedule, keyed_generator, sample
+from edlm_dist.distributed import RankPool, all_gather_object, init_distributed
+from edlm_dist.evaluation.generation import build_oracle, gen_ppl, unigram_entropy
+from edlm_dist.fileio import atomic_write_text
+from edlm_dist.training.loading import find_checkpoint, load_denoiser, load_energy
+from edlm_dist.training.metrics import MetricsLogger, peak_memory_gib, reset_peak_memory
+from edlm_dist.training.run_folder import RunFolder
+
+
+def read_prompts(path: str, tokenizer: Any, seq_len: int) -> list[list[int]]:
+    """Token ids of every non-empty line of `path`; a prompt must leave room to generate."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as err:
+        raise ConfigError(f"sample.prompts: cannot read {path}: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"sample.prompts: {path} is not UTF-8 ({err.reason} at byte {err.start})") from None
+    prompts = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        ids = tokenizer.encode(line)
+        if len(ids) >= seq_len:
+            raise ConfigError(f"sample.prompts: line {number} of {path} has {len(ids)} tokens; data.seq_len is {seq_len}")
+        prompts.append(ids)
+    if not prompts:
+        raise ConfigError(f"sample.prompts: {path} has no prompt (no non-empty line)")
+    return prompts
+
+
+class Sampler:
+    """Builds the denoiser, energy, oracle and data from a `Config`; `run()` generates and reports."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        s = cfg.sample
+        self.env = init_distributed(cfg.training.device, cfg.parallel.backend, cfg.parallel.collective_timeout_s)
+        self.pool = RankPool() if s.mode == "candidates" and self.env.world_size > 1 else None
+        if self.pool is not None and s.num_candidates % self.env.world_size:
+            raise ConfigError(
+                f"sample.num_candidates ({s.num_candidates}) must be divisible by the world size "
+                f"({self.env.world_size}) in candidates mode"
+            )
+        self.denoiser, self.denoiser_ckpt = load_denoiser(cfg.energy, self.env.device)
+        self.energy = load_energy(cfg.energy, self.denoiser_ckpt, self.env.device) if s.num_candidates > 1 else None
+        self._refuse_oracle_as_energy()
+        data_cfg = self.denoiser_ckpt.config.data
+        self.seq_len = data_cfg.seq_len
+        self.data = build_dataset(data_cfg)
+        self.tokenizer = self.data.tokenizer
+        self.schedule = build_schedule(self.denoiser_ckpt.config.diffusion.schedule, self.denoiser_ckpt.config.diffusion.eps)
+        self.prompts = read_prompts(s.prompts, self.tokenizer, self.seq_len) if s.prompts else None
+        self.oracle = (
+            build_oracle(s.oracle, self.env.device, vocab_size=self.tokenizer.vocab_size, eos_id=self.tokenizer.eos_id,
+                         tokenizer=self.tokenizer)
+            if s.oracle and self.env.is_main else None
+        )
+        if s.compile:
+            self.denoiser = torch.compile(self.denoiser)
+            model = getattr(self.energy, "model", None) or getattr(self.energy, "ar_model", None)
+            if model is not None:
+                model.compile()
+        self.run_folder = RunFolder(Path(cfg.job.dump_folder) / cfg.job.name)
+        self.logger = MetricsLogger(self.run_folder.path / "tb", enabled=self.env.is_main and cfg.metrics.tensorboard)
+
+    def _refuse_oracle_as_energy(self) -> None:
+        """Importance sampling toward the judge itself would make Gen PPL meaningless."""
+        s, e = self.cfg.sample, self.cfg.energy
+        if not (s.oracle and self.energy is not None and e.kind in ("ar", "coar")) or s.oracle.startswith("hf:"):
+            return
+        if find_checkpoint(s.oracle).run_dir.resolve() == find_checkpoint(e.checkpoint).run_dir.resolve():
+            raise ConfigError(
+                f"sample.oracle ({s.oracle}) is the AR model of the energy (energy.checkpoint = {e.checkpoint}): "
+                f"importance sampling would target the judge itself; use another oracle"
+            )
+
+    # ---- generation ----------------------------------------------------------------------
+    def _my_sequences(self) -> range:
+        """Indices of the sequences this rank generates (all of them in candidates mode)."""
+        n, env = self.cfg.sample.num_samples, self.env
+        if self.cfg.sample.mode == "candidates":
+            return range(n)
+        share = math.ceil(n / env.world_size)
+        return range(min(n, env.rank * share), min(n, (env.rank + 1) * share))
+
+    def _init(self, indices: range) -> torch.Tensor | None:
+        """Masks everywhere but the prompt of each sequence (None: no prompts)."""
+        if self.prompts is None:
+            return None
+        init = torch.full((len(indices), self.seq_len), self.tokenizer.mask_id, dtype=torch.long)
+        for row, i in enumerate(indices):
+            prompt = self.prompts[i % len(self.prompts)]
+            init[row, : len(prompt)] = torch.tensor(prompt)
+        return init.to(self.env.device)
+
+    def _synchronize(self) -> None:
+        if self.env.device.type == "cuda":
+            torch.cuda.synchronize(self.env.device)
+
+    def generate(self) -> tuple[list[dict[str, Any]], SamplingStats, float]:
+        """This rank's samples (records with ids and wall time), the cost, and the wall time."""
+        s, cfg = self.cfg.sample, self.cfg
+        mine = self._my_sequences()
+        stats = SamplingStats()
+        records: list[dict[str, Any]] = []
+        batches = [mine[i: i + s.batch_size] for i in range(0, len(mine), s.batch_size)]
+        # in batch mode ranks may get one batch fewer; they wait at the gather afterwards
+        bar = tqdm(batches, desc="sampling", unit="batch", disable=not (self.env.is_main and cfg.metrics.progress))
+        reset_peak_memory(self.env.device)
+        self._synchronize()
+        start = time.perf_counter()
+        for indices in bar:
+            first = indices[0]
+            batch_start = time.perf_counter()
+            tokens = sample(
+                self.denoiser, batch_size=len(indices), seq_len=self.seq_len, mask_id=self.tokenizer.mask_id,
+                steps=s.steps, schedule=self.schedule, init=self._init(indices), energy=self.energy,
+                num_candidates=s.num_candidates if self.energy is not None else 1, window=s.window,
+                generator=keyed_generator(cfg.job.seed, "sample", first, device=self.env.device),
+                candidate_generator=keyed_generator(cfg.job.seed, "candidates", first, self.env.rank, device=self.env.device),
+                pool=self.pool, stats=stats, device=self.env.device,
+            )
+            self._synchronize()
+            per_sample = (time.perf_counter() - batch_start) / len(indices)
+            for i, row in zip(indices, tokens.cpu().tolist()):
+                records.append({"index": i, "tokens": row, "text": self.tokenizer.decode(row), "wall_time_s": per_sample})
+        self._synchronize()
+        return records, stats, time.perf_counter() - start
+
+    # ---- the run -------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Generate, gather on rank 0, score, and write samples.jsonl, summary.json and TensorBoard."""
+        cfg, s, env = self.cfg, self.cfg.sample, self.env
+        records, stats, wall = self.generate()
+        gathered = all_gather_object((records, stats, wall, peak_memory_gib(env.device)))
+        if not env.is_main:
+            return {}
+        if s.mode == "candidates":
+            records = gathered[0][0]  # every rank holds the same sequences
+        else:
+            records = sorted((r for part in gathered for r in part[0]), key=lambda r: r["index"])
+        summary = self._summary(records, [part[1] for part in gathered], max(part[2] for part in gathered),
+                                [part[3] for part in gathered])
+        self.run_folder.create()
+        save_config(cfg, self.run_folder.path / "config.toml")
+        settings = {"steps": s.steps, "num_candidates": summary["num_candidates"], "window": s.window,
+                    "mode": s.mode, "energy": summary["energy"], "seed": cfg.job.seed}
+        lines = [json.dumps({**record, "settings": settings}) for record in records]
+        atomic_write_text(self.run_folder.path / "samples.jsonl", "\n".join(lines) + "\n")
+        self.run_folder.write_json("summary.json", summary)
+        self.logger.text("samples", "\n\n".join(r["text"] for r in records[:16]))
+        self.logger.scalars(0, {f"sample/{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None})
+        self.logger.close()
+        print(format_summary(summary))
+        return summary
+
+    def _summary(self, records: list[dict[str, Any]], stats: list[SamplingStats], wall: float,
+                 peak_memory: list[float]) -> dict[str, Any]:
+        s = self.cfg.sample
+        tokens = torch.tensor([r["tokens"] for r in records])
+        bits, nats = unigram_entropy(tokens)
+        n = len(records)
+        # in candidates mode every rank runs the same denoiser forwards; in batch mode each its own
+        denoiser_rows = stats[0].denoiser_rows if s.mode == "candidates" else sum(st.denoiser_rows for st in stats)
+        summary: dict[str, Any] = {
+            "num_samples": n,
+            "steps": s.steps,
+            "num_candidates": s.num_candidates if self.energy is not None else 1,
+            "window": s.window,
+            "mode": s.mode,
+            "world_size": self.env.world_size,
+            "energy": self.cfg.energy.kind if self.energy is not None else "none",
+            "denoiser": str(self.denoiser_ckpt.path),
+            "wall_time_s": wall,
+            "wall_time_per_sample_s": wall / n,
+            "wall_time_per_step_s": wall / max(1, max(st.steps for st in stats)),
+            "denoiser_evals_per_sample": denoiser_rows / n,
+            "energy_evals_per_sample": sum(st.energy_rows for st in stats) / n,
+            "mean_ess": (sum(st.ess_sum for st in stats) / sum(st.ess_count for st in stats)
+                         if any(st.ess_count for st in stats) else None),
+            "peak_memory_gib_per_rank": peak_memory,
+            "entropy_bits": float(bits.mean()),
+            "entropy_nats": float(nats.mean()),
+        }
+        if self.oracle is not None:
+            summary["gen_ppl"] = gen_ppl(self.oracle, tokens)
+            if s.reference:
+                reference = self._reference_tokens(n)
+                ref_bits, ref_nats = unigram_entropy(reference)
+                summary["reference"] = {"gen_ppl": gen_ppl(self.oracle, reference), "num_samples": len(reference),
+                                        "entropy_bits": float(ref_bits.mean()), "entropy_nats": float(ref_nats.mean())}
+        return summary
+
+    def _reference_tokens(self, n: int) -> torch.Tensor:
+        """The first n held-out sequences of the denoiser's validation split."""
+        batch = self.cfg.sample.batch_size
+        parts, i = [], 0
+        while sum(len(p) for p in parts) < n:
+            parts.append(self.data.blocks.batch("val", i, batch))
+            i += 1
+        return torch.cat(parts)[:n]
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The figures of a sampling run, as printed on the console."""
+    lines = [
+        f"{summary['num_samples']} samples, {summary['steps']} steps, k = {summary['num_candidates']}, "
+        f"window {summary['window']}, {summary['mode']} mode on {summary['world_size']} rank(s)",
+        f"wall time: {summary['wall_time_per_sample_s']:.3f} s/sample, {summary['wall_time_per_step_s'] * 1000:.2f} ms/step",
+        f"unigram entropy: {summary['entropy_bits']:.3f} bits ({summary['entropy_nats']:.3f} nats)",
+    ]
+    if summary.get("mean_ess") is not None:
+        lines.append(f"mean ESS of the importance weights: {summary['mean_ess']:.2f} of {summary['num_candidates']}")
+    if "gen_ppl" in summary:
+        lines.append(f"Gen PPL: {summary['gen_ppl']['gen_ppl']:.2f}")
+        if "reference" in summary:
+            lines.append(f"reference Gen PPL (held-out data): {summary['reference']['gen_ppl']['gen_ppl']:.2f}")
+    return "\n".join(lines)
