@@ -29,10 +29,12 @@ carries over. Peak memory: on GPU the CUDA allocator's peak over the timed runs 
 included); on CPU the growth of the process's max RSS from after the models are built to the
 end of sampling, warm-up included (the RSS peak cannot be reset; the absolute peak, in the JSON,
 is mostly the Python/torch runtime). Times are medians of --repeats runs after a 2-step
-warm-up, synchronised on CUDA. --gpu: CUDA with bf16 autocast for the networks.
+warm-up, synchronised on CUDA. --gpu: CUDA with bf16 autocast for the networks. On CPU,
+--threads is the total thread count (each of 2 ranks gets half); on a machine shared with other
+jobs use fewer threads than cores: oversubscribed intra-op threads made steps 70x slower here.
 
 usage: python tools/bench_sampler.py [--preset tiny|small] [--seq-len L] [--steps S] [--batch B] [--ks 2,4,16]
-       [--windows 0.2,1.0] [--vocab V] [--repeats N] [--gpu] [--compile] [--skip-ranks] [--json PATH]
+       [--windows 0.2,1.0] [--vocab V] [--repeats N] [--threads N] [--gpu] [--compile] [--skip-ranks] [--json PATH]
 """
 
 from __future__ import annotations
@@ -97,7 +99,7 @@ def _forward_costs(
     masked = torch.rand((batch, seq_len), device=device, generator=gen) < 0.5
     xt[masked] = vocab
     t = torch.full((batch,), 0.5, device=device)
-    reps = 10 if device.type == "cuda" else 3
+    reps = 20 if device.type == "cuda" else 5
     with torch.no_grad(), autocast():
         denoiser_s = _median_time(lambda: denoiser(xt, t), device, reps)
         logits = denoiser(xt, t)
@@ -112,8 +114,8 @@ def _forward_costs(
 
 
 def measure(rank: int, spec: dict[str, Any]) -> dict[str, Any]:
-    """One process's share of a configuration: timed `sample` runs per window, peak memory, and
-    (table mode) the isolated forward costs."""
+    """One rank's share of a configuration: timed `sample` runs per window, peak memory and, if
+    spec["forwards"], the isolated forward costs."""
     k, world, batch, steps = spec["k"], spec["world_size"], spec["batch"], spec["steps"]
     gpu = spec["gpu"]
     env = init_distributed("cuda" if gpu else "cpu", "nccl" if gpu else "gloo", 300)
@@ -245,6 +247,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--windows", type=_parse_list(float), default=[0.2, 1.0], help="EDLM windows, comma-separated")
     parser.add_argument("--vocab", type=int, default=0, help=f"data tokens (default {CPU_VOCAB} CPU, {GPT2_VOCAB} GPU)")
     parser.add_argument("--repeats", type=int, default=0, help="timed runs per configuration (default 1 CPU, 3 GPU)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                        help="CPU threads in all (split between the ranks); fewer than the cores on a busy machine")
     parser.add_argument("--gpu", action="store_true", help="CUDA, bf16 autocast for the networks")
     parser.add_argument("--compile", action="store_true", help="torch.compile the denoiser and the AR model")
     parser.add_argument("--skip-ranks", action="store_true", help="skip candidates mode at 1 and 2 ranks")
@@ -257,14 +261,14 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("[bench] --ks must be >= 2 and --windows in [0, 1]")
     vocab = args.vocab or (GPT2_VOCAB if args.gpu else CPU_VOCAB)
     repeats = args.repeats or (3 if args.gpu else 1)
-    threads = torch.get_num_threads()
+    threads = args.threads  # split between the ranks of candidates mode
     base = {"preset": args.preset, "seq_len": args.seq_len, "steps": args.steps, "batch": args.batch, "vocab": vocab,
             "repeats": repeats, "gpu": args.gpu, "compile": args.compile, "threads": threads}
     mem = "CUDA allocator peak" if args.gpu else "growth of the max RSS during sampling"
     print(f"[bench] {device_name(args.gpu)}, torch {torch.__version__}, {'bf16 autocast' if args.gpu else 'fp32'}"
           f"{', compiled' if args.compile else ''}; preset {args.preset}, vocab {vocab}, seq_len {args.seq_len}, "
           f"{args.steps} steps, B = {args.batch}, {repeats} timed run(s) per config"
-          + ("" if args.gpu else f", {threads} threads"))
+          + ("" if args.gpu else f", threads: {threads}"))
     print("[bench] time-conditioned DiT (reads_time): every step runs the denoiser, and every step in the window "
           "the energy; AREnergy(max_batch = k*B): one AR forward over the candidates of a step")
 
@@ -306,10 +310,11 @@ def main(argv: list[str] | None = None) -> None:
             print(f"[bench] candidates mode k = {CANDIDATES_K} on {world} rank(s), fresh process(es)")
             cand.append(launch(base, k=CANDIDATES_K, world_size=world, windows=[1.0], forwards=False))
         one = max(r["memory_mib"] for r in cand[0])
-        print(f"\nCandidates mode, k = {CANDIDATES_K}, window 1.0, AREnergy(max_batch = k*B = {CANDIDATES_K * args.batch}):"
-              f" each rank scores its k/ranks*B candidates in one AR forward (with chunking the activations "
-              f"would not shrink with the ranks); memory = {mem}, max over ranks, MiB"
-              + ("" if args.gpu else f"; threads per rank = {threads} // ranks"))
+        print(f"\nCandidates mode, k = {CANDIDATES_K}, window 1.0, "
+              f"AREnergy(max_batch = k*B = {CANDIDATES_K * args.batch}): each rank scores its k/ranks*B candidates in "
+              f"one AR forward (with chunking the activations would not shrink with the ranks); memory = {mem}, "
+              f"max over ranks, MiB"
+              + ("" if args.gpu else f"; threads per rank = max(1, {threads} // ranks)"))
         lines = []
         for ranks in cand:
             mib = max(r["memory_mib"] for r in ranks)

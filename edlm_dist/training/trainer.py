@@ -43,7 +43,14 @@ from edlm_dist.distributed import (
 from edlm_dist.models import build_model
 from edlm_dist.training.checkpoint import CheckpointManager
 from edlm_dist.training.ema import EMA
-from edlm_dist.training.loading import Checkpoint, WeightsError, checkpoint_vocab_size, read_weights, run_of_task
+from edlm_dist.training.loading import (
+    Checkpoint,
+    WeightsError,
+    checkpoint_vocab_size,
+    load_weights,
+    read_weights,
+    run_of_task,
+)
 from edlm_dist.training.metrics import MetricsLogger, device_peak_flops, peak_memory_gib, reset_peak_memory
 from edlm_dist.training.optim import build_lr_scheduler, build_optimizer
 from edlm_dist.training.run_folder import RunFolder
@@ -183,9 +190,8 @@ class Trainer:
         for what, (theirs, ours) in pairs.items():
             if theirs != ours:
                 raise ConfigError(f"{what} of energy.denoiser {ckpt.path} ({theirs}) does not match this run's data ({ours})")
-        denoiser = build_model("dit", ckpt.config.model, vocab_size, self.env.device, seed=cfg.job.seed, prepare=prepare)
-        read_weights(denoiser, ckpt, self._denoiser_weights())
-        return denoiser.requires_grad_(False).eval(), ckpt
+        denoiser, _ = load_weights(ckpt, self._denoiser_weights(), device=self.env.device, prepare=prepare)
+        return denoiser.requires_grad_(False), ckpt
 
     # ---- state -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
