@@ -1,7 +1,8 @@
 """Train a model: `python -m edlm_dist.train --config configs/tiny.toml [--section.key=value ...]`.
 
-Tasks: `mdlm` (masked diffusion), `ar` (autoregressive baseline). Started again in the same
-run folder, it continues from the latest checkpoint.
+Tasks: `mdlm` (masked diffusion), `ar` (autoregressive baseline), `nce` (the EDLM energy,
+fine-tuned from an MDLM run). Started again in the same run folder, it continues from the
+latest checkpoint.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -241,3 +243,14 @@ def test_nce_on_two_ranks_matches_one_process_resumes_exactly_and_learns(runs, t
     run_distributed(train_nce_and_record, 2, tmp_path / "resumed", overrides,
                     tmp_path / "two" / "nce2" / "checkpoints", tmp_path / "resumed.json")
     assert json.loads((tmp_path / "resumed.json").read_text()) == two[NCE_HALF:]  # bit for bit
+
+
+def test_plot_scalars_draws_the_diagnostics(runs, tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import plot_scalars
+
+    out = tmp_path / "figures" / "nce.png"
+    plot_scalars.main(["--out", str(out), f"{runs / 'nce'}:train/loss,train/accuracy", f"{runs / 'mdlm'}:train/loss"])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(SystemExit, match="has no scalar 'val/nope'"):
+        plot_scalars.main(["--out", str(out), f"{runs / 'nce'}:val/nope"])

@@ -135,3 +135,30 @@ def test_sampler_errors_are_one_line(runs, tmp_path, capsys, extra, match):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert match in err and len(err.strip().splitlines()) == 1
+
+
+def test_prompts_are_continued_in_one_process(runs, tmp_path):
+    from edlm_dist.data import build_dataset
+    from edlm_dist.sample import main
+    from edlm_dist.training import find_checkpoint
+
+    tokenizer = build_dataset(find_checkpoint(runs / "mdlm").config.data).tokenizer
+    first, second = [tokenizer.decode(ids) for ids in ([1, 2, 3], [4, 4])]
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(f"{first}\n\n{second}\n")
+    main(sample_command(runs, tmp_path)[7:] + [f"--sample.prompts={prompts}", "--sample.num_samples=3"])
+    records = [json.loads(line) for line in (tmp_path / "samples" / "samples.jsonl").read_text().splitlines()]
+    assert [r["tokens"][:3] for r in records[::2]] == [[1, 2, 3], [1, 2, 3]]
+    assert records[1]["tokens"][:2] == [4, 4]
+    summary = json.loads((tmp_path / "samples" / "summary.json").read_text())
+    assert summary["world_size"] == 1 and summary["num_samples"] == 3
+
+
+def test_a_prompt_as_long_as_the_sequence_is_refused(runs, tmp_path, capsys):
+    from edlm_dist.sample import main
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("ba " * 40 + "\n")
+    with pytest.raises(SystemExit):
+        main(sample_command(runs, tmp_path)[7:] + [f"--sample.prompts={prompts}"])
+    assert "line 1 of" in capsys.readouterr().err
