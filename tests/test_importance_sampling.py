@@ -286,3 +286,37 @@ def test_sampling_does_not_depend_on_the_noise_bound(toy4, monkeypatch):
     default = draw(toy4, 500, STEPS, seed=14, **kwargs)
     monkeypatch.setattr(sampling, "MAX_NOISE_ELEMENTS", 2 * toy4.vocab)
     assert torch.equal(draw(toy4, 500, STEPS, seed=14, **kwargs), default)
+
+
+def test_inverse_cdf_candidates_sample_the_same_law(toy4):
+    fn = residual_energy(toy4)
+    exact = implied_edlm_distribution(toy4, STEPS, energy=fn, num_candidates=K, window=WINDOW)
+    x = draw(toy4, N_MULTI, STEPS, seed=15, energy=fn, num_candidates=K, window=WINDOW, candidate_draw="inverse_cdf")
+    stat, bound = chi_square(x, toy4, exact)
+    assert stat < bound, (stat, bound)
+
+
+@pytest.mark.parametrize("max_noise_elements", [1, 37, 10**9])
+def test_inverse_cdf_draws_are_exact_sample_major_and_chunk_free(padded_logits, max_noise_elements):
+    logits, xt, masked = padded_logits
+    vocab, k = 37, 4000
+    logits = logits.clone()
+    logits[..., 5] = -math.inf  # a token of probability 0 is never drawn
+    candidates, proposal_logp = draw_candidates(logits, xt, masked, k, vocab, gen(16),
+                                                max_noise_elements=max_noise_elements, method="inverse_cdf")
+    reference = draw_candidates(logits, xt, masked, k, vocab, gen(16), method="inverse_cdf")
+    assert torch.equal(candidates, reference[0]) and torch.equal(proposal_logp, reference[1])
+    assert (candidates < vocab).all() and not (candidates[masked[:, None].expand_as(candidates)] == 5).any()
+    assert torch.equal(torch.where(masked[:, None], xt[:, None], candidates), xt[:, None].expand_as(candidates))
+    logp = torch.log_softmax(logits[..., :vocab].double(), -1)
+    per_token = logp[:, None].expand(-1, k, -1, -1).gather(-1, candidates[..., None]).squeeze(-1)
+    torch.testing.assert_close(proposal_logp, (per_token * masked[:, None]).sum(-1))
+    b, i = masked.nonzero()[0].tolist()  # the empirical law of one position's k draws
+    freq = torch.bincount(candidates[b, :, i], minlength=vocab).double() / k
+    assert (freq - logp[b, i].exp()).abs().max() < 4 * math.sqrt(0.25 / k)
+
+
+def test_unknown_candidate_draw_is_refused(padded_logits):
+    logits, xt, masked = padded_logits
+    with pytest.raises(ValueError, match="method must be one of"):
+        draw_candidates(logits, xt, masked, 2, 37, gen(0), method="argmax")

@@ -34,7 +34,7 @@ warm-up, synchronised on CUDA. --gpu: CUDA with bf16 autocast for the networks. 
 jobs use fewer threads than cores: oversubscribed intra-op threads made steps 70x slower here.
 
 usage: python tools/bench_sampler.py [--preset tiny|small] [--seq-len L] [--steps S] [--batch B] [--ks 2,4,16]
-       [--windows 0.2,1.0] [--vocab V] [--repeats N] [--threads N] [--gpu] [--compile] [--skip-ranks] [--json PATH]
+       [--windows 0.2,1.0] [--vocab V] [--repeats N] [--threads N] [--gpu] [--compile] [--skip-ranks] [--draw gumbel|inverse_cdf] [--json PATH]
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ import torch.multiprocessing as mp
 
 from edlm_dist.config.schema import MODEL_PRESETS, ModelConfig
 from edlm_dist.diffusion import SamplingStats, draw_candidates, sample
+from edlm_dist.diffusion.sampling import CANDIDATE_DRAWS
 from edlm_dist.distributed import RankPool, init_distributed, shutdown
 from edlm_dist.energy import AREnergy
 from edlm_dist.models import build_model
@@ -103,7 +104,7 @@ def _forward_costs(
     with torch.no_grad(), autocast():
         denoiser_s = _median_time(lambda: denoiser(xt, t), device, reps)
         logits = denoiser(xt, t)
-        draw = lambda: draw_candidates(logits, xt, masked, k, vocab, gen)  # noqa: E731
+        draw = lambda: draw_candidates(logits, xt, masked, k, vocab, gen, method=spec["draw"])  # noqa: E731
         draw_s = _median_time(draw, device, reps)
         candidates, logp = draw()
         args = (candidates.reshape(k * batch, seq_len), xt.repeat_interleave(k, 0), t.repeat_interleave(k),
@@ -141,7 +142,7 @@ def measure(rank: int, spec: dict[str, Any]) -> dict[str, Any]:
                    energy=energy, num_candidates=k, window=window,
                    generator=torch.Generator(device).manual_seed(0),
                    candidate_generator=torch.Generator(device).manual_seed(1 + rank),
-                   pool=pool, stats=stats, device=device)
+                   pool=pool, stats=stats, candidate_draw=spec["draw"], device=device)
 
     before = peak_memory_gib(device)
     start = time.perf_counter()
@@ -252,6 +253,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gpu", action="store_true", help="CUDA, bf16 autocast for the networks")
     parser.add_argument("--compile", action="store_true", help="torch.compile the denoiser and the AR model")
     parser.add_argument("--skip-ranks", action="store_true", help="skip candidates mode at 1 and 2 ranks")
+    parser.add_argument("--draw", choices=CANDIDATE_DRAWS, default="gumbel",
+                        help="how the k candidates are drawn (sample.candidate_draw)")
     parser.add_argument("--json", help="write all results to this file")
     args = parser.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # progress lines interleave with the workers' in order
@@ -263,11 +266,11 @@ def main(argv: list[str] | None = None) -> None:
     repeats = args.repeats or (3 if args.gpu else 1)
     threads = args.threads  # split between the ranks of candidates mode
     base = {"preset": args.preset, "seq_len": args.seq_len, "steps": args.steps, "batch": args.batch, "vocab": vocab,
-            "repeats": repeats, "gpu": args.gpu, "compile": args.compile, "threads": threads}
+            "repeats": repeats, "gpu": args.gpu, "compile": args.compile, "threads": threads, "draw": args.draw}
     mem = "CUDA allocator peak" if args.gpu else "growth of the max RSS during sampling"
     print(f"[bench] {device_name(args.gpu)}, torch {torch.__version__}, {'bf16 autocast' if args.gpu else 'fp32'}"
           f"{', compiled' if args.compile else ''}; preset {args.preset}, vocab {vocab}, seq_len {args.seq_len}, "
-          f"{args.steps} steps, B = {args.batch}, {repeats} timed run(s) per config"
+          f"{args.steps} steps, B = {args.batch}, {repeats} timed run(s) per config, {args.draw} candidate draws"
           + ("" if args.gpu else f", threads: {threads}"))
     print("[bench] time-conditioned DiT (reads_time): every step runs the denoiser, and every step in the window "
           "the energy; AREnergy(max_batch = k*B): one AR forward over the candidates of a step")

@@ -168,6 +168,9 @@ class SampleConfig:
     oracle: str = ""  # Gen PPL judge: an `ar` run of this project, or hf:<name or path> (empty: no Gen PPL)
     reference: bool = True  # also score as many held-out sequences with the oracle (the reference row)
     compile: bool = False  # torch.compile the denoiser and the energy network
+    # how the k candidates are drawn, both exact in float64: Gumbel-max (k x positions x vocabulary
+    # noise) or the inverse CDF (one uniform per token; much cheaper for large k and vocabularies)
+    candidate_draw: Literal["gumbel", "inverse_cdf"] = "gumbel"
 
 
 @dataclass

@@ -143,7 +143,7 @@ class Sampler:
                 num_candidates=s.num_candidates if self.energy is not None else 1, window=s.window,
                 generator=keyed_generator(cfg.job.seed, "sample", first, device=self.env.device),
                 candidate_generator=keyed_generator(cfg.job.seed, "candidates", first, self.env.rank, device=self.env.device),
-                pool=self.pool, stats=stats, device=self.env.device,
+                pool=self.pool, stats=stats, candidate_draw=s.candidate_draw, device=self.env.device,
             )
             self._synchronize()
             per_sample = (time.perf_counter() - batch_start) / len(indices)
