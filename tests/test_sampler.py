@@ -162,3 +162,26 @@ def test_a_prompt_as_long_as_the_sequence_is_refused(runs, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(sample_command(runs, tmp_path)[7:] + [f"--sample.prompts={prompts}"])
     assert "line 1 of" in capsys.readouterr().err
+
+
+def test_samples_repeat_from_the_seed_and_both_modes_agree_on_one_rank(runs, tmp_path):
+    from edlm_dist.sample import main
+
+    tokens = {}
+    for name, extra in {"a": [], "b": [], "candidates": ["--sample.mode=candidates"],
+                        "other_seed": ["--job.seed=1"]}.items():
+        main(sample_command(runs, tmp_path)[7:] + [f"--job.name={name}", "--sample.oracle=", *extra])
+        lines = (tmp_path / name / "samples.jsonl").read_text().splitlines()
+        tokens[name] = [json.loads(line)["tokens"] for line in lines]
+    assert tokens["a"] == tokens["b"] == tokens["candidates"]
+    assert tokens["other_seed"] != tokens["a"]
+    assert "gen_ppl" not in json.loads((tmp_path / "a" / "summary.json").read_text())  # no oracle, no Gen PPL
+
+
+@pytest.mark.slow
+def test_compiled_sampling_runs(runs, tmp_path):
+    from edlm_dist.sample import main
+
+    main(sample_command(runs, tmp_path)[7:] + ["--sample.compile=true", "--sample.candidate_draw=inverse_cdf"])
+    summary = json.loads((tmp_path / "samples" / "summary.json").read_text())
+    assert summary["num_samples"] == 6 and summary["gen_ppl"]["gen_ppl"] > 1
