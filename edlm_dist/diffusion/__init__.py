@@ -1,9 +1,11 @@
-"""The math of masked diffusion and EDLM: schedules, the NELBO, and ancestral sampling.
+"""The math of masked diffusion and EDLM: schedules, the NELBO, ancestral and importance
+sampling, the NCE objective, and the EDLM likelihood (log Z bounds, valid bound, paper estimate).
 
 Model-agnostic (networks are passed in as callables) and free of distributed code.
 """
 
 from edlm_dist.diffusion.energy import effective_sample_size, nce_loss, pairwise_accuracy
+from edlm_dist.diffusion.likelihood import EDLMNelbo, LogZBounds, edlm_nelbo, logz_bounds
 from edlm_dist.diffusion.loss import masked_token_nll, nelbo, weighted_nelbo_terms
 from edlm_dist.diffusion.noise import (
     gumbel_argmax,
@@ -25,16 +27,20 @@ from edlm_dist.diffusion.schedules import (
 __all__ = [
     "CandidatePool",
     "CosineSchedule",
+    "EDLMNelbo",
     "LocalPool",
     "LogLinearSchedule",
+    "LogZBounds",
     "SCHEDULES",
     "SamplingStats",
     "Schedule",
     "build_schedule",
     "draw_candidates",
+    "edlm_nelbo",
     "effective_sample_size",
     "gumbel_argmax",
     "keyed_generator",
+    "logz_bounds",
     "mask_tokens",
     "masked_token_nll",
     "nce_loss",
