@@ -12,7 +12,7 @@ import torch
 from edlm_dist.diffusion import LogLinearSchedule, Schedule, gumbel_argmax, sample
 from edlm_dist.diffusion import sampling
 from edlm_dist.diffusion.sampling import draw_candidates
-from toy_dist import ExactDenoiser, ToyDistribution, implied_sampler_distribution, total_variation
+from toy_dist import ExactDenoiser, ToyDistribution, implied_sampler_distribution, law_of_final_states, total_variation
 
 EnergyFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -113,11 +113,7 @@ def implied_edlm_distribution(
                 for row, prob in zip(torch.where(moved, support, xt).tolist(), q.tolist()):
                     nxt[tuple(row)] = nxt.get(tuple(row), 0.0) + mass * weight * prob
         states = nxt
-    out = torch.zeros(len(toy.seqs), dtype=torch.float64)
-    for state, mass in states.items():
-        assert m not in state, "the last step must unmask everything"
-        out[toy.index(torch.tensor(state))] += mass
-    return out
+    return law_of_final_states(toy, states)
 
 
 def chi_square(x: torch.Tensor, toy: ToyDistribution, probs: torch.Tensor) -> tuple[float, float]:

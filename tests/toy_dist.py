@@ -118,8 +118,13 @@ def implied_sampler_distribution(
                     key = tuple(tok for tok, _ in combo)
                     nxt[key] = nxt.get(key, 0.0) + mass * weight
         states = nxt
+    return law_of_final_states(dist, states)
+
+
+def law_of_final_states(dist: ToyDistribution, states: dict[tuple[int, ...], float]) -> torch.Tensor:
+    """The probabilities of the V^L sequences from the mass of each final (fully unmasked) state."""
     out = torch.zeros(len(dist.seqs), dtype=torch.float64)
     for state, mass in states.items():
-        assert m not in state, "the last step must unmask everything"
+        assert dist.mask_id not in state, "the last step must unmask everything"
         out[dist.index(torch.tensor(state))] += mass
     return out

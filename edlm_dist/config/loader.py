@@ -13,7 +13,7 @@ import functools
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, ParamSpec, Sequence, TypeVar, get_args, get_origin, get_type_hints
+from typing import Any, Callable, Literal, Mapping, ParamSpec, Sequence, TypeVar, get_args, get_origin, get_type_hints
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -378,9 +378,13 @@ def _help_text(description: str) -> str:
     )
 
 
-def parse_cli(argv: Sequence[str] | None, description: str = "") -> CliArgs:
+def parse_cli(
+    argv: Sequence[str] | None, description: str = "", aliases: Mapping[str, str] | None = None
+) -> CliArgs:
     """Parse `--config PATH`, `--print-config`, `-h/--help` and overrides (argv None: sys.argv[1:])
-    and load the config. Help prints usage and every key, then exits 0."""
+    and load the config. `aliases` maps extra options to config keys (`--checkpoint` ->
+    `energy.denoiser`), taken like overrides. Help prints usage and every key, then exits 0."""
+    aliases = aliases or {}
     args = list(sys.argv[1:] if argv is None else argv)
     config_path: str | None = None
     print_config = False
@@ -395,6 +399,9 @@ def parse_cli(argv: Sequence[str] | None, description: str = "") -> CliArgs:
             print_config, i = True, i + 1
         elif arg.partition("=")[0] == "--config":
             _, config_path, i = _take_value(args, i)
+        elif arg.partition("=")[0] in aliases:
+            name, value, i = _take_value(args, i)
+            overrides.append(f"--{aliases[name]}={value}")
         elif _is_override(arg):
             name, value, i = _take_value(args, i)
             overrides.append(f"{name}={value}")

@@ -156,16 +156,16 @@ def load_weights(
     return model.eval(), weights
 
 
-def check_compatible(energy: Checkpoint, denoiser: Checkpoint) -> None:
-    """An energy (or AR) run and a denoiser run that can work together: same vocabulary (the
-    same token ids) and the same sequence length."""
+def check_same_data(ckpt: Checkpoint, name: str, vocab_size: int, seq_len: int, other: str) -> None:
+    """The run of `ckpt` (called `name` in the message) has the vocabulary (the same token ids)
+    and sequence length of `other`, which it is to work with."""
     pairs = {
-        "vocabulary size": (checkpoint_vocab_size(energy), checkpoint_vocab_size(denoiser)),
-        "data.seq_len": (energy.config.data.seq_len, denoiser.config.data.seq_len),
+        "vocabulary size": (checkpoint_vocab_size(ckpt), vocab_size),
+        "data.seq_len": (ckpt.config.data.seq_len, seq_len),
     }
     for what, (mine, theirs) in pairs.items():
         if mine != theirs:
-            raise WeightsError(f"{what} of {energy.path} ({mine}) does not match the denoiser {denoiser.path} ({theirs})")
+            raise WeightsError(f"{what} of {name} ({mine}) does not match {other} ({theirs})")
 
 
 def run_of_task(path: str, task: str, key: str) -> Checkpoint:
@@ -194,7 +194,8 @@ def load_energy(cfg: EnergyConfig, denoiser: Checkpoint, device: torch.device | 
     ar/coar, the NCE run for nce) and checked against the `denoiser` run it will correct."""
     task = "nce" if cfg.kind == "nce" else "ar"
     ckpt = run_of_task(cfg.checkpoint, task, "energy.checkpoint")
-    check_compatible(ckpt, denoiser)
+    check_same_data(ckpt, str(ckpt.path), checkpoint_vocab_size(denoiser), denoiser.config.data.seq_len,
+                    f"the denoiser {denoiser.path}")
     model, _ = load_weights(ckpt, None if cfg.weights == "auto" else cfg.weights, device=device)
     if cfg.kind == "nce":
         return NCEEnergy(model, max_batch=cfg.max_batch)

@@ -46,7 +46,7 @@ from edlm_dist.training.ema import EMA
 from edlm_dist.training.loading import (
     Checkpoint,
     WeightsError,
-    checkpoint_vocab_size,
+    check_same_data,
     load_weights,
     read_weights,
     run_of_task,
@@ -180,16 +180,10 @@ class Trainer:
         cfg = self.cfg
         try:
             ckpt = run_of_task(cfg.energy.denoiser, "mdlm", "energy.denoiser")
-            vocab_size = checkpoint_vocab_size(ckpt)
+            check_same_data(ckpt, f"energy.denoiser {ckpt.path}", self.data.tokenizer.vocab_size, cfg.data.seq_len,
+                            "this run's data")
         except WeightsError as err:
             raise ConfigError(str(err)) from None
-        pairs = {
-            "vocabulary size": (vocab_size, self.data.tokenizer.vocab_size),
-            "data.seq_len": (ckpt.config.data.seq_len, cfg.data.seq_len),
-        }
-        for what, (theirs, ours) in pairs.items():
-            if theirs != ours:
-                raise ConfigError(f"{what} of energy.denoiser {ckpt.path} ({theirs}) does not match this run's data ({ours})")
         denoiser, _ = load_weights(ckpt, self._denoiser_weights(), device=self.env.device, prepare=prepare)
         return denoiser.requires_grad_(False), ckpt
 
