@@ -244,6 +244,11 @@ _BOUNDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "sample.num_candidates": _AT_LEAST_1,
     "sample.window": ("in [0, 1]", lambda v: 0 <= v <= 1),
     "sample.batch_size": _AT_LEAST_1,
+    "eval.num_sequences": _NON_NEGATIVE,
+    "eval.batch_size": _AT_LEAST_1,
+    "eval.num_samples": _AT_LEAST_1,
+    "eval.num_proposals": (">= 2 (log Z needs two draws)", lambda v: v >= 2),
+    "eval.poll_interval_s": _POSITIVE,
     "debug.kill_at_step": _NON_NEGATIVE,
     "debug.step_sleep_s": _NON_NEGATIVE,
 }

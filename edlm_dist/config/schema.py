@@ -174,6 +174,26 @@ class SampleConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Likelihood evaluation, `python -m edlm_dist.eval`: each checkpoint is scored as the model its
+    run trained (mdlm: NELBO; ar: exact NLL; nce: EDLM with its denoiser), and an mdlm one as EDLM
+    when `energy.checkpoint` names an energy (kind ar, coar or nce). See docs/evaluation.md."""
+
+    checkpoint: str = ""  # comma-separated runs or step_<8-digit step> folders (--checkpoint)
+    watch: str = ""  # a training run folder: evaluate each checkpoint it commits (--watch)
+    # comma-separated sets: wikitext2, ptb, lambada (:val or :test), openwebtext, files (=folder or
+    # URL of a prepared corpus), val (the evaluated run's own validation split)
+    datasets: str = "val"
+    num_sequences: int = 0  # the first blocks of each set (0 = all)
+    batch_size: int = 16  # sequences per forward; the noise of a batch is keyed by (seed, batch)
+    num_samples: int = 1  # (t, mask) draws per sequence
+    num_proposals: int = 8  # EDLM: n proposal draws per log Z estimate; also reported at 2n
+    weights: Literal["auto", "ema", "model"] = "auto"  # of the evaluated checkpoints (auto: EMA when present)
+    output: str = ""  # results folder (JSON and TensorBoard); empty = the evaluated run's folder
+    poll_interval_s: float = 60.0  # --watch: seconds between looks at the checkpoint folder
+
+
+@dataclass
 class DebugConfig:
     deterministic: bool = False  # bit-reproducible kernels (slower)
     # fault injection for tests and drills: rank 0 SIGKILLs itself right after this step (0 = never)
@@ -194,4 +214,5 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     energy: EnergyConfig = field(default_factory=EnergyConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)

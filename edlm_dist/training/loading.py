@@ -39,7 +39,7 @@ class Checkpoint:
     """A committed checkpoint folder, its step, and the run (folder and config) it belongs to."""
 
     run_dir: Path
-    path: Path
+    path: str  # a local folder or an fsspec URL
     step: int
     config: Config
 
@@ -62,14 +62,8 @@ def find_checkpoint(path: str | os.PathLike[str], step: int | None = None) -> Ch
             raise WeightsError(f"--step {step} contradicts the checkpoint folder {path} (step {found})")
         if not (path / MARKER).is_file():
             raise WeightsError(f"checkpoint {path} is not committed (no {MARKER} marker)")
-        return Checkpoint(run_dir, path, found, config)
-    folder = config.checkpoint.folder
-    if "://" in folder:
-        raise WeightsError(
-            f"checkpoint.folder of {run_dir} is the URL {folder}, and export reads local folders only: "
-            f"copy a step_<8-digit step> folder into {run_dir / 'checkpoints'} and pass that folder"
-        )
-    manager = CheckpointManager(str(run_dir / folder), config.checkpoint.keep_last)
+        return Checkpoint(run_dir, str(path), found, config)
+    manager = run_checkpoints(run_dir, config)
     steps = manager.committed_steps()
     if not steps:
         raise WeightsError(f"no committed checkpoint in {manager.folder}")
@@ -77,11 +71,21 @@ def find_checkpoint(path: str | os.PathLike[str], step: int | None = None) -> Ch
         step = steps[-1]
     elif step not in steps:
         raise WeightsError(f"step {step} has no committed checkpoint in {manager.folder} (committed: {steps})")
-    return Checkpoint(run_dir, Path(manager.path(step)), step, config)
+    return Checkpoint(run_dir, manager.path(step), step, config)
+
+
+def run_checkpoints(run_dir: Path, config: Config) -> CheckpointManager:
+    """The checkpoint folder of the run in `run_dir` (inside it, or the URL its config names)."""
+    folder = config.checkpoint.folder
+    folder = folder if "://" in folder else str(run_dir / folder)
+    try:
+        return CheckpointManager(folder, config.checkpoint.keep_last)
+    except (ImportError, ValueError, OSError) as err:  # e.g. the URL's filesystem is not installed
+        raise WeightsError(f"cannot open the checkpoint folder {folder} of {run_dir}: {err}") from None
 
 
 @contextlib.contextmanager
-def _reading(path: Path) -> Iterator[None]:
+def _reading(path: str) -> Iterator[None]:
     """Report an unreadable checkpoint (missing or corrupt files) as one line."""
     try:
         yield
@@ -89,10 +93,14 @@ def _reading(path: Path) -> Iterator[None]:
         raise WeightsError(f"cannot read checkpoint {path}: {describe_load_error(err)}") from err
 
 
-def _stored_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+def _stored_shapes(path: str) -> dict[str, tuple[int, ...]]:
     """Global shape of every tensor in the checkpoint, by flattened key (e.g. `model.embed.weight`)."""
+    if "://" in path:  # DCP's reader for fsspec URLs, which dcp.load picks itself but does not export
+        from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader as reader
+    else:
+        reader = dcp.FileSystemReader
     with _reading(path):
-        metadata = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+        metadata = reader(path).read_metadata().state_dict_metadata
     return {key: tuple(m.size) for key, m in metadata.items() if isinstance(m, dcp.TensorStorageMetadata)}
 
 
@@ -135,7 +143,7 @@ def read_weights(model: Transformer, ckpt: Checkpoint, weights: str | None = Non
         )
     target = {"model": state} if weights == "model" else {"ema": {"weights": state}}
     with _reading(ckpt.path):
-        dcp.load(target, checkpoint_id=str(ckpt.path), no_dist=not sharded)
+        dcp.load(target, checkpoint_id=ckpt.path, no_dist=not sharded)
     set_model_state_dict(model, state, options=StateDictOptions(strict=not partial))
     return weights
 
@@ -194,7 +202,7 @@ def load_energy(cfg: EnergyConfig, denoiser: Checkpoint, device: torch.device | 
     ar/coar, the NCE run for nce) and checked against the `denoiser` run it will correct."""
     task = "nce" if cfg.kind == "nce" else "ar"
     ckpt = run_of_task(cfg.checkpoint, task, "energy.checkpoint")
-    check_same_data(ckpt, str(ckpt.path), checkpoint_vocab_size(denoiser), denoiser.config.data.seq_len,
+    check_same_data(ckpt, ckpt.path, checkpoint_vocab_size(denoiser), denoiser.config.data.seq_len,
                     f"the denoiser {denoiser.path}")
     model, _ = load_weights(ckpt, None if cfg.weights == "auto" else cfg.weights, device=device)
     if cfg.kind == "nce":

@@ -1,0 +1,193 @@
+"""Held-out likelihood sets by name, cut into blocks with the MDLM paper's conventions.
+
+A set is a token stream (each document or line, detokenised, then tokenised and followed by
+EOS) cut into consecutive blocks `[EOS, w_1 .. w_{L-2}, EOS]`; the tail that does not fill a
+block is dropped, and every one of the L positions is scored (docs/evaluation.md). Names, with
+an optional `:split` and `=path` (`ptb:test`, `files=s3://bucket/corpus`):
+
+- `wikitext2`, `ptb`, `lambada`: the files under `$EDLM_DATA_DIR`; with the GPT-2 tokenizer
+  the MDLM detokenisers are applied (a character- or word-level model reads the text as is).
+- `openwebtext`, `files`: the validation token shards of a prepared corpus (`=path`; without
+  one, the corpus the evaluated run trained on).
+- `val`: the evaluated run's own validation split (for the synthetic source: the blocks its
+  trainer validates on).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edlm_dist.config import Config
+from edlm_dist.data.datasets import NAMED_FILES, build_dataset, data_dir
+from edlm_dist.data.errors import DataError
+from edlm_dist.data.shards import TokenCorpus
+from edlm_dist.data.text import TextBlocks
+from edlm_dist.data.tokenizers import GPT2Tokenizer, Tokenizer
+
+# The split each set is scored on when none is named: the choice of the MDLM reference code
+# (validation where a set has one, LAMBADA's only split otherwise).
+DEFAULT_SPLITS = {"wikitext2": "val", "ptb": "val", "lambada": "test", "openwebtext": "val", "files": "val", "val": "val"}
+_SPEC = re.compile(r"^(?P<name>[a-z0-9_]+)(?::(?P<split>[a-z0-9]+))?(?:=(?P<path>.+))?$")
+
+
+def wikitext_detokenize(text: str) -> str:
+    """Undo WikiText's tokenisation (` @-@ `, spaced punctuation and brackets, `= = =` headings)."""
+    text = text.replace("s '", "s'")
+    for spaced, joined in ((" @-@ ", "-"), (" @,@ ", ","), (" @.@ ", "."), (" : ", ": "), (" ; ", "; "),
+                           (" . ", ". "), (" ! ", "! "), (" ? ", "? "), (" , ", ", ")):
+        text = text.replace(spaced, joined)
+    for opening, closing in (("(", ")"), ("[", "]"), ("{", "}")):
+        o, c = re.escape(opening), re.escape(closing)
+        text = re.sub(rf"{o}\s*([^{c}]*?)\s*{c}", rf"{opening}\1{closing}", text)
+    text = re.sub(r"\"\s*([^\"]*?)\s*\"", r'"\1"', text)
+    text = re.sub(r"'\s*([^']*?)\s*'", r"'\1'", text)
+    for spaced, joined in (("= = = =", "===="), ("= = =", "==="), ("= =", "=="), (" \N{DEGREE SIGN} ", "\N{DEGREE SIGN}"),
+                           (" \n", "\n"), ("\n ", "\n"), (" N ", " 1 "), (" 's", "'s")):
+        text = text.replace(spaced, joined)
+    return text
+
+
+def ptb_detokenize(text: str) -> str:
+    """Undo PTB's tokenisation: contractions, `\\/`, the `N` number token (as 1), `<unk>` (as ?)."""
+    for spaced, joined in ((" 's", "'s"), ("s ' ", "s' "), (" n't", "n't"), (" \n ", "\n"), ("\\/", "/")):
+        text = text.replace(spaced, joined)
+    while " N " in text:  # overlapping matches: "N N N" needs more than one pass
+        text = text.replace(" N ", " 1 ")
+    return text.replace("$ 1", "$1").replace("# 1", "#1").replace("<unk>", "?")
+
+
+def lambada_detokenize(text: str) -> str:
+    """Straight double quotes, and the passage on a line of its own."""
+    return "\n" + text.replace("\N{LEFT DOUBLE QUOTATION MARK}", '"').replace("\N{RIGHT DOUBLE QUOTATION MARK}", '"').strip()
+
+
+@dataclass(frozen=True)
+class EvalSetSpec:
+    name: str
+    split: str
+    path: str = ""
+
+    @property
+    def label(self) -> str:
+        """How results name the set: `name:split`."""
+        return f"{self.name}:{self.split}"
+
+
+def parse_eval_sets(text: str, key: str = "eval.datasets") -> list[EvalSetSpec]:
+    """The comma-separated set names of `text`, each checked (unknown names and splits are errors)."""
+    specs = []
+    for item in (part.strip() for part in text.split(",")):
+        match = _SPEC.match(item)
+        if not match or match["name"] not in DEFAULT_SPLITS:
+            raise DataError(f"{key}: unknown evaluation set {item!r} (known: {', '.join(DEFAULT_SPLITS)})")
+        split = match["split"] or DEFAULT_SPLITS[match["name"]]
+        known = NAMED_FILES.get(match["name"], {"val": ""})
+        if split not in known:
+            raise DataError(f"{key}: {match['name']} has no split {split!r} (has {', '.join(known)})")
+        specs.append(EvalSetSpec(match["name"], split, match["path"] or ""))
+    if not specs:
+        raise DataError(f"{key} names no evaluation set")
+    return specs
+
+
+class EvalSet:
+    """Blocks [EOS, stream window, EOS] of one token stream: block i holds stream tokens
+    [i (L - 2), (i + 1)(L - 2)). A pure function of the index, so any rank reads any block."""
+
+    def __init__(self, label: str, stream: torch.Tensor | TokenCorpus, seq_len: int, eos_id: int,
+                 documents: int | None = None) -> None:
+        self.label, self.stream, self.seq_len, self.eos_id = label, stream, seq_len, eos_id
+        self.window = seq_len - 2
+        self.documents = documents
+        if len(self) == 0:
+            raise DataError(f"evaluation set {label}: {len(stream)} tokens, too few for one block of {seq_len}")
+
+    def __len__(self) -> int:
+        return len(self.stream) // self.window
+
+    def blocks(self, start: int, stop: int) -> torch.Tensor:
+        """Blocks [start, stop) as a long tensor [stop - start, seq_len]."""
+        if isinstance(self.stream, torch.Tensor):
+            inside = self.stream[start * self.window: stop * self.window]
+        else:
+            inside = torch.from_numpy(self.stream.read(start * self.window, stop * self.window).astype(np.int64))
+        eos = torch.full((stop - start, 1), self.eos_id, dtype=torch.long)
+        return torch.cat((eos, inside.view(stop - start, self.window), eos), dim=1)
+
+
+class FixedBlocks:
+    """A set given as its blocks (the synthetic source's validation blocks)."""
+
+    def __init__(self, label: str, blocks: torch.Tensor) -> None:
+        self.label, self._blocks, self.documents = label, blocks, None
+        self.seq_len = blocks.shape[1]
+
+    def __len__(self) -> int:
+        return self._blocks.shape[0]
+
+    def blocks(self, start: int, stop: int) -> torch.Tensor:
+        return self._blocks[start:stop]
+
+
+def _records(spec: EvalSetSpec, folder: Path) -> list[str]:
+    """The documents of a named set, as the MDLM reference reads them: WikiText lines (empty
+    ones too), PTB sentences (stripped), LAMBADA passages."""
+    path = folder / NAMED_FILES[spec.name][spec.split]
+    if not path.is_file():
+        raise DataError(f"evaluation set {spec.label}: file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"evaluation set {spec.label}: {path} is not UTF-8 ({err.reason} at byte {err.start})") from None
+    if spec.name == "lambada":
+        try:
+            return [json.loads(line)["text"] for line in text.splitlines() if line.strip()]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise DataError(f"evaluation set {spec.label}: {path} is not JSON lines with a 'text' key ({err})") from None
+    lines = text.splitlines(keepends=True)
+    return [line.strip() for line in lines] if spec.name == "ptb" else lines
+
+
+DETOKENIZERS = {"wikitext2": wikitext_detokenize, "ptb": ptb_detokenize, "lambada": lambada_detokenize}
+
+
+def named_stream(spec: EvalSetSpec, tokenizer: Tokenizer, folder: Path) -> tuple[torch.Tensor, int]:
+    """The token stream of a named set (documents each followed by EOS) and its document count."""
+    records = _records(spec, folder)
+    if isinstance(tokenizer, GPT2Tokenizer):
+        records = [DETOKENIZERS[spec.name](r) for r in records]
+    ids: list[int] = []
+    for record in records:
+        ids += tokenizer.encode(record)
+        ids.append(tokenizer.eos_id)
+    return torch.tensor(ids, dtype=torch.long), len(records)
+
+
+def load_eval_set(spec: EvalSetSpec, tokenizer: Tokenizer, run: Config) -> EvalSet | FixedBlocks:
+    """The blocks of `spec` for a model of the run `run` (its tokenizer and sequence length)."""
+    data = run.data
+    if spec.name in DETOKENIZERS:
+        folder = Path(os.path.expandvars(spec.path)).expanduser() if spec.path else data_dir()
+        stream, documents = named_stream(spec, tokenizer, folder)
+        return EvalSet(spec.label, stream, data.seq_len, tokenizer.eos_id, documents)
+    prepared = data.dataset in ("openwebtext", "files")
+    if spec.name != "val" and not (spec.path or prepared):
+        raise DataError(f"evaluation set {spec.name} needs a prepared corpus: write {spec.name}=<folder or URL>")
+    if spec.path or prepared:
+        corpus = TokenCorpus(os.path.expandvars(spec.path or data.path), "val")
+        if corpus.manifest.tokenizer["fingerprint"] != tokenizer.fingerprint():
+            raise DataError(f"evaluation set {spec.label}: {corpus.folder} was tokenised with another tokenizer than the model's")
+        return EvalSet(spec.label, corpus, data.seq_len, corpus.eos_id, corpus.documents)
+    blocks = build_dataset(data).blocks
+    if isinstance(blocks, TextBlocks):
+        return EvalSet(spec.label, blocks.splits["val"], data.seq_len, tokenizer.eos_id)
+    metrics = run.metrics  # the synthetic source: the blocks its trainer validates on
+    return FixedBlocks(spec.label, torch.cat([blocks.batch("val", i, metrics.eval_batch_size)
+                                             for i in range(metrics.eval_batches)]))

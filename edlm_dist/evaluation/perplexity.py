@@ -1,0 +1,285 @@
+"""Likelihood evaluation behind `python -m edlm_dist.eval`: per-token NELBO / NLL and perplexity
+of MDLM, AR and EDLM checkpoints on held-out sets, on any number of ranks.
+
+Each set is cut into blocks (`edlm_dist.data.eval_sets`); global batch b holds blocks
+[b B, (b + 1) B) and goes to rank b mod world size, and its noise comes from a generator keyed
+by (seed, b): the figures depend on the seed and `eval.batch_size`, not on the world size.
+Every estimate of a batch restarts that generator, so MDLM and EDLM (both estimators, n and
+2n proposals) see the same (t, xt) and their differences are paired. Rank 0 gathers the
+per-sequence values in global order and writes one JSON per (checkpoint, set) and TensorBoard
+scalars under `eval/`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from edlm_dist.config import Config, ConfigError
+from edlm_dist.data import build_dataset
+from edlm_dist.data.eval_sets import EvalSet, EvalSetSpec, FixedBlocks, load_eval_set, parse_eval_sets
+from edlm_dist.data.tokenizers import Tokenizer
+from edlm_dist.diffusion import Schedule, build_schedule, edlm_nelbo, keyed_generator, nelbo
+from edlm_dist.distributed import DistEnv, all_gather_object
+from edlm_dist.energy import Energy
+from edlm_dist.fileio import atomic_write_text
+from edlm_dist.models import Transformer
+from edlm_dist.training.loading import (
+    Checkpoint,
+    checkpoint_vocab_size,
+    find_checkpoint,
+    load_denoiser,
+    load_energy,
+    load_weights,
+)
+from edlm_dist.training.metrics import MetricsLogger
+
+ESTIMATORS = ("bound", "paper")
+# What each figure is, for readers of the JSON (docs/evaluation.md explains them).
+KINDS = {
+    "nelbo": "upper bound", "nll": "exact", "mdlm_nelbo": "upper bound (the denoiser alone)",
+    "bound": "upper bound (valid as n grows)", "bound_low": "lower estimate of the bound",
+    "paper": "paper eq. 13 estimate: not a bound", "paper_low": "paper eq. 13, low log Z",
+}
+
+
+@dataclass
+class EvalModel:
+    """A checkpoint ready to score: `label` (mdlm, ar, edlm_nce, edlm_ar, edlm_coar), the network
+    (denoiser or AR model), the energy of EDLM, and the diffusion settings of the denoiser."""
+
+    label: str
+    ckpt: Checkpoint
+    model: Transformer
+    energy: Energy | None
+    mask_id: int
+    schedule: Schedule | None
+    t_min: float
+
+    @property
+    def data_config(self) -> Config:
+        """The run whose data (tokenizer, sequence length) the model reads."""
+        return self.ckpt.config
+
+
+def model_label(ckpt: Checkpoint, cfg: Config) -> str:
+    """What `ckpt` is scored as: its run's task, and EDLM for an MDLM when `energy.checkpoint` is set."""
+    task = ckpt.config.training.task
+    if task == "mdlm":
+        return f"edlm_{cfg.energy.kind}" if cfg.energy.checkpoint else "mdlm"
+    return "edlm_nce" if task == "nce" else "ar"
+
+
+def build_eval_model(ckpt: Checkpoint, cfg: Config, device: torch.device) -> EvalModel:
+    """The model `model_label` names, with its weights, on `device`."""
+    label = model_label(ckpt, cfg)
+    weights = None if cfg.eval.weights == "auto" else cfg.eval.weights
+    if label == "ar":
+        model, _ = load_weights(ckpt, weights, device=device)
+        return EvalModel(label, ckpt, model, None, checkpoint_vocab_size(ckpt), None, 0.0)
+    if label == "edlm_nce":
+        energy_cfg = replace(cfg.energy, kind="nce", checkpoint=ckpt.path, weights=cfg.eval.weights)
+        denoiser, denoiser_ckpt = load_denoiser(energy_cfg, device)
+        energy = load_energy(energy_cfg, denoiser_ckpt, device)
+    else:
+        denoiser, _ = load_weights(ckpt, weights, device=device)
+        denoiser_ckpt = ckpt
+        energy = load_energy(cfg.energy, ckpt, device) if label != "mdlm" else None
+    diffusion = denoiser_ckpt.config.diffusion
+    return EvalModel(label, ckpt, denoiser, energy, checkpoint_vocab_size(denoiser_ckpt),
+                     build_schedule(diffusion.schedule, diffusion.eps), diffusion.t_min)
+
+
+def sequence_figures(em: EvalModel, x0: torch.Tensor, key: tuple[object, ...], cfg: Config) -> dict[str, torch.Tensor]:
+    """Per-sequence estimates in nats, float64 [B], of one batch; every estimate restarts the
+    generator of `key`, so all of them see the same (t, xt)."""
+    if em.label == "ar":
+        return {"nll": -em.model.log_prob(x0).double()}
+    e = cfg.eval
+
+    def generator() -> torch.Generator:
+        return keyed_generator(*key, device=x0.device)
+
+    common = dict(mask_id=em.mask_id, schedule=em.schedule, num_samples=e.num_samples, t_min=em.t_min)
+    plain = nelbo(em.model, x0, generator=generator(), **common).double()
+    if em.energy is None:
+        return {"nelbo": plain}
+    out = {"mdlm_nelbo": plain}
+    for n in (e.num_proposals, 2 * e.num_proposals):
+        for estimator in ESTIMATORS:
+            low, high, ess = edlm_nelbo(em.model, em.energy, x0, estimator=estimator, num_proposals=n,
+                                        generator=generator(), **common)
+            out[f"{estimator}_n{n}"], out[f"{estimator}_low_n{n}"] = high, low
+            if estimator == "bound":
+                out[f"ess_n{n}"] = ess
+    return out
+
+
+def summarize(values: dict[str, torch.Tensor], seq_len: int, num_proposals: int) -> dict[str, Any]:
+    """Per-token means, standard errors (over sequences: the Monte-Carlo noise plus the spread of
+    the data, so an upper bound on the MC error) and perplexities of per-sequence values; for
+    EDLM also the paired differences to MDLM and from n to 2n proposals."""
+
+    def stats(per_sequence: torch.Tensor) -> dict[str, float]:
+        n = per_sequence.numel()
+        per_token = per_sequence / seq_len
+        mean = float(per_token.mean())
+        stderr = float(per_token.std() / math.sqrt(n)) if n > 1 else math.nan
+        return {"nats_per_token": mean, "stderr": stderr, "ppl": math.exp(mean), "bits_per_token": mean / math.log(2)}
+
+    figures, ess = {}, {}
+    for name, per_sequence in values.items():
+        if name.startswith("ess_"):
+            ess[name] = float(per_sequence.mean())
+            continue
+        figures[name] = {**stats(per_sequence), "kind": KINDS[re.sub(r"_n\d+$", "", name)]}
+    summary: dict[str, Any] = {"figures": figures}
+    if "nll" in values or "nelbo" in values:
+        summary["headline"] = "nll" if "nll" in values else "nelbo"
+        return summary
+    n, n2 = num_proposals, 2 * num_proposals
+    summary["headline"] = f"bound_n{n2}"
+    summary["mean_ess"] = ess
+    differences = {f"bound_n{n2} - mdlm_nelbo": values[f"bound_n{n2}"] - values["mdlm_nelbo"],
+                   f"paper_n{n2} - mdlm_nelbo": values[f"paper_n{n2}"] - values["mdlm_nelbo"]}
+    for estimator in ESTIMATORS:
+        for side in ("", "_low"):
+            differences[f"{estimator}{side}_n{n2} - {estimator}{side}_n{n}"] = (
+                values[f"{estimator}{side}_n{n2}"] - values[f"{estimator}{side}_n{n}"])
+    summary["differences"] = {name: {k: v for k, v in stats(d).items() if k in ("nats_per_token", "stderr")}
+                              for name, d in differences.items()}
+    return summary
+
+
+class LikelihoodEvaluator:
+    """Scores checkpoints on the sets of `eval.datasets` and writes the results (rank 0)."""
+
+    def __init__(self, cfg: Config, env: DistEnv) -> None:
+        self.cfg, self.env = cfg, env
+        self.specs = parse_eval_sets(cfg.eval.datasets)
+        self._tokenizers: dict[str, Tokenizer] = {}
+        self._sets: dict[tuple[str, EvalSetSpec, int], EvalSet | FixedBlocks] = {}
+        self._loggers: dict[Path, MetricsLogger] = {}
+
+    def output_folder(self, ckpt: Checkpoint) -> Path:
+        return Path(self.cfg.eval.output) if self.cfg.eval.output else ckpt.run_dir
+
+    def result_path(self, ckpt: Checkpoint, label: str, spec: EvalSetSpec) -> Path:
+        """Where the JSON of (checkpoint, model, set) goes: `eval/<model>/<set>_<split>/step_<step>.json`."""
+        return self.output_folder(ckpt) / "eval" / label / f"{spec.name}_{spec.split}" / f"step_{ckpt.step:08d}.json"
+
+    def _tokenizer(self, run: Config) -> Tokenizer:
+        key = repr(run.data)
+        if key not in self._tokenizers:
+            self._tokenizers[key] = build_dataset(run.data).tokenizer
+        return self._tokenizers[key]
+
+    def eval_set(self, run: Config, spec: EvalSetSpec) -> EvalSet | FixedBlocks:
+        key = (repr(run.data), spec, run.metrics.eval_batches * run.metrics.eval_batch_size)
+        if key not in self._sets:
+            self._sets[key] = load_eval_set(spec, self._tokenizer(run), run)
+        return self._sets[key]
+
+    def evaluate_checkpoint(self, ckpt: Checkpoint) -> list[dict[str, Any]]:
+        """Every set's results for `ckpt` (on rank 0; the other ranks get an empty list)."""
+        em = build_eval_model(ckpt, self.cfg, self.env.device)
+        return [r for r in (self.evaluate(em, spec) for spec in self.specs) if r]
+
+    @torch.no_grad()
+    def evaluate(self, em: EvalModel, spec: EvalSetSpec) -> dict[str, Any]:
+        """Score one set; a collective (every rank must call it). Rank 0 writes and returns the results."""
+        cfg, env = self.cfg, self.env
+        blocks = self.eval_set(em.data_config, spec)
+        total = min(len(blocks), cfg.eval.num_sequences or len(blocks))
+        size = cfg.eval.batch_size
+        mine = range(env.rank, math.ceil(total / size), env.world_size)
+        bar = tqdm(mine, desc=f"{em.label} {spec.label}", unit="batch",
+                   disable=not (env.is_main and cfg.metrics.progress), dynamic_ncols=True)
+        start = time.perf_counter()
+        parts = []
+        for b in bar:
+            x0 = blocks.blocks(b * size, min(total, (b + 1) * size)).to(env.device)
+            with self._autocast():
+                figures = sequence_figures(em, x0, (cfg.job.seed, "eval-likelihood", b), cfg)
+            parts.append((b, {name: value.cpu() for name, value in figures.items()}))
+        wall = time.perf_counter() - start
+        gathered = all_gather_object((parts, wall))
+        if not env.is_main:
+            return {}
+        ordered = sorted((p for rank_parts, _ in gathered for p in rank_parts), key=lambda p: p[0])
+        values = {name: torch.cat([p[1][name] for p in ordered]) for name in ordered[0][1]}
+        wall = max(w for _, w in gathered)
+        result = {
+            "model": em.label, "checkpoint": em.ckpt.path, "step": em.ckpt.step, "run": str(em.ckpt.run_dir),
+            "dataset": spec.label, "sequences": total, "seq_len": blocks.seq_len, "tokens": total * blocks.seq_len,
+            "documents": blocks.documents, "seed": cfg.job.seed, "batch_size": size,
+            "num_samples": cfg.eval.num_samples, "world_size": env.world_size,
+            **({"num_proposals": [cfg.eval.num_proposals, 2 * cfg.eval.num_proposals]} if em.energy is not None else {}),
+            **summarize(values, blocks.seq_len, cfg.eval.num_proposals),
+            "wall_time_s": wall, "sequences_per_s": total / wall if wall > 0 else math.nan,
+        }
+        self._write(em, spec, result)
+        return result
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        bf16 = self.cfg.training.mixed_precision == "bf16" and self.env.device.type == "cuda"
+        return torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+    def _write(self, em: EvalModel, spec: EvalSetSpec, result: dict[str, Any]) -> None:
+        """The JSON file, and the per-token figures as TensorBoard scalars at the checkpoint's step."""
+        path = self.result_path(em.ckpt, em.label, spec)
+        atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+        tag = f"eval/{spec.name}_{spec.split}/{em.label}"
+        scalars = {f"{tag}/{name}": f["nats_per_token"] for name, f in result["figures"].items()}
+        scalars[f"{tag}/ppl"] = result["figures"][result["headline"]]["ppl"]
+        scalars.update({f"{tag}/{name}": value for name, value in result.get("mean_ess", {}).items()})
+        self._logger(self.output_folder(em.ckpt)).scalars(em.ckpt.step, scalars)
+
+    def _logger(self, folder: Path) -> MetricsLogger:
+        if folder not in self._loggers:
+            self._loggers[folder] = MetricsLogger(folder / "tb", enabled=self.cfg.metrics.tensorboard)
+        return self._loggers[folder]
+
+    def flush(self) -> None:
+        """Make every TensorBoard scalar written so far visible."""
+        for logger in self._loggers.values():
+            if logger.writer is not None:
+                logger.writer.flush()
+
+    def close(self) -> None:
+        for logger in self._loggers.values():
+            logger.close()
+        self._loggers.clear()
+
+
+def checkpoints_to_evaluate(cfg: Config) -> list[Checkpoint]:
+    """The checkpoints `eval.checkpoint` names (comma-separated runs or step folders)."""
+    paths = [p.strip() for p in cfg.eval.checkpoint.split(",") if p.strip()]
+    if not paths:
+        raise ConfigError("eval.checkpoint (--checkpoint) names no run or checkpoint; or use --watch <run folder>")
+    return [find_checkpoint(os.path.expanduser(os.path.expandvars(p))) for p in paths]
+
+
+def format_result(result: dict[str, Any]) -> str:
+    """One evaluation's figures as a small table for the console."""
+    lines = [f"{result['model']} step {result['step']} on {result['dataset']}: {result['sequences']} sequences "
+             f"x {result['seq_len']} tokens"]
+    for name, f in result["figures"].items():
+        mark = "*" if name == result["headline"] else " "
+        lines.append(f" {mark}{name:<16}{f['nats_per_token']:>9.4f} ± {f['stderr']:.4f} nats/token"
+                     f"   ppl {f['ppl']:>10.2f}   ({f['kind']})")
+    for name, value in result.get("mean_ess", {}).items():
+        lines.append(f"  {name:<16}{value:>9.2f} (mean effective sample size of the log Z draws)")
+    for name, d in result.get("differences", {}).items():
+        lines.append(f"  {name:<32}{d['nats_per_token']:>+9.4f} ± {d['stderr']:.4f}")
+    return "\n".join(lines)

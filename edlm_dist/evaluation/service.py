@@ -1,0 +1,100 @@
+"""The evaluation service, `python -m edlm_dist.eval --watch <run folder>`: it follows a training
+run from its own ranks, scoring each committed checkpoint once, and writes the results into the
+run (JSON under `eval/`, TensorBoard at the checkpoint's step).
+
+Only committed checkpoints are seen (their COMMITTED marker is written last), so a half-written
+one is never read. A checkpoint counts as done when the JSON of every set exists: those files
+are the record, so a restarted service carries on without repeating work. It stops when the run
+leaves its `finished` (or `failed`) marker and every checkpoint committed before it is done, or
+on SIGTERM / SIGINT / SIGUSR1 after the evaluation under way.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from edlm_dist.config import Config, ConfigError, load_config
+from edlm_dist.distributed import DistEnv, PreemptionWatcher, all_gather_object
+from edlm_dist.evaluation.perplexity import LikelihoodEvaluator, format_result, model_label
+from edlm_dist.training.loading import Checkpoint, WeightsError, run_checkpoints
+
+FINAL_MARKERS = ("finished", "failed")
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+class EvalService:
+    """Watches the run folder `eval.watch` and evaluates its checkpoints with `evaluator`."""
+
+    def __init__(self, cfg: Config, env: DistEnv, evaluator: LikelihoodEvaluator) -> None:
+        self.cfg, self.env, self.evaluator = cfg, env, evaluator
+        self.run_dir = Path(cfg.eval.watch).expanduser()
+        config_path = self.run_dir / "config.toml"
+        if not config_path.is_file():
+            raise ConfigError(f"eval.watch: {self.run_dir} is not a run folder (no {config_path.name})")
+        self.run_config = load_config(config_path)
+        self.checkpoints = run_checkpoints(self.run_dir, self.run_config)
+        self.label = model_label(self._checkpoint(0), cfg)
+        self.evaluated: list[int] = []  # steps this process scored, in order
+
+    def _checkpoint(self, step: int) -> Checkpoint:
+        return Checkpoint(self.run_dir, self.checkpoints.path(step), step, self.run_config)
+
+    def _done(self, step: int) -> bool:
+        ckpt = self._checkpoint(step)
+        return all(self.evaluator.result_path(ckpt, self.label, spec).is_file() for spec in self.evaluator.specs)
+
+    def _look(self) -> tuple[list[int], bool]:
+        """(committed steps not yet done, whether the run has ended), as rank 0 sees them."""
+        if self.env.is_main:
+            ended = any((self.run_dir / name).is_file() for name in FINAL_MARKERS)
+            todo = [step for step in self.checkpoints.committed_steps() if not self._done(step)]
+            view = (todo, ended)
+        else:
+            view = None
+        return all_gather_object(view)[0]
+
+    def run(self) -> list[int]:
+        """Evaluate until the run ends or a stop signal arrives; the steps scored, in order."""
+        watcher = PreemptionWatcher(STOP_SIGNALS)
+        try:
+            while True:
+                todo, ended = self._look()
+                for step in todo:
+                    self._evaluate(step)
+                    if watcher.requested(self.env.device):
+                        return self.evaluated
+                if ended and not todo:
+                    return self.evaluated
+                if self._sleep(watcher):
+                    return self.evaluated
+        finally:
+            watcher.restore()
+            self.evaluator.close()
+            if self.env.is_main:
+                tqdm.write(f"evaluation service of {self.run_dir}: scored steps {self.evaluated}")
+
+    def _evaluate(self, step: int) -> None:
+        ckpt = self._checkpoint(step)
+        try:
+            results = self.evaluator.evaluate_checkpoint(ckpt)
+        except WeightsError:
+            if step in self.checkpoints.committed_steps():
+                raise
+            if self.env.is_main:  # retention removed it while it waited its turn
+                tqdm.write(f"checkpoint {ckpt.path} was pruned before it could be evaluated; skipped")
+            return
+        self.evaluated.append(step)
+        self.evaluator.flush()
+        for result in results:
+            tqdm.write(format_result(result))
+
+    def _sleep(self, watcher: PreemptionWatcher) -> bool:
+        """Wait `eval.poll_interval_s`, waking early when a stop signal arrives; whether to stop."""
+        deadline = time.monotonic() + self.cfg.eval.poll_interval_s
+        while time.monotonic() < deadline and not watcher.received:
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+        return bool(watcher.requested(self.env.device))

@@ -1,0 +1,251 @@
+"""Likelihood evaluation (`python -m edlm_dist.eval`): the held-out sets and their conventions,
+the figures of tiny GPT-2-tokenised MDLM / AR / EDLM-NCE runs at 1 and 2 ranks (torchrun), and
+the service that follows a training run's checkpoints."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from edlm_dist.config import load_config
+from edlm_dist.data import DataError, build_tokenizer
+from edlm_dist.data.eval_sets import (
+    EvalSet,
+    lambada_detokenize,
+    load_eval_set,
+    parse_eval_sets,
+    ptb_detokenize,
+    wikitext_detokenize,
+)
+from edlm_dist.distributed import init_distributed
+from edlm_dist.eval import main
+from edlm_dist.evaluation import EvalService, LikelihoodEvaluator
+from edlm_dist.evaluation.perplexity import summarize
+from run_utils import DEBUG_CONFIG, debug_config, read_scalars
+
+SETS = "wikitext2:val, ptb:test"
+EVAL_ARGS = ["--eval.num_sequences=6", "--eval.batch_size=4", "--eval.num_proposals=2", "--job.seed=3"]
+
+
+# ---- the sets ---------------------------------------------------------------------------------
+
+def test_detokenizers_undo_each_corpus_tokenisation():
+    assert wikitext_detokenize(" = = Early life = = \n") == " == Early life ==\n"
+    assert wikitext_detokenize("a 1 @,@ 000 @-@ year ( long ) trip , it 's") == "a 1,000-year (long) trip, it's"
+    assert ptb_detokenize("he does n't pay $ N a N N share \\/ <unk>") == "he doesn't pay $1 a 1 1 share / ?"
+    assert lambada_detokenize("  \u201cHi,\u201d she said.  ") == '\n"Hi," she said.'
+
+
+def test_set_names_and_splits_are_checked():
+    specs = parse_eval_sets("wikitext2, ptb:test, lambada, files=/data/corpus, val")
+    assert [s.label for s in specs] == ["wikitext2:val", "ptb:test", "lambada:test", "files:val", "val:val"]
+    assert specs[3].path == "/data/corpus"
+    with pytest.raises(DataError, match="unknown evaluation set 'wikitext3'"):
+        parse_eval_sets("wikitext3")
+    with pytest.raises(DataError, match="lambada has no split 'val'"):
+        parse_eval_sets("lambada:val")
+
+
+def test_blocks_wrap_documents_with_eos_and_drop_the_tail(data_dir):
+    tokenizer = build_tokenizer("gpt2", str(data_dir / "gpt2_tokenizer"))
+    run = load_config(DEBUG_CONFIG, ["--data.tokenizer=gpt2", "--data.seq_len=64"])
+    ptb = load_eval_set(parse_eval_sets("ptb:test")[0], tokenizer, run)
+    assert ptb.documents == 3761  # one per sentence, each followed by EOS
+    assert int((ptb.stream == tokenizer.eos_id).sum()) == 3761
+    assert len(ptb) == len(ptb.stream) // 62
+    blocks = ptb.blocks(2, 4)
+    assert blocks.shape == (2, 64) and (blocks[:, [0, -1]] == tokenizer.eos_id).all()
+    assert torch.equal(blocks[1, 1:-1], ptb.stream[3 * 62: 4 * 62])
+    assert tokenizer.decode(ptb.stream[:12].tolist()).startswith("no it wasn't black monday<|endoftext|>but")
+    with pytest.raises(DataError, match="too few for one block"):
+        EvalSet("tiny", torch.arange(5), 64, 0)
+
+
+# ---- tiny GPT-2 runs, scored at 1 and 2 ranks -------------------------------------------------
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, data_dir):
+    """A tiny MDLM, AR and EDLM-NCE (from the MDLM) on PTB with the GPT-2 tokenizer."""
+    from edlm_dist.training import Trainer
+
+    os.environ["EDLM_DATA_DIR"] = str(data_dir)
+    root = tmp_path_factory.mktemp("eval_runs")
+    data = ["--data.dataset=ptb", "--data.tokenizer=gpt2", "--data.seq_len=32", "--training.steps=2"]
+    for name, extra in {"mdlm": [], "ar": ["--training.task=ar"],
+                        "nce": ["--training.task=nce", f"--energy.denoiser={root / 'mdlm'}", "--energy.ess_candidates=0"]}.items():
+        Trainer(debug_config(root, f"--job.name={name}", *data, *extra)).run()
+    return root
+
+
+def eval_argv(runs: Path, out: Path, *extra: str) -> list[str]:
+    return ["--config", str(DEBUG_CONFIG), "--checkpoint", ",".join(str(runs / m) for m in ("mdlm", "ar", "nce")),
+            "--eval.datasets", SETS, f"--eval.output={out}", *EVAL_ARGS, *extra]
+
+
+def results(out: Path) -> dict[tuple[str, str], dict]:
+    return {(p.parts[-3], p.parts[-2]): json.loads(p.read_text()) for p in sorted(out.glob("eval/*/*/step_*.json"))}
+
+
+def test_two_ranks_give_the_figures_of_one_rank_with_json_and_tensorboard(runs, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "edlm_dist.eval",
+         *eval_argv(runs, tmp_path / "two")], capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "edlm_nce step 2 on ptb:test" in proc.stdout
+    main(eval_argv(runs, tmp_path / "one"))
+    one, two = results(tmp_path / "one"), results(tmp_path / "two")
+    labels = {(m, s) for m in ("mdlm", "ar", "edlm_nce") for s in ("wikitext2_val", "ptb_test")}
+    assert set(one) == set(two) == labels
+    for key, r1 in one.items():
+        r2 = two[key]
+        assert (r1["world_size"], r2["world_size"]) == (1, 2)
+        assert r1["sequences"] == 6 and r1["tokens"] == 6 * 32 and r1["step"] == 2
+        assert r1["figures"].keys() == r2["figures"].keys()
+        for name, f in r1["figures"].items():
+            assert f["nats_per_token"] == pytest.approx(r2["figures"][name]["nats_per_token"], rel=1e-6, abs=1e-9), (key, name)
+            assert f["stderr"] > 0 and math.isfinite(f["ppl"])
+    nce = one[("edlm_nce", "ptb_test")]
+    assert nce["headline"] == "bound_n4" and nce["num_proposals"] == [2, 4]
+    assert set(nce["figures"]) == {"mdlm_nelbo", *(f"{e}{s}_n{n}" for e in ("bound", "paper") for s in ("", "_low")
+                                                   for n in (2, 4))}
+    assert "not a bound" in nce["figures"]["paper_n4"]["kind"]
+    assert 1 <= nce["mean_ess"]["ess_n4"] <= 4
+    assert one[("ar", "ptb_test")]["figures"]["nll"]["kind"] == "exact"
+    assert one[("mdlm", "ptb_test")]["figures"]["nelbo"]["nats_per_token"] == pytest.approx(
+        nce["figures"]["mdlm_nelbo"]["nats_per_token"], rel=1e-6)  # same denoiser, same keyed noise
+    scalars = read_scalars(tmp_path / "two")
+    assert scalars["eval/ptb_test/edlm_nce/bound_n4"][0][0] == 2  # at the checkpoint's step
+    assert scalars["eval/wikitext2_val/ar/ppl"][0][1] == pytest.approx(one[("ar", "wikitext2_val")]["figures"]["nll"]["ppl"], rel=1e-5)
+
+
+def test_summary_means_errors_and_paired_differences():
+    values = {"mdlm_nelbo": torch.tensor([4.0, 8.0]), "bound_n2": torch.tensor([3.0, 9.0]), "bound_low_n2": torch.zeros(2),
+              "paper_n2": torch.ones(2), "paper_low_n2": torch.ones(2), "ess_n2": torch.tensor([1.0, 2.0])}
+    for name in ("bound_n4", "bound_low_n4", "paper_n4", "paper_low_n4", "ess_n4"):
+        values[name] = values[name.replace("n4", "n2")] + 2.0
+    summary = summarize(values, seq_len=2, num_proposals=2)
+    mdlm = summary["figures"]["mdlm_nelbo"]
+    assert mdlm["nats_per_token"] == 3.0 and mdlm["stderr"] == pytest.approx(1.0)  # per token: 2, 4
+    assert mdlm["ppl"] == pytest.approx(math.exp(3.0)) and mdlm["bits_per_token"] == pytest.approx(3 / math.log(2))
+    assert summary["mean_ess"] == {"ess_n2": 1.5, "ess_n4": 3.5}
+    assert summary["differences"]["bound_n4 - mdlm_nelbo"]["nats_per_token"] == pytest.approx(1.0)
+    assert summary["differences"]["bound_n4 - bound_n2"] == {"nats_per_token": 1.0, "stderr": 0.0}
+
+
+def test_bad_arguments_are_one_line_errors(runs, tmp_path, capsys):
+    cases = {
+        ("--watch", str(runs / "mdlm")): "exactly one of --checkpoint",
+        ("--eval.datasets", "ptb:train2"): "ptb has no split 'train2'",
+        ("--eval.num_proposals=1",): "eval.num_proposals",
+    }
+    for extra, message in cases.items():
+        with pytest.raises(SystemExit) as exit_info:
+            main(eval_argv(runs, tmp_path, *extra))
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+    half = tmp_path / "half" / "checkpoints" / "step_00000002"
+    shutil.copytree(runs / "mdlm" / "checkpoints" / "step_00000002", half)
+    shutil.copy(runs / "mdlm" / "config.toml", tmp_path / "half" / "config.toml")
+    (half / "COMMITTED").unlink()
+    with pytest.raises(SystemExit):
+        main(["--config", str(DEBUG_CONFIG), "--checkpoint", str(half)])
+    assert "not committed" in capsys.readouterr().err
+
+
+# ---- the service ------------------------------------------------------------------------------
+
+class FakeTraining:
+    """A training run folder whose checkpoints (copies of a real one) appear on command."""
+
+    def __init__(self, source: Path, folder: Path) -> None:
+        self.source, self.folder = source / "checkpoints" / "step_00000002", folder
+        (folder / "checkpoints").mkdir(parents=True)
+        shutil.copy(source / "config.toml", folder / "config.toml")
+
+    def write(self, step: int, commit: bool = True) -> Path:
+        target = self.folder / "checkpoints" / f"step_{step:08d}"
+        shutil.copytree(self.source, target, ignore=shutil.ignore_patterns("COMMITTED"))
+        if commit:
+            self.commit(step)
+        return target
+
+    def commit(self, step: int) -> None:
+        (self.folder / "checkpoints" / f"step_{step:08d}" / "COMMITTED").write_text("{}\n")
+
+    def result(self, step: int) -> Path:
+        return self.folder / "eval" / "mdlm" / "ptb_test" / f"step_{step:08d}.json"
+
+
+def wait_for(condition, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def service(folder: Path) -> EvalService:
+    cfg = load_config(DEBUG_CONFIG, ["--eval.datasets=ptb:test", "--eval.num_sequences=4", "--eval.batch_size=4",
+                                     "--eval.poll_interval_s=0.05", f"--eval.watch={folder}"])
+    env = init_distributed("cpu")
+    return EvalService(cfg, env, LikelihoodEvaluator(cfg, env))
+
+
+def test_service_scores_committed_checkpoints_once_resumes_and_stops_at_the_final_marker(runs, tmp_path):
+    fake = FakeTraining(runs / "mdlm", tmp_path / "run")
+    fake.write(10)
+    fake.write(20, commit=False)  # half-written for a while
+
+    def training() -> None:
+        wait_for(fake.result(10).is_file)
+        time.sleep(1.0)  # the service looks at the half-written checkpoint many times meanwhile
+        assert not fake.result(20).exists()
+        fake.commit(20)
+        wait_for(fake.result(20).is_file)
+        os.kill(os.getpid(), signal.SIGTERM)  # told to stop
+
+    thread = threading.Thread(target=training)
+    thread.start()
+    first = service(fake.folder).run()
+    thread.join()
+    assert first == [10, 20]
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    stamps = {step: fake.result(step).stat().st_mtime_ns for step in (10, 20)}
+
+    fake.write(30)
+    (fake.folder / "finished").write_text("{}\n")
+    assert service(fake.folder).run() == [30]  # restarted: nothing repeated, stops by itself
+    assert {step: fake.result(step).stat().st_mtime_ns for step in (10, 20)} == stamps
+    scalars = read_scalars(fake.folder)["eval/ptb_test/mdlm/nelbo"]
+    assert [step for step, _ in scalars] == [10, 20, 30]
+    assert len({value for _, value in scalars}) == 1  # the same weights and keyed noise each time
+
+
+def test_service_reads_checkpoints_from_an_fsspec_url(runs, tmp_path):
+    import fsspec
+
+    from edlm_dist.config import save_config
+
+    fs = fsspec.filesystem("memory")
+    url = "memory://edlm-eval-test/run/checkpoints"
+    fs.put(str(runs / "mdlm" / "checkpoints" / "step_00000002"), f"{url}/step_00000005", recursive=True)
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = load_config(runs / "mdlm" / "config.toml")
+    cfg.checkpoint.folder = url
+    save_config(cfg, run / "config.toml")
+    (run / "finished").write_text("{}\n")
+    assert service(run).run() == [5]
+    assert json.loads((run / "eval/mdlm/ptb_test/step_00000005.json").read_text())["checkpoint"] == f"{url}/step_00000005"
