@@ -171,13 +171,15 @@ class FakeTraining:
     """A training run folder whose checkpoints (copies of a real one) appear on command."""
 
     def __init__(self, source: Path, folder: Path) -> None:
-        self.source, self.folder = source / "checkpoints" / "step_00000002", folder
-        (folder / "checkpoints").mkdir(parents=True)
-        shutil.copy(source / "config.toml", folder / "config.toml")
+        self.source, self.folder = source, folder
+
+    def start(self) -> None:
+        (self.folder / "checkpoints").mkdir(parents=True)
+        shutil.copy(self.source / "config.toml", self.folder / "config.toml")
 
     def write(self, step: int, commit: bool = True) -> Path:
         target = self.folder / "checkpoints" / f"step_{step:08d}"
-        shutil.copytree(self.source, target, ignore=shutil.ignore_patterns("COMMITTED"))
+        shutil.copytree(self.source / "checkpoints" / "step_00000002", target, ignore=shutil.ignore_patterns("COMMITTED"))
         if commit:
             self.commit(step)
         return target
@@ -205,10 +207,12 @@ def service(folder: Path) -> EvalService:
 
 def test_service_scores_committed_checkpoints_once_resumes_and_stops_at_the_final_marker(runs, tmp_path):
     fake = FakeTraining(runs / "mdlm", tmp_path / "run")
-    fake.write(10)
-    fake.write(20, commit=False)  # half-written for a while
 
     def training() -> None:
+        time.sleep(0.5)  # the service starts first and waits for the run folder
+        fake.start()
+        fake.write(10)
+        fake.write(20, commit=False)  # half-written for a while
         wait_for(fake.result(10).is_file)
         time.sleep(1.0)  # the service looks at the half-written checkpoint many times meanwhile
         assert not fake.result(20).exists()

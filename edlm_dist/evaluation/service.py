@@ -2,7 +2,8 @@
 run from its own ranks, scoring each committed checkpoint once, and writes the results into the
 run (JSON under `eval/`, TensorBoard at the checkpoint's step).
 
-Only committed checkpoints are seen (their COMMITTED marker is written last), so a half-written
+It waits for the run folder to appear (it may start before the training job). Only committed
+checkpoints are seen (their COMMITTED marker is written last), so a half-written
 one is never read. A checkpoint counts as done when the JSON of every set exists: those files
 are the record, so a restarted service carries on without repeating work. It stops when the run
 leaves its `finished` (or `failed`) marker and every checkpoint committed before it is done, or
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from edlm_dist.config import Config, ConfigError, load_config
+from edlm_dist.config import Config, load_config
 from edlm_dist.distributed import DistEnv, PreemptionWatcher, all_gather_object
 from edlm_dist.evaluation.perplexity import LikelihoodEvaluator, format_result, model_label
 from edlm_dist.training.loading import Checkpoint, WeightsError, run_checkpoints
@@ -32,13 +33,20 @@ class EvalService:
     def __init__(self, cfg: Config, env: DistEnv, evaluator: LikelihoodEvaluator) -> None:
         self.cfg, self.env, self.evaluator = cfg, env, evaluator
         self.run_dir = Path(cfg.eval.watch).expanduser()
+        self.evaluated: list[int] = []  # steps this process scored, in order
+
+    def _open_run(self, watcher: PreemptionWatcher) -> bool:
+        """Read the run's config, waiting for the training job to write it; False if told to stop first."""
         config_path = self.run_dir / "config.toml"
-        if not config_path.is_file():
-            raise ConfigError(f"eval.watch: {self.run_dir} is not a run folder (no {config_path.name})")
+        if not config_path.is_file() and self.env.is_main:
+            tqdm.write(f"waiting for {config_path} (the training run has not started yet)")
+        while not all_gather_object(config_path.is_file())[0]:
+            if self._sleep(watcher):
+                return False
         self.run_config = load_config(config_path)
         self.checkpoints = run_checkpoints(self.run_dir, self.run_config)
-        self.label = model_label(self._checkpoint(0), cfg)
-        self.evaluated: list[int] = []  # steps this process scored, in order
+        self.label = model_label(self._checkpoint(0), self.cfg)
+        return True
 
     def _checkpoint(self, step: int) -> Checkpoint:
         return Checkpoint(self.run_dir, self.checkpoints.path(step), step, self.run_config)
@@ -61,6 +69,8 @@ class EvalService:
         """Evaluate until the run ends or a stop signal arrives; the steps scored, in order."""
         watcher = PreemptionWatcher(STOP_SIGNALS)
         try:
+            if not self._open_run(watcher):
+                return self.evaluated
             while True:
                 todo, ended = self._look()
                 for step in todo:
