@@ -126,6 +126,17 @@ def test_two_ranks_give_the_figures_of_one_rank_with_json_and_tensorboard(runs, 
     assert one[("ar", "ptb_test")]["figures"]["nll"]["kind"] == "exact"
     assert one[("mdlm", "ptb_test")]["figures"]["nelbo"]["nats_per_token"] == pytest.approx(
         nce["figures"]["mdlm_nelbo"]["nats_per_token"], rel=1e-6)  # same denoiser, same keyed noise
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "edlm_dist.eval",
+         *eval_argv(runs, tmp_path / "shared", "--eval.split=proposals", f"--checkpoint={runs / 'nce'}")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shared = results(tmp_path / "shared")[("edlm_nce", "ptb_test")]
+    assert shared["split"] == "proposals" and nce["split"] == "sequences"
+    assert shared["figures"]["mdlm_nelbo"] == nce["figures"]["mdlm_nelbo"]  # the same (t, xt)
+    for name, f in shared["figures"].items():  # other proposals: close, within the noise
+        assert abs(f["nats_per_token"] - nce["figures"][name]["nats_per_token"]) < 4 * f["stderr"] + 0.05, name
     scalars = read_scalars(tmp_path / "two")
     assert scalars["eval/ptb_test/edlm_nce/bound_n4"][0][0] == 2  # at the checkpoint's step
     assert scalars["eval/wikitext2_val/ar/ppl"][0][1] == pytest.approx(one[("ar", "wikitext2_val")]["figures"]["nll"]["ppl"], rel=1e-5)

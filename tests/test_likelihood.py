@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
+from distributed_utils import run_distributed
+
 from edlm_dist.diffusion import LogLinearSchedule, nelbo
 from edlm_dist.diffusion.likelihood import edlm_nelbo, logz_bounds
+from edlm_dist.distributed import RankPool, init_distributed
 from test_importance_sampling import residual_energy
 from toy_dist import ContextFreeDenoiser, ExactDenoiser, ToyDistribution
 
@@ -148,6 +152,35 @@ def test_paper_estimate_falls_below_the_entropy(toy, data):
     assert gap < -0.25 and gap < -8 * se, (gap, se)  # not an upper bound
     bias, se = _paired(est.high, paper[toy.index(data)])
     assert abs(bias) < 4 * se + 0.02, (bias, se)
+
+
+def estimates_with_proposals_over_ranks(out: Path) -> None:
+    """Every rank: both estimators on the toy's data, each rank drawing half of the proposals."""
+    rank = init_distributed("cpu", "gloo", 60).rank
+    source = ToyDistribution(vocab=3, length=3, seed=0, temperature=2.0)
+    x0 = source.seqs[torch.multinomial(source.probs, N_SEQS, replacement=True, generator=gen(0))]
+    results = {
+        estimator: tuple(edlm_nelbo(
+            ContextFreeDenoiser(source), residual_energy(source), x0, mask_id=source.mask_id, estimator=estimator,
+            num_proposals=64, t_min=T_MIN, generator=gen(1), pool=RankPool(), proposal_generator=gen(100 + rank),
+        ))
+        for estimator in ("bound", "paper")
+    }
+    torch.save(results, out / f"rank{rank}.pt")
+
+
+def test_proposals_split_over_two_ranks_give_the_same_estimates_everywhere(toy, data, tmp_path):
+    run_distributed(estimates_with_proposals_over_ranks, 2, tmp_path)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for estimator in ("bound", "paper"):
+        for a, b in zip(ranks[0][estimator], ranks[1][estimator]):
+            assert torch.equal(a, b)  # the energies of all 64 proposals reach every rank
+    bound, paper = exact_expectations(toy)
+    for estimator, exact in (("bound", bound), ("paper", paper)):
+        bias, se = _paired(ranks[0][estimator][1], exact[toy.index(data)])  # (low, high, ess)
+        assert abs(bias) < 4 * se + 0.03, (estimator, bias, se)
+    ess = ranks[0]["bound"][2]
+    assert (ess > 1).all() and (ess <= 64 + 1e-9).all()
 
 
 def test_correlated_bits_paper_estimate_is_half_the_entropy_the_bound_all_of_it():

@@ -188,6 +188,9 @@ class EvalConfig:
     batch_size: int = 16  # sequences per forward; the noise of a batch is keyed by (seed, batch)
     num_samples: int = 1  # (t, mask) draws per sequence
     num_proposals: int = 8  # EDLM: n proposal draws per log Z estimate; also reported at 2n
+    # how ranks share EDLM work: different sequences, or the same sequences with n / world size
+    # proposals each (large n; the figures then also depend on the world size)
+    split: Literal["sequences", "proposals"] = "sequences"
     weights: Literal["auto", "ema", "model"] = "auto"  # of the evaluated checkpoints (auto: EMA when present)
     output: str = ""  # results folder (JSON and TensorBoard); empty = the evaluated run's folder
     poll_interval_s: float = 60.0  # --watch: seconds between looks at the checkpoint folder

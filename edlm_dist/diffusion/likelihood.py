@@ -15,7 +15,7 @@ import torch
 from edlm_dist.diffusion.energy import effective_sample_size
 from edlm_dist.diffusion.loss import Denoiser
 from edlm_dist.diffusion.noise import mask_tokens, stratified_times, uniform
-from edlm_dist.diffusion.sampling import Energy, draw_candidates
+from edlm_dist.diffusion.sampling import CandidatePool, Energy, LocalPool, draw_candidates
 from edlm_dist.diffusion.schedules import LogLinearSchedule, Schedule
 
 ESTIMATORS = ("bound", "paper")
@@ -87,17 +87,18 @@ def _energies(
 def _one_draw(
     denoiser: Denoiser, energy: Energy, x0: torch.Tensor, xt: torch.Tensor, masked: torch.Tensor,
     t: torch.Tensor, *, mask_id: int, num_proposals: int, estimator: str,
-    generator: torch.Generator | None,
+    generator: torch.Generator | None, pool: CandidatePool, proposal_generator: torch.Generator | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Unweighted (low, high) of the masked-set term for one (t, xt) per sequence, and the ESS."""
     batch, length = x0.shape
     logits = denoiser(xt, t)
     data_logp = _data_log_probs(logits, x0, masked, mask_id)
     nll = -data_logp.sum(dim=-1)  # -log p_theta(x0_M | xt), the MDLM term
+    local = pool.local_count(num_proposals)
     if estimator == "paper":
-        candidates, logp = draw_candidates(logits, xt, masked, num_proposals, mask_id, generator)
+        candidates, logp = draw_candidates(logits, xt, masked, local, mask_id, proposal_generator)
         data_energy = energy(x0, xt, t, -nll).double()
-        logz = logz_bounds(_energies(energy, candidates, logp, xt, t))
+        logz = logz_bounds(pool.gather(_energies(energy, candidates, logp, xt, t)))
         base = nll + data_energy
         return base + logz.low, base + logz.high, logz.ess
     # "bound": one masked position i per sequence, uniformly; its clamped draws share one batch
@@ -108,10 +109,10 @@ def _one_draw(
     clamped_xt = torch.where(pick, x0, xt)
     candidates, logp = draw_candidates(
         torch.cat([logits, logits]), torch.cat([xt, clamped_xt]), torch.cat([masked, masked & ~pick]),
-        num_proposals, mask_id, generator,
+        local, mask_id, proposal_generator,
     )
     logp[batch:] += (data_logp * pick).sum(dim=-1, keepdim=True)  # log p_theta of x over all of M
-    energies = _energies(energy, candidates, logp, torch.cat([xt, xt]), torch.cat([t, t]))
+    energies = pool.gather(_energies(energy, candidates, logp, torch.cat([xt, xt]), torch.cat([t, t])))
     logz, middle = logz_bounds(energies[:batch]), logz_bounds(energies[batch:])
     count = masked.sum(dim=-1).double()
     # sum_{i in M} -log p_joint(x0_i|xt) = nll + sum_i (log Z - middle_i), the sum over i by |M| x one i
@@ -136,6 +137,8 @@ def edlm_nelbo(
     valid_mask: torch.Tensor | None = None,
     t_min: float = 1e-3,
     generator: torch.Generator | None = None,
+    pool: CandidatePool | None = None,
+    proposal_generator: torch.Generator | None = None,
 ) -> EDLMNelbo:
     """Monte-Carlo (low, high) estimates of the EDLM NELBO of each sequence, in nats [B].
 
@@ -149,6 +152,11 @@ def edlm_nelbo(
       drawn masked position and multiplied by |M| (unbiased over i).
     `high` combines the log Z estimates that push the result up (the reported figure); with
     E = 0 both estimators equal `nelbo`. A sequence with nothing masked contributes 0.
+
+    With a `pool` over ranks (`edlm_dist.distributed.RankPool`), every rank passes the same x0 and
+    `generator` and draws its share of the proposals from its own `proposal_generator`; the
+    energies are gathered, so every rank returns the same estimates. Without one, the proposals
+    come from `generator` too.
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -159,6 +167,9 @@ def edlm_nelbo(
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
     schedule = schedule or LogLinearSchedule()
+    pool = pool or LocalPool()
+    if proposal_generator is None:
+        proposal_generator = generator
     draws = []
     for _ in range(num_samples):
         t = stratified_times(x0.shape[0], t_min=t_min, generator=generator, device=x0.device)
@@ -170,7 +181,7 @@ def edlm_nelbo(
     for t, xt, masked in draws:
         low, high, ess = _one_draw(
             denoiser, energy, x0, xt, masked, t, mask_id=mask_id, num_proposals=num_proposals,
-            estimator=estimator, generator=generator,
+            estimator=estimator, generator=generator, pool=pool, proposal_generator=proposal_generator,
         )
         weight = (1.0 - t_min) * schedule.weight(t.double())
         keep = masked.any(dim=-1)

@@ -4,6 +4,8 @@ of MDLM, AR and EDLM checkpoints on held-out sets, on any number of ranks.
 Each set is cut into blocks (`edlm_dist.data.eval_sets`); global batch b holds blocks
 [b B, (b + 1) B) and goes to rank b mod world size, and its noise comes from a generator keyed
 by (seed, b): the figures depend on the seed and `eval.batch_size`, not on the world size.
+With `eval.split = "proposals"` every rank scores every EDLM batch instead, drawing n / world
+size of the proposals (from a generator keyed by (seed, b, rank)) and sharing their energies.
 Every estimate of a batch restarts that generator, so MDLM and EDLM (both estimators, n and
 2n proposals) see the same (t, xt) and their differences are paired. Rank 0 gathers the
 per-sequence values in global order and writes one JSON per (checkpoint, set) and TensorBoard
@@ -30,7 +32,7 @@ from edlm_dist.data import build_dataset
 from edlm_dist.data.eval_sets import EvalSet, EvalSetSpec, FixedBlocks, load_eval_set, parse_eval_sets
 from edlm_dist.data.tokenizers import Tokenizer
 from edlm_dist.diffusion import Schedule, build_schedule, edlm_nelbo, keyed_generator, nelbo
-from edlm_dist.distributed import DistEnv, all_gather_object
+from edlm_dist.distributed import DistEnv, RankPool, all_gather_object
 from edlm_dist.energy import Energy
 from edlm_dist.fileio import atomic_write_text
 from edlm_dist.models import Transformer
@@ -100,9 +102,12 @@ def build_eval_model(ckpt: Checkpoint, cfg: Config, device: torch.device) -> Eva
                      build_schedule(diffusion.schedule, diffusion.eps), diffusion.t_min)
 
 
-def sequence_figures(em: EvalModel, x0: torch.Tensor, key: tuple[object, ...], cfg: Config) -> dict[str, torch.Tensor]:
+def sequence_figures(
+    em: EvalModel, x0: torch.Tensor, key: tuple[object, ...], cfg: Config, pool: RankPool | None = None,
+) -> dict[str, torch.Tensor]:
     """Per-sequence estimates in nats, float64 [B], of one batch; every estimate restarts the
-    generator of `key`, so all of them see the same (t, xt)."""
+    generator of `key`, so all of them see the same (t, xt). With a `pool`, this rank draws its
+    share of the EDLM proposals from a generator keyed by `key` and its rank."""
     if em.label == "ar":
         return {"nll": -em.model.log_prob(x0).double()}
     e = cfg.eval
@@ -117,8 +122,9 @@ def sequence_figures(em: EvalModel, x0: torch.Tensor, key: tuple[object, ...], c
     out = {"mdlm_nelbo": plain}
     for n in (e.num_proposals, 2 * e.num_proposals):
         for estimator in ESTIMATORS:
+            proposals = keyed_generator(*key, "proposals", pool.rank, device=x0.device) if pool else None
             low, high, ess = edlm_nelbo(em.model, em.energy, x0, estimator=estimator, num_proposals=n,
-                                        generator=generator(), **common)
+                                        generator=generator(), pool=pool, proposal_generator=proposals, **common)
             out[f"{estimator}_n{n}"], out[f"{estimator}_low_n{n}"] = high, low
             if estimator == "bound":
                 out[f"ess_n{n}"] = ess
@@ -167,6 +173,10 @@ class LikelihoodEvaluator:
     def __init__(self, cfg: Config, env: DistEnv) -> None:
         self.cfg, self.env = cfg, env
         self.specs = parse_eval_sets(cfg.eval.datasets)
+        self.pool = RankPool() if cfg.eval.split == "proposals" and env.world_size > 1 else None
+        if self.pool is not None and cfg.eval.num_proposals % env.world_size:
+            raise ConfigError(f"eval.num_proposals ({cfg.eval.num_proposals}) must be divisible by the world size "
+                              f"({env.world_size}) with eval.split = 'proposals'")
         self._tokenizers: dict[str, Tokenizer] = {}
         self._sets: dict[tuple[str, EvalSetSpec, int], EvalSet | FixedBlocks] = {}
         self._loggers: dict[Path, MetricsLogger] = {}
@@ -201,8 +211,9 @@ class LikelihoodEvaluator:
         cfg, env = self.cfg, self.env
         blocks = self.eval_set(em.data_config, spec)
         total = min(len(blocks), cfg.eval.num_sequences or len(blocks))
-        size = cfg.eval.batch_size
-        mine = range(env.rank, math.ceil(total / size), env.world_size)
+        size, batches = cfg.eval.batch_size, math.ceil(total / cfg.eval.batch_size)
+        pool = self.pool if em.energy is not None else None  # only EDLM has proposals to share
+        mine = range(batches) if pool else range(env.rank, batches, env.world_size)
         bar = tqdm(mine, desc=f"{em.label} {spec.label}", unit="batch",
                    disable=not (env.is_main and cfg.metrics.progress), dynamic_ncols=True)
         start = time.perf_counter()
@@ -210,20 +221,21 @@ class LikelihoodEvaluator:
         for b in bar:
             x0 = blocks.blocks(b * size, min(total, (b + 1) * size)).to(env.device)
             with self._autocast():
-                figures = sequence_figures(em, x0, (cfg.job.seed, "eval-likelihood", b), cfg)
+                figures = sequence_figures(em, x0, (cfg.job.seed, "eval-likelihood", b), cfg, pool)
             parts.append((b, {name: value.cpu() for name, value in figures.items()}))
         wall = time.perf_counter() - start
         gathered = all_gather_object((parts, wall))
         if not env.is_main:
             return {}
-        ordered = sorted((p for rank_parts, _ in gathered for p in rank_parts), key=lambda p: p[0])
+        shares = gathered[:1] if pool else gathered  # with shared proposals every rank holds every value
+        ordered = sorted((p for rank_parts, _ in shares for p in rank_parts), key=lambda p: p[0])
         values = {name: torch.cat([p[1][name] for p in ordered]) for name in ordered[0][1]}
         wall = max(w for _, w in gathered)
         result = {
             "model": em.label, "checkpoint": em.ckpt.path, "step": em.ckpt.step, "run": str(em.ckpt.run_dir),
             "dataset": spec.label, "sequences": total, "seq_len": blocks.seq_len, "tokens": total * blocks.seq_len,
             "documents": blocks.documents, "seed": cfg.job.seed, "batch_size": size,
-            "num_samples": cfg.eval.num_samples, "world_size": env.world_size,
+            "num_samples": cfg.eval.num_samples, "world_size": env.world_size, "split": "proposals" if pool else "sequences",
             **({"num_proposals": [cfg.eval.num_proposals, 2 * cfg.eval.num_proposals]} if em.energy is not None else {}),
             **summarize(values, blocks.seq_len, cfg.eval.num_proposals),
             "wall_time_s": wall, "sequences_per_s": total / wall if wall > 0 else math.nan,
