@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from cluster_utils import losses_logged, run_summary, torchrun_standalone
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -23,3 +25,13 @@ def data_dir() -> Path:
             pytest.fail(message + " and EDLM_REQUIRE_DATA=1")
         pytest.skip(message)
     return folder
+
+
+@pytest.fixture(scope="session")
+def uninterrupted_run(tmp_path_factory) -> tuple[dict[int, str], dict]:
+    """The debug config on two ranks under torchrun, start to finish: (printed losses, summary).
+    The fault, two-node and SLURM tests compare their interrupted runs with it."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    proc = torchrun_standalone(folder)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return losses_logged(proc.stdout), run_summary(folder)

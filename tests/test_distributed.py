@@ -18,6 +18,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.tensor import DTensor
 
+from cluster_utils import losses_logged
 from distributed_utils import run_distributed
 from edlm_dist.training import Trainer
 from edlm_dist.training.metrics import param_and_optimizer_bytes
@@ -134,16 +135,6 @@ def final_weights(folder: Path) -> dict[str, torch.Tensor]:
     return state["model"]
 
 
-def losses_logged(stdout: str) -> dict[int, str]:
-    """step -> the loss printed on the console line of that step."""
-    out = {}
-    for line in stdout.splitlines():
-        parts = line.split()
-        if len(parts) > 3 and parts[0] == "step" and parts[2] == "loss":
-            out[int(parts[1])] = parts[3]
-    return out
-
-
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("straight")
@@ -160,7 +151,7 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
 @pytest.mark.slow
 def test_sigkill_after_a_checkpoint_then_restart_is_bit_exact(straight_run, tmp_path):
     weights, losses = straight_run
-    killed = torchrun(tmp_path, "--debug.kill_at_step=4", check=False)
+    killed = torchrun(tmp_path, "--debug.fault=sigkill", "--debug.fault_step=4", check=False)
     assert killed.returncode != 0
     assert not (tmp_path / "debug" / "finished").exists()
     restarted = torchrun(tmp_path)

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
-from edlm_dist.training import CheckpointManager, Trainer, TrainingError
+from edlm_dist.training import CheckpointError, CheckpointManager, Trainer, TrainingError
 from run_utils import debug_config
 
 
@@ -38,8 +38,9 @@ def test_a_save_interrupted_mid_write_leaves_the_previous_checkpoint_latest(tmp_
         return real_save(state, checkpoint_id=checkpoint_id, **kwargs)
 
     monkeypatch.setattr(dcp, "save", crash_after_writing)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(CheckpointError, match=r"cannot write checkpoint .*step_00000004: No space left on device$"):
         t.run()
+    assert "step_00000004: No space" in json.loads((tmp_path / "debug" / "failed").read_text())["reason"]
     assert (tmp_path / "debug" / "checkpoints" / "step_00000004").is_dir()
     assert t.checkpoints.latest() == 2
     monkeypatch.setattr(dcp, "save", real_save)

@@ -249,8 +249,10 @@ _BOUNDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "eval.num_samples": _AT_LEAST_1,
     "eval.num_proposals": (">= 2 (log Z needs two draws)", lambda v: v >= 2),
     "eval.poll_interval_s": _POSITIVE,
-    "debug.kill_at_step": _NON_NEGATIVE,
     "debug.step_sleep_s": _NON_NEGATIVE,
+    "debug.fault_step": _AT_LEAST_1,
+    "debug.fault_rank": _NON_NEGATIVE,
+    "debug.stall_s": _NON_NEGATIVE,
 }
 
 

@@ -199,9 +199,15 @@ class EvalConfig:
 @dataclass
 class DebugConfig:
     deterministic: bool = False  # bit-reproducible kernels (slower)
-    # fault injection for tests and drills: rank 0 SIGKILLs itself right after this step (0 = never)
-    kill_at_step: int = 0
     step_sleep_s: float = 0.0  # sleep after every step (gives a test time to send signals)
+    # fault injection for tests and drills (docs/operations.md), fired once per run folder:
+    # "sigkill" / "sigterm" / "stall" hit rank fault_rank in the middle of step fault_step;
+    # "sigkill_in_checkpoint" / "disk_full" (ENOSPC) / "write_refused" (EACCES) hit its shard
+    # write of the checkpoint of step fault_step
+    fault: Literal["none", "sigkill", "sigterm", "stall", "sigkill_in_checkpoint", "disk_full", "write_refused"] = "none"
+    fault_step: int = 1
+    fault_rank: int = 0
+    stall_s: float = 60.0  # "stall": how long the rank sleeps
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Process group, device mesh, parallelisation (AC -> compile -> FSDP2) and pre-emption signals.
+"""Process group, device mesh, parallelisation (AC -> compile -> FSDP2), pre-emption signals and
+the heartbeat that names a stuck rank.
 
 A single process is world size 1 of the same path: no process group, no mesh, no sharding.
 """
@@ -14,19 +15,24 @@ from edlm_dist.distributed.env import (
     resolve_device,
     shutdown,
 )
+from edlm_dist.distributed.heartbeat import CollectiveError, Heartbeat, Watchdog, is_collective_failure
 from edlm_dist.distributed.parallelize import build_mesh, parallelize_transformer, reshard, set_gradient_sync
 from edlm_dist.distributed.signals import PreemptionWatcher
 
 __all__ = [
+    "CollectiveError",
     "DistEnv",
+    "Heartbeat",
     "PreemptionWatcher",
     "RankPool",
+    "Watchdog",
     "all_gather_object",
     "all_reduce_max",
     "all_reduce_sum",
     "barrier",
     "build_mesh",
     "init_distributed",
+    "is_collective_failure",
     "parallelize_transformer",
     "reshard",
     "resolve_device",

@@ -5,25 +5,32 @@ every rank's shards (and DCP's metadata) are complete; `latest` is derived from 
 folders alone, so a save that crashed halfway is never taken for the newest state. No rename
 is relied on, since object stores have none: the folder may be any fsspec URL (local paths,
 `file://`, `s3://`, `gs://`). DCP reshards on load, so a checkpoint written by N ranks loads
-on M ranks and on another mesh shape.
+on M ranks and on another mesh shape. A save that fails (full disk, a store refusing writes)
+raises a CheckpointError naming the checkpoint and the OS error, on every rank alike.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import posixpath
 import re
 import time
 import warnings
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import fsspec
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import FileSystemWriter
+from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
 
 MARKER = "COMMITTED"
 STEP_DIR = re.compile(r"^step_(\d{8})$")  # a checkpoint folder: step_ and the step in 8 digits
+SHARD_SUFFIX = ".distcp"  # DCP's data files (the metadata file is rank 0's `.metadata`)
+WriteHook = Callable[[int, str], None]  # (step, shard path), called as a shard file is opened
 
 # DCP warns on every save and load without a process group, also from its async writer thread;
 # a single process is a supported case here, not a mistake.
@@ -41,13 +48,16 @@ class CheckpointManager:
 
     Keeps the newest `keep_last` committed checkpoints plus every one whose step is a multiple
     of `keep_every` (when > 0). With `async_save`, the shards are written in the background and
-    committed when the next save starts or at `close()`.
+    committed when the next save starts or at `close()`. `write_hook` (fault injection) sees
+    every shard file this rank opens for writing.
     """
 
-    def __init__(self, folder: str, keep_last: int, keep_every: int = 0, async_save: bool = False) -> None:
+    def __init__(self, folder: str, keep_last: int, keep_every: int = 0, async_save: bool = False,
+                 write_hook: WriteHook | None = None) -> None:
         self.folder = str(folder)
         self.fs, self.root = fsspec.core.url_to_fs(self.folder)
         self.keep_last, self.keep_every, self.async_save = keep_last, keep_every, async_save
+        self.write_hook = write_hook
         self._pending: tuple[int, Future, bool] | None = None
         self._async_group = None
         if async_save and dist.is_initialized():
@@ -84,11 +94,14 @@ class CheckpointManager:
         if is_main and self.fs.exists(self._fs_path(step)):
             self.fs.rm(self._fs_path(step), recursive=True)  # an uncommitted leftover of a crashed save
         _barrier()
-        if self.async_save:
-            future = dcp.async_save(state, checkpoint_id=self.path(step), process_group=self._async_group)
-            self._pending = (step, future, is_main)
-            return
-        dcp.save(state, checkpoint_id=self.path(step), no_dist=not dist.is_initialized())
+        writer = self._hooked_writer(step)
+        with self._write_errors(step):
+            if self.async_save:
+                future = dcp.async_save(state, checkpoint_id=self.path(step), storage_writer=writer,
+                                        process_group=self._async_group)
+                self._pending = (step, future, is_main)
+                return
+            dcp.save(state, checkpoint_id=self.path(step), storage_writer=writer, no_dist=not dist.is_initialized())
         self._commit(step, is_main)
 
     def wait(self) -> None:
@@ -97,8 +110,26 @@ class CheckpointManager:
             return
         step, future, is_main = self._pending
         self._pending = None
-        future.result()
+        with self._write_errors(step):
+            future.result()
         self._commit(step, is_main)
+
+    @contextlib.contextmanager
+    def _write_errors(self, step: int) -> Iterator[None]:
+        """Turn a failed write of the checkpoint of `step` into one CheckpointError naming it."""
+        try:
+            yield
+        except (Exception, dcp.CheckpointException) as err:  # the latter is a BaseException
+            raise CheckpointError(f"cannot write checkpoint {self.path(step)}: {describe_load_error(err)}") from err
+
+    def _hooked_writer(self, step: int) -> FileSystemWriter | None:
+        """DCP's writer for the checkpoint of `step` with `write_hook` on its file opens (None
+        without a hook: DCP picks its writer from the path)."""
+        if self.write_hook is None:
+            return None
+        writer = (FsspecWriter if "://" in self.folder else FileSystemWriter)(self.path(step))
+        writer.fs = _HookedFileSystem(writer.fs, lambda path: self.write_hook(step, path))
+        return writer
 
     def close(self) -> None:
         self.wait()
@@ -135,8 +166,8 @@ class CheckpointManager:
 
 
 def describe_load_error(err: BaseException) -> str:
-    """One line saying why DCP could not read a checkpoint. DCP wraps the errors met reading
-    shards (per rank) in a CheckpointException, which derives from BaseException only."""
+    """One line saying why DCP could not read (or write) a checkpoint. DCP wraps the errors met
+    reading or writing shards (per rank) in a CheckpointException, a BaseException only."""
     failures = err.failures if isinstance(err, dcp.CheckpointException) else {}
     cause = next(iter(failures.values()))[0] if failures else err
     return (str(cause) or type(cause).__name__).splitlines()[0]
@@ -145,3 +176,20 @@ def describe_load_error(err: BaseException) -> str:
 def _barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+class _HookedFileSystem:
+    """DCP's file system with a hook called once each shard file is open for writing."""
+
+    def __init__(self, fs: Any, on_shard_open: Callable[[str], None]) -> None:
+        self._fs, self._on_shard_open = fs, on_shard_open
+
+    @contextlib.contextmanager
+    def create_stream(self, path: str | os.PathLike[str], mode: str) -> Iterator[Any]:
+        with self._fs.create_stream(path, mode) as stream:
+            if "w" in mode and os.fspath(path).endswith(SHARD_SUFFIX):
+                self._on_shard_open(os.fspath(path))
+            yield stream
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fs, name)

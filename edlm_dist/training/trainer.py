@@ -30,19 +30,24 @@ from edlm_dist.config import Config, ConfigError, config_to_toml, save_config
 from edlm_dist.data import build_dataset, build_train_stream
 from edlm_dist.diffusion import keyed_generator, seed_from_key
 from edlm_dist.distributed import (
+    CollectiveError,
+    Heartbeat,
     PreemptionWatcher,
+    Watchdog,
     all_gather_object,
     all_reduce_sum,
     barrier,
     build_mesh,
     init_distributed,
+    is_collective_failure,
     parallelize_transformer,
     reshard,
     set_gradient_sync,
 )
 from edlm_dist.models import build_model
-from edlm_dist.training.checkpoint import CheckpointManager
+from edlm_dist.training.checkpoint import CheckpointError, CheckpointManager
 from edlm_dist.training.ema import EMA
+from edlm_dist.training.faults import FaultInjector
 from edlm_dist.training.loading import (
     Checkpoint,
     WeightsError,
@@ -131,6 +136,8 @@ class Trainer:
         self.env = init_distributed(cfg.training.device, par.backend, par.collective_timeout_s)
         configure_determinism(cfg.debug.deterministic)
         self.run_folder = RunFolder(Path(cfg.job.dump_folder) / cfg.job.name)
+        self.faults = FaultInjector(cfg.debug, self.env.rank, self.env.world_size, self.run_folder.path)
+        self.heartbeat: Heartbeat | None = None  # from run(), once every rank has joined
         self.plan = BatchPlan.from_config(cfg, self.env.world_size)
         self.mesh = build_mesh(par, self.env.world_size, self.env.device.type)
         bf16 = cfg.training.mixed_precision == "bf16" and self.env.device.type == "cuda"
@@ -162,7 +169,8 @@ class Trainer:
         self.ema = EMA(self.model, cfg.training.ema_decay) if cfg.training.ema_decay > 0 else None
         ckpt = cfg.checkpoint
         folder = ckpt.folder if "://" in ckpt.folder else str(self.run_folder.path / ckpt.folder)
-        self.checkpoints = CheckpointManager(folder, ckpt.keep_last, ckpt.keep_every, ckpt.async_save)
+        self.checkpoints = CheckpointManager(folder, ckpt.keep_last, ckpt.keep_every, ckpt.async_save,
+                                             write_hook=self.faults.write_hook)
         self.logger = MetricsLogger(self.run_folder.path / "tb", enabled=self.env.is_main and cfg.metrics.tensorboard)
         self.flops_per_token = self.model.flops_per_token(cfg.data.seq_len)
         self.peak_flops = device_peak_flops(self.env.device)
@@ -244,6 +252,7 @@ class Trainer:
         next batch is fresh) and is counted; too many in a row stop the run.
         """
         start = time.perf_counter()
+        self._beat(self.step + 1, "step")
         plan, seq_len, env = self.plan, self.cfg.data.seq_len, self.env
         first = env.rank * plan.local_batch
         x0 = self.stream.next_batch().to(env.device, non_blocking=True)
@@ -261,6 +270,8 @@ class Trainer:
                 terms = self.task.train_terms(self.model, x0[rows], micro_noise)
             (terms["loss"].sum() / plan.local_batch).backward()
             sums.add(terms)
+        self.faults.mid_step(self.step + 1)
+        self._beat(self.step + 1, "loss all-reduce")
         means = sums.means()
         loss = means["loss"]
         grad_norm = self._clip_gradients()
@@ -356,7 +367,9 @@ class Trainer:
         """Train to `training.steps` (resuming from the run's latest checkpoint), then report.
 
         On SIGTERM/SIGUSR1 every rank finishes the step, a checkpoint is written, the
-        `preempted` marker is left and the run returns early.
+        `preempted` marker is left and the run returns early. A checkpoint that cannot be written
+        leaves the `failed` marker; a collective that lost a peer or timed out raises a
+        CollectiveError naming the ranks that lag behind (a watchdog thread says it earlier).
         """
         cfg, main = self.cfg, self.env.is_main
         if main:
@@ -368,10 +381,21 @@ class Trainer:
         if self.resume() and main:
             tqdm.write(f"resumed from {self.checkpoints.path(self.step)} at step {self.step}")
         watcher = PreemptionWatcher()
+        self.heartbeat = Heartbeat.of_process_group()
+        self._beat(self.step, "start")
+        watchdog = Watchdog(self.heartbeat, cfg.parallel.collective_timeout_s / 2) if self.heartbeat else None
         try:
             preempted = self._train_loop(watcher)
+        except RuntimeError as err:
+            if self.heartbeat is not None and is_collective_failure(err):  # also inside a checkpoint save
+                raise CollectiveError.explain(err, self.heartbeat) from err
+            if isinstance(err, CheckpointError) and main:  # the store is full or refuses writes
+                self.run_folder.mark("failed", step=self.step, reason=str(err))
+            raise
         finally:
             watcher.restore()
+            if watchdog is not None:
+                watchdog.stop()
             self.checkpoints.close()
             self.stream.close()
         if preempted:
@@ -392,6 +416,7 @@ class Trainer:
         try:
             while self.step < cfg.training.steps:
                 metrics = self.train_step()
+                self._beat(self.step, "step boundary")
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics['train/loss']:.3f}")
                 done = self.step == cfg.training.steps
@@ -403,14 +428,18 @@ class Trainer:
                     self._log({f"val/{name}": value for name, value in self.evaluate().items()})
                 signum = watcher.requested(self.env.device)
                 if self.step % cfg.checkpoint.interval == 0 or done or signum:
+                    self._beat(self.step, "checkpoint")
                     self.save_checkpoint()
-                if self.step == cfg.debug.kill_at_step and main:
-                    os.kill(os.getpid(), signal.SIGKILL)
                 if signum:
                     return signum
         finally:
             bar.close()
         return 0
+
+    def _beat(self, step: int, phase: str) -> None:
+        """Post this rank's progress (with more than one rank): it entered `phase` of step `step`."""
+        if self.heartbeat is not None:
+            self.heartbeat.beat(step, phase)
 
     def _log(self, metrics: dict[str, float]) -> None:
         skipped = torch.tensor(float(self.stream.skipped_records()), device=self.env.device)
