@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from edlm_dist.config import Config
-from edlm_dist.data.datasets import NAMED_FILES, build_dataset, data_dir
+from edlm_dist.data.datasets import NAMED_FILES, BlockSource, build_dataset, data_dir
 from edlm_dist.data.errors import DataError
 from edlm_dist.data.shards import TokenCorpus
 from edlm_dist.data.text import TextBlocks
@@ -170,8 +170,11 @@ def named_stream(spec: EvalSetSpec, tokenizer: Tokenizer, folder: Path) -> tuple
     return torch.tensor(ids, dtype=torch.long), len(records)
 
 
-def load_eval_set(spec: EvalSetSpec, tokenizer: Tokenizer, run: Config) -> EvalSet | FixedBlocks:
-    """The blocks of `spec` for a model of the run `run` (its tokenizer and sequence length)."""
+def load_eval_set(
+    spec: EvalSetSpec, tokenizer: Tokenizer, run: Config, blocks: BlockSource | None = None,
+) -> EvalSet | FixedBlocks:
+    """The blocks of `spec` for a model of the run `run` (its tokenizer and sequence length);
+    `blocks` is the run's own block source when the caller has built it already (for `val`)."""
     data = run.data
     if spec.name in DETOKENIZERS:
         folder = Path(os.path.expandvars(spec.path)).expanduser() if spec.path else data_dir()
@@ -185,7 +188,7 @@ def load_eval_set(spec: EvalSetSpec, tokenizer: Tokenizer, run: Config) -> EvalS
         if corpus.manifest.tokenizer["fingerprint"] != tokenizer.fingerprint():
             raise DataError(f"evaluation set {spec.label}: {corpus.folder} was tokenised with another tokenizer than the model's")
         return EvalSet(spec.label, corpus, data.seq_len, corpus.eos_id, corpus.documents)
-    blocks = build_dataset(data).blocks
+    blocks = blocks or build_dataset(data).blocks
     if isinstance(blocks, TextBlocks):
         return EvalSet(spec.label, blocks.splits["val"], data.seq_len, tokenizer.eos_id)
     metrics = run.metrics  # the synthetic source: the blocks its trainer validates on

@@ -28,9 +28,8 @@ import torch
 from tqdm import tqdm
 
 from edlm_dist.config import Config, ConfigError
-from edlm_dist.data import build_dataset
+from edlm_dist.data import Dataset, build_dataset
 from edlm_dist.data.eval_sets import EvalSet, EvalSetSpec, FixedBlocks, load_eval_set, parse_eval_sets
-from edlm_dist.data.tokenizers import Tokenizer
 from edlm_dist.diffusion import Schedule, build_schedule, edlm_nelbo, keyed_generator, nelbo
 from edlm_dist.distributed import DistEnv, RankPool, all_gather_object
 from edlm_dist.energy import Energy
@@ -68,15 +67,10 @@ class EvalModel:
     schedule: Schedule | None
     t_min: float
 
-    @property
-    def data_config(self) -> Config:
-        """The run whose data (tokenizer, sequence length) the model reads."""
-        return self.ckpt.config
 
-
-def model_label(ckpt: Checkpoint, cfg: Config) -> str:
-    """What `ckpt` is scored as: its run's task, and EDLM for an MDLM when `energy.checkpoint` is set."""
-    task = ckpt.config.training.task
+def model_label(task: str, cfg: Config) -> str:
+    """What a checkpoint of a `task` run is scored as: that task, and EDLM for an MDLM when
+    `energy.checkpoint` is set."""
     if task == "mdlm":
         return f"edlm_{cfg.energy.kind}" if cfg.energy.checkpoint else "mdlm"
     return "edlm_nce" if task == "nce" else "ar"
@@ -84,7 +78,7 @@ def model_label(ckpt: Checkpoint, cfg: Config) -> str:
 
 def build_eval_model(ckpt: Checkpoint, cfg: Config, device: torch.device) -> EvalModel:
     """The model `model_label` names, with its weights, on `device`."""
-    label = model_label(ckpt, cfg)
+    label = model_label(ckpt.config.training.task, cfg)
     weights = None if cfg.eval.weights == "auto" else cfg.eval.weights
     if label == "ar":
         model, _ = load_weights(ckpt, weights, device=device)
@@ -177,7 +171,7 @@ class LikelihoodEvaluator:
         if self.pool is not None and cfg.eval.num_proposals % env.world_size:
             raise ConfigError(f"eval.num_proposals ({cfg.eval.num_proposals}) must be divisible by the world size "
                               f"({env.world_size}) with eval.split = 'proposals'")
-        self._tokenizers: dict[str, Tokenizer] = {}
+        self._datasets: dict[str, Dataset] = {}
         self._sets: dict[tuple[str, EvalSetSpec, int], EvalSet | FixedBlocks] = {}
         self._loggers: dict[Path, MetricsLogger] = {}
 
@@ -188,16 +182,18 @@ class LikelihoodEvaluator:
         """Where the JSON of (checkpoint, model, set) goes: `eval/<model>/<set>_<split>/step_<step>.json`."""
         return self.output_folder(ckpt) / "eval" / label / f"{spec.name}_{spec.split}" / f"step_{ckpt.step:08d}.json"
 
-    def _tokenizer(self, run: Config) -> Tokenizer:
+    def _dataset(self, run: Config) -> Dataset:
+        """The run's tokenizer and block source, built once per distinct `[data]`."""
         key = repr(run.data)
-        if key not in self._tokenizers:
-            self._tokenizers[key] = build_dataset(run.data).tokenizer
-        return self._tokenizers[key]
+        if key not in self._datasets:
+            self._datasets[key] = build_dataset(run.data)
+        return self._datasets[key]
 
     def eval_set(self, run: Config, spec: EvalSetSpec) -> EvalSet | FixedBlocks:
         key = (repr(run.data), spec, run.metrics.eval_batches * run.metrics.eval_batch_size)
         if key not in self._sets:
-            self._sets[key] = load_eval_set(spec, self._tokenizer(run), run)
+            dataset = self._dataset(run)
+            self._sets[key] = load_eval_set(spec, dataset.tokenizer, run, dataset.blocks)
         return self._sets[key]
 
     def evaluate_checkpoint(self, ckpt: Checkpoint) -> list[dict[str, Any]]:
@@ -209,7 +205,7 @@ class LikelihoodEvaluator:
     def evaluate(self, em: EvalModel, spec: EvalSetSpec) -> dict[str, Any]:
         """Score one set; a collective (every rank must call it). Rank 0 writes and returns the results."""
         cfg, env = self.cfg, self.env
-        blocks = self.eval_set(em.data_config, spec)
+        blocks = self.eval_set(em.ckpt.config, spec)
         total = min(len(blocks), cfg.eval.num_sequences or len(blocks))
         size, batches = cfg.eval.batch_size, math.ceil(total / cfg.eval.batch_size)
         pool = self.pool if em.energy is not None else None  # only EDLM has proposals to share

@@ -45,7 +45,7 @@ class EvalService:
                 return False
         self.run_config = load_config(config_path)
         self.checkpoints = run_checkpoints(self.run_dir, self.run_config)
-        self.label = model_label(self._checkpoint(0), self.cfg)
+        self.label = model_label(self.run_config.training.task, self.cfg)
         return True
 
     def _checkpoint(self, step: int) -> Checkpoint:
