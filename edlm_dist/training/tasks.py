@@ -230,7 +230,9 @@ class NCETask(MDLMTask):
         return terms
 
     def _ess(self, model: EnergyNet, x0: torch.Tensor, batch: int) -> Terms:
-        """ESS of k candidate energies at each of ESS_TIMES for the first rows of x0."""
+        """ESS of k candidate energies at each of ESS_TIMES for the first rows of x0 (candidates by
+        inverse CDF: the same distribution as Gumbel-max at 1/k of the noise, which matters for
+        large vocabularies)."""
         rows, k = min(self.ess_sequences, x0.shape[0]), self.ess_candidates
         energy = NCEEnergy(model, max_batch=self.max_batch)
         terms = {}
@@ -238,7 +240,8 @@ class NCETask(MDLMTask):
             generator = keyed_generator(self.seed, "ess", batch, t_value)
             t = torch.full((rows,), t_value, device=x0.device)
             xt, masked = mask_tokens(x0[:rows], t, schedule=self.schedule, mask_id=self.mask_id, generator=generator)
-            candidates, _ = draw_candidates(self.denoiser(xt, t), xt, masked, k, self.mask_id, generator)
+            candidates, _ = draw_candidates(self.denoiser(xt, t), xt, masked, k, self.mask_id, generator,
+                                           method="inverse_cdf")
             energies = energy(candidates.flatten(0, 1), xt.repeat_interleave(k, 0), t.repeat_interleave(k))
             ess = torch.full((x0.shape[0],), math.nan, device=x0.device)
             ess[:rows] = effective_sample_size(energies.view(rows, k)).float()
