@@ -12,6 +12,7 @@ from edlm_dist.data import (
     CharTokenizer,
     GPT2Tokenizer,
     TokenizerError,
+    WordTokenizer,
     build_tokenizer,
     tokenizer_from_dict,
 )
@@ -118,9 +119,54 @@ def test_char_invalid_vocabulary(chars: list[str]) -> None:
         CharTokenizer(chars)
 
 
+def test_word_round_trip_newline_is_eos() -> None:
+    tok = WordTokenizer.from_corpus("the cat sat\non the <unk>\n")
+    assert tok.words == ["<unk>", "cat", "on", "sat", "the"]
+    assert (tok.eos_id, tok.vocab_size, tok.mask_id) == (5, 6, 6)
+    ids = tok.encode("the cat\nsat on the mat")
+    assert ids == [4, 1, 5, 3, 2, 4, 0]  # "mat" is not in the vocabulary: <unk>
+    assert tok.decode(ids) == "the cat\nsat on the <unk>"
+    assert tok.decode([tok.eos_id, 4, tok.mask_id, 1, tok.eos_id]) == "\nthe _ cat\n"
+
+
+def test_word_unknown_word_without_unk_names_it() -> None:
+    tok = WordTokenizer.from_corpus("a b c")
+    with pytest.raises(TokenizerError, match=r"word 'z' on line 2 is not in the vocabulary"):
+        tok.encode("a b\nc z")
+
+
+def test_word_dict_round_trip_and_fingerprint() -> None:
+    tok = WordTokenizer.from_corpus("the quick brown fox")
+    again = tokenizer_from_dict(tok.to_dict())
+    assert isinstance(again, WordTokenizer) and again.words == tok.words
+    assert again.fingerprint() == tok.fingerprint()
+    assert WordTokenizer.from_corpus("the quick brown fax").fingerprint() != tok.fingerprint()
+    assert build_tokenizer("word", corpus="the quick brown fox").fingerprint() == tok.fingerprint()
+    assert tok.fingerprint() != CharTokenizer(list("abc")).fingerprint()
+
+
+@pytest.mark.parametrize("words", [[], ["a b"], ["a", "a"], [""]])
+def test_word_invalid_vocabulary(words: list[str]) -> None:
+    with pytest.raises(TokenizerError):
+        WordTokenizer(words)
+
+
+def test_word_ptb_has_its_10k_vocabulary(data_dir: Path) -> None:
+    from edlm_dist.config import load_config
+    from edlm_dist.data import build_dataset
+
+    data = build_dataset(load_config(None, ["--data.dataset=ptb", "--data.tokenizer=word", "--data.seq_len=32"]).data)
+    tok = data.tokenizer
+    assert isinstance(tok, WordTokenizer) and tok.vocab_size == 10_000  # 9,999 words and EOS, as the release says
+    test_text = (data_dir / "ptb" / "ptb.test.txt").read_text()
+    assert tok.decode(tok.encode(test_text)).split() == test_text.split()  # every test word is in the vocabulary
+
+
 def test_build_tokenizer_errors() -> None:
     with pytest.raises(TokenizerError, match="training text"):
         build_tokenizer("char")
+    with pytest.raises(TokenizerError, match="training text"):
+        build_tokenizer("word")
     with pytest.raises(TokenizerError, match="SyntheticTokenizer"):
         build_tokenizer("synthetic")
     with pytest.raises(TokenizerError, match="unknown tokenizer 'bpe'"):

@@ -55,7 +55,7 @@ class DataConfig:
         "synthetic", "text", "files", "openwebtext", "wikitext2", "ptb", "lambada", "tiny_shakespeare", "text8"
     ] = "synthetic"
     seq_len: int = 64
-    tokenizer: Literal["synthetic", "gpt2", "char"] = "synthetic"
+    tokenizer: Literal["synthetic", "gpt2", "char", "word"] = "synthetic"
     tokenizer_path: str = ""  # folder with GPT-2 BPE files; empty = $EDLM_DATA_DIR/gpt2_tokenizer or tiktoken's cache
     path: str = ""  # the file (text) or prepared corpus folder (files, openwebtext); empty = the dataset's default
     format: Literal["auto", "tokens", "raw"] = "auto"  # prepared corpora: pre-tokenised shards or raw .jsonl.zst

@@ -17,6 +17,7 @@ from edlm_dist.data.tokenizers import (
     GPT2Tokenizer,
     Tokenizer,
     TokenizerError,
+    WordTokenizer,
     build_tokenizer,
     tokenizer_from_dict,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "SyntheticTokenizer",
     "Tokenizer",
     "TokenizerError",
+    "WordTokenizer",
     "build_tokenizer",
     "is_primitive",
     "syllable",

@@ -73,7 +73,9 @@ def build_dataset(cfg: DataConfig) -> Dataset:
 
         return prepared_dataset(cfg)
     texts = _split_texts(cfg)
-    tokenizer = build_tokenizer(cfg.tokenizer, cfg.tokenizer_path, corpus="".join(texts.values()))
+    # a word vocabulary comes from the training split alone (PTB's own 10k words, <unk> included)
+    corpus = texts["train"] if cfg.tokenizer == "word" and "train" in texts else "".join(texts.values())
+    tokenizer = build_tokenizer(cfg.tokenizer, cfg.tokenizer_path, corpus=corpus)
     splits = {name: torch.tensor(tokenizer.encode(text), dtype=torch.long) for name, text in texts.items()}
     try:
         if "train" in splits:

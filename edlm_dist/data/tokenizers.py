@@ -1,4 +1,4 @@
-"""Tokenizers: GPT-2 BPE (tiktoken), characters, and the shared interface.
+"""Tokenizers: GPT-2 BPE (tiktoken), characters, words, and the shared interface.
 
 Conventions: `vocab_size` counts the DATA tokens (EOS included); the diffusion mask token is
 `mask_id = vocab_size`, so models embed `vocab_size + 1` ids. EOS doubles as BOS. `encode`
@@ -269,20 +269,94 @@ class CharTokenizer(Tokenizer):
         return json.dumps(self.to_dict(), ensure_ascii=True).encode()
 
 
+class WordTokenizer(Tokenizer):
+    """One id per whitespace-separated word (ids in the given order), EOS after them; a newline
+    is EOS. A word outside the vocabulary becomes `unk` when the vocabulary has it (PTB's
+    "<unk>"), else it is an error naming it."""
+
+    name = "word"
+    eos_marker = "\n"
+    mask_marker = "_"
+    unk = "<unk>"
+
+    def __init__(self, words: Sequence[str]) -> None:
+        words = list(words)
+        if not words:
+            raise TokenizerError("word tokenizer: the vocabulary is empty")
+        bad = [w for w in words if not isinstance(w, str) or not w or w != w.strip() or len(w.split()) != 1]
+        if bad:
+            raise TokenizerError(f"word tokenizer: vocabulary entry {bad[0]!r} is not a single word")
+        if len(set(words)) != len(words):
+            raise TokenizerError("word tokenizer: the vocabulary lists a word twice")
+        self.words = words
+        self._ids = {w: i for i, w in enumerate(words)}
+        self._unk_id = self._ids.get(self.unk)
+        self.eos_id = len(words)
+        self.vocab_size = len(words) + 1
+
+    @classmethod
+    def from_corpus(cls, text: str) -> WordTokenizer:
+        """The sorted distinct words of `text`."""
+        words = sorted(set(text.split()))
+        if not words:
+            raise TokenizerError("word tokenizer: the corpus has no words")
+        return cls(words)
+
+    def encode(self, text: str) -> list[int]:
+        """Word ids, with EOS for every newline."""
+        get, unk = self._ids.get, self._unk_id
+        ids: list[int] = []
+        for number, line in enumerate(text.split("\n"), start=1):
+            if number > 1:
+                ids.append(self.eos_id)
+            words = [get(w, unk) for w in line.split()]
+            if unk is None and None in words:
+                word = line.split()[words.index(None)]
+                raise TokenizerError(
+                    f"word tokenizer: word {word!r} on line {number} is not in the vocabulary "
+                    f"({len(self.words)} words, no {self.unk!r})"
+                )
+            ids += words
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Words of `ids` separated by spaces; EOS renders as a newline, the mask as "_"."""
+        n = len(self.words)
+        pieces: list[str] = []
+        for i in self._check_ids(ids):
+            if i == n:
+                pieces.append(self.eos_marker)
+                continue
+            if pieces and pieces[-1] != self.eos_marker:
+                pieces.append(" ")
+            pieces.append(self.words[i] if i < n else self.mask_marker)
+        return "".join(pieces)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "words": list(self.words)}
+
+    def _vocabulary_bytes(self) -> bytes:
+        return json.dumps(self.to_dict(), ensure_ascii=True).encode()
+
+
 def build_tokenizer(name: str, path: str = "", corpus: str | None = None) -> Tokenizer:
-    """The tokenizer named by the config: "gpt2" (files at `path`) or "char" (from `corpus`)."""
+    """The tokenizer named by the config: "gpt2" (files at `path`), "char" or "word" (from `corpus`)."""
     if name == "gpt2":
         return GPT2Tokenizer(path or None)
     if name == "char":
         if corpus is None:
             raise TokenizerError("the char tokenizer needs the training text to build its vocabulary")
         return CharTokenizer.from_corpus(corpus)
+    if name == "word":
+        if corpus is None:
+            raise TokenizerError("the word tokenizer needs the training text to build its vocabulary")
+        return WordTokenizer.from_corpus(corpus)
     if name == "synthetic":
         raise TokenizerError(
             "the synthetic tokenizer is built from its Markov source: "
             "use edlm_dist.data.SyntheticTokenizer(MarkovSource(...))"
         )
-    raise TokenizerError(f"unknown tokenizer {name!r}; expected 'gpt2', 'char' or 'synthetic'")
+    raise TokenizerError(f"unknown tokenizer {name!r}; expected 'gpt2', 'char', 'word' or 'synthetic'")
 
 
 def tokenizer_from_dict(d: dict[str, Any]) -> Tokenizer:
@@ -292,6 +366,8 @@ def tokenizer_from_dict(d: dict[str, Any]) -> Tokenizer:
         return GPT2Tokenizer(d.get("path") or None)
     if name == "char":
         return CharTokenizer(d["chars"])
+    if name == "word":
+        return WordTokenizer(d["words"])
     if name == "synthetic":
         from edlm_dist.data.synthetic import SyntheticTokenizer  # synthetic imports this module
 

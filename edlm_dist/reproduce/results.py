@@ -1,0 +1,149 @@
+"""The figures of one finished setting, read back from its run folder: Table 1 (likelihood, from
+the evaluation JSONs), Table 3 (generation, from the sampling summaries and `scores.json`) and
+the three claims of the paper judged on them."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edlm_dist.reproduce.setting import Setting
+from edlm_dist.reproduce.stages import EVAL_MODELS, eval_set_folder, sample_name, sampler_configs
+
+Z = 2.0  # a difference counts when it exceeds Z standard errors
+ENERGY_NAMES = {"nce": "EDLM-NCE", "ar": "EDLM-AR", "coar": "EDLM-coAR"}
+EDLM_NAMES = {f"edlm_{energy}": name for energy, name in ENERGY_NAMES.items()}  # evaluation label -> name
+
+
+@dataclass
+class SamplePoint:
+    """One sampler configuration at one step count (its seeds pooled by their mean)."""
+
+    sampler: str  # "MDLM" or e.g. "EDLM-NCE k=4 w=1"
+    steps: int
+    gen_ppl: float
+    nll: float
+    nll_se: float
+    entropy: float
+    entropy_se: float
+    seconds_per_sample: float
+    mean_ess: float | None
+
+
+def likelihood_rows(root: Path, setting: Setting) -> dict[str, dict[str, Any]]:
+    """The evaluation JSON of each Table 1 model (label -> result)."""
+    rows = {}
+    for label in EVAL_MODELS:
+        files = sorted((root / "likelihood" / "eval" / label / eval_set_folder(setting)).glob("step_*.json"))
+        if not files:
+            raise FileNotFoundError(f"no evaluation of {label} under {root / 'likelihood'}")
+        rows[label] = json.loads(files[-1].read_text())
+    return rows
+
+
+def sampler_label(energy: str, k: int, window: float) -> str:
+    """The row name of a sampler: "MDLM" or e.g. "EDLM-AR k=4 w=0.2"."""
+    return "MDLM" if energy == "mdlm" else f"{ENERGY_NAMES[energy]} k={k} w={window:g}"
+
+
+def generation_points(root: Path, setting: Setting) -> list[SamplePoint]:
+    """Every (sampler, steps) of the grid, seeds averaged (standard errors combined as for a mean)."""
+    scores = json.loads((root / "scores.json").read_text())["runs"]
+    s = setting.sample
+    points = []
+    for energy, k, window in sampler_configs(setting):
+        for steps in s["steps"]:
+            names = [sample_name(energy, k, window, steps, seed) for seed in s["seeds"]]
+            figs = [scores[n] for n in names]
+            summaries = [json.loads((root / "samples" / n / "summary.json").read_text()) for n in names]
+            m = len(figs)
+            nll = sum(f["nll_per_token"] for f in figs) / m
+            ess = [x["mean_ess"] for x in summaries if x.get("mean_ess") is not None]
+            points.append(SamplePoint(
+                sampler_label(energy, k, window), steps, math.exp(nll), nll,
+                math.sqrt(sum(f["nll_se"] ** 2 for f in figs)) / m,
+                sum(f["entropy_bits"] for f in figs) / m, math.sqrt(sum(f["entropy_se"] ** 2 for f in figs)) / m,
+                sum(x["wall_time_per_sample_s"] for x in summaries) / m, sum(ess) / len(ess) if ess else None,
+            ))
+    return points
+
+
+def reference_row(root: Path) -> dict[str, float]:
+    """Gen PPL and entropy of the test text (the reference row)."""
+    return json.loads((root / "scores.json").read_text())["reference"]
+
+
+def not_worse(p: SamplePoint, q: SamplePoint) -> bool:
+    """Whether p's Gen PPL is not above q's by more than Z standard errors (independent samples)."""
+    return p.nll - q.nll <= Z * math.hypot(p.nll_se, q.nll_se)
+
+
+def claim_likelihood(rows: dict[str, dict[str, Any]]) -> tuple[bool, str]:
+    """Claim 1: an EDLM's valid bound beats the MDLM NELBO (paired difference beyond Z s.e.);
+    how much of the MDLM-to-AR gap it closes, and what the paper's estimate would have said."""
+    mdlm, ar = rows["mdlm"]["figures"]["nelbo"]["nats_per_token"], rows["ar"]["figures"]["nll"]["nats_per_token"]
+    parts, held = [], False
+    for label in EDLM_NAMES:
+        r = rows[label]
+        n2 = r["num_proposals"][1]
+        diff, paper = r["differences"][f"bound_n{n2} - mdlm_nelbo"], r["differences"][f"paper_n{n2} - mdlm_nelbo"]
+        better = diff["nats_per_token"] < -Z * diff["stderr"]
+        held |= better
+        gap = (mdlm - r["figures"][r["headline"]]["nats_per_token"]) / (mdlm - ar) if mdlm != ar else math.nan
+        closed = f"{100 * gap:.0f}% of the MDLM-to-AR gap closed" if better else "none of the MDLM-to-AR gap closed"
+        estimate = r["figures"][f"paper_n{n2}"]["nats_per_token"]
+        flags = [text for text, hit in (("below zero, impossible for a likelihood", estimate < 0),
+                                        ("below the AR model's exact NLL", 0 <= estimate < ar)) if hit]
+        parts.append(f"{EDLM_NAMES[label]}: bound - MDLM = {diff['nats_per_token']:+.4f} ± {diff['stderr']:.4f} "
+                     f"nats/token ({'lower' if better else 'not lower'} beyond {Z:g} s.e.; {closed}; the paper's "
+                     f"estimate - MDLM = {paper['nats_per_token']:+.4f} ± {paper['stderr']:.4f}"
+                     + (f", the estimate itself {' and '.join(flags)}" if flags else "") + ")")
+    return held, "; ".join(parts)
+
+
+def claim_same_steps(points: list[SamplePoint], entropy_tolerance: float = 0.02) -> tuple[bool, str]:
+    """Claim 2: at equal steps, an EDLM configuration (the best of the grid; every one is listed)
+    lowers Gen PPL beyond Z s.e. without losing more than `entropy_tolerance` of MDLM's entropy,
+    at a majority of the step counts."""
+    mdlm = {p.steps: p for p in points if p.sampler == "MDLM"}
+    edlm = [p for p in points if p.sampler != "MDLM"]
+    wins, parts = 0, []
+    for label in sorted({p.sampler for p in edlm}):
+        mine = {p.steps: p for p in edlm if p.sampler == label}
+        won = [s for s, p in mine.items()
+               if mdlm[s].nll - p.nll > Z * math.hypot(p.nll_se, mdlm[s].nll_se)
+               and p.entropy >= (1 - entropy_tolerance) * mdlm[s].entropy]
+        parts.append(f"{label}: {len(won)}/{len(mine)} step counts")
+        wins = max(wins, len(won))
+    held = wins * 2 > len(mdlm)
+    return held, ("lower Gen PPL beyond 2 s.e. with entropy within 2% of MDLM's at " + "; ".join(parts))
+
+
+def claim_speed(points: list[SamplePoint]) -> tuple[bool, str]:
+    """Claim 3: EDLM reaches the quality of MDLM at its largest step count in less wall-clock time
+    per sample than MDLM needs for the same quality. "Reaches" allows for sampling noise the same
+    way for both samplers: not worse by more than Z standard errors. An EDLM point that reaches the
+    target is timed against the fastest MDLM point that is not worse than it; when no MDLM point
+    is, against the target itself (the speed-up is then a lower bound). The best EDLM point counts."""
+    mdlm = [p for p in points if p.sampler == "MDLM"]
+    target = max(mdlm, key=lambda p: p.steps)
+    head = f"target: MDLM's Gen PPL {target.gen_ppl:.2f} at T = {target.steps} ({target.seconds_per_sample:.3f} s/sample)"
+    best: tuple[float, SamplePoint, SamplePoint | None] | None = None
+    for e in (p for p in points if p.sampler != "MDLM" and not_worse(p, target)):
+        matching = [m for m in mdlm if not_worse(m, e)]
+        rival = min(matching, key=lambda m: m.seconds_per_sample) if matching else None
+        speedup = (rival or target).seconds_per_sample / e.seconds_per_sample
+        if best is None or speedup > best[0]:
+            best = speedup, e, rival
+    if best is None:
+        return False, f"{head}; no EDLM configuration reaches it (within {Z:g} s.e.) at any measured step count"
+    speedup, e, rival = best
+    versus = (f"the fastest MDLM point not worse than it is T = {rival.steps} (Gen PPL {rival.gen_ppl:.2f}, "
+              f"{rival.seconds_per_sample:.3f} s/sample)" if rival else
+              "no MDLM point is as good (within 2 s.e.), so it is timed against the target")
+    return speedup > 1, (f"{head}; best EDLM: {e.sampler} at T = {e.steps} (Gen PPL {e.gen_ppl:.2f}, "
+                         f"{e.seconds_per_sample:.3f} s/sample); {versus}: {'>= ' if rival is None else ''}"
+                         f"{speedup:.2f}x")
