@@ -61,7 +61,6 @@ def main(argv: list[str] | None = None) -> None:
         ax.legend(fontsize=8)
     fig.tight_layout()
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(out) as tmp:
         fig.savefig(tmp, dpi=120, format=out.suffix.lstrip(".") or "png")
     print(f"wrote {out}", file=sys.stderr)

@@ -79,6 +79,11 @@ class EvalSetSpec:
         """How results name the set: `name:split`."""
         return f"{self.name}:{self.split}"
 
+    @property
+    def folder(self) -> str:
+        """Where results of the set go: `<name>_<split>` (result folder and TensorBoard tag)."""
+        return f"{self.name}_{self.split}"
+
 
 def parse_eval_sets(text: str, key: str = "eval.datasets") -> list[EvalSetSpec]:
     """The comma-separated set names of `text`, each checked (unknown names and splits are errors)."""

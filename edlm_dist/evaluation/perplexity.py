@@ -31,6 +31,7 @@ from edlm_dist.config import Config, ConfigError
 from edlm_dist.data import Dataset, build_dataset
 from edlm_dist.data.eval_sets import EvalSet, EvalSetSpec, FixedBlocks, load_eval_set, parse_eval_sets
 from edlm_dist.diffusion import Schedule, build_schedule, edlm_nelbo, keyed_generator, nelbo
+from edlm_dist.diffusion.likelihood import ESTIMATORS
 from edlm_dist.distributed import DistEnv, RankPool, all_gather_object
 from edlm_dist.energy import Energy
 from edlm_dist.fileio import atomic_write_text
@@ -45,7 +46,6 @@ from edlm_dist.training.loading import (
 )
 from edlm_dist.training.metrics import MetricsLogger
 
-ESTIMATORS = ("bound", "paper")
 # What each figure is, for readers of the JSON (docs/evaluation.md explains them).
 KINDS = {
     "nelbo": "upper bound", "nll": "exact", "mdlm_nelbo": "upper bound (the denoiser alone)",
@@ -180,7 +180,7 @@ class LikelihoodEvaluator:
 
     def result_path(self, ckpt: Checkpoint, label: str, spec: EvalSetSpec) -> Path:
         """Where the JSON of (checkpoint, model, set) goes: `eval/<model>/<set>_<split>/step_<step>.json`."""
-        return self.output_folder(ckpt) / "eval" / label / f"{spec.name}_{spec.split}" / f"step_{ckpt.step:08d}.json"
+        return self.output_folder(ckpt) / "eval" / label / spec.folder / f"step_{ckpt.step:08d}.json"
 
     def _dataset(self, run: Config) -> Dataset:
         """The run's tokenizer and block source, built once per distinct `[data]`."""
@@ -247,7 +247,7 @@ class LikelihoodEvaluator:
         """The JSON file, and the per-token figures as TensorBoard scalars at the checkpoint's step."""
         path = self.result_path(em.ckpt, em.label, spec)
         atomic_write_text(path, json.dumps(result, indent=2) + "\n")
-        tag = f"eval/{spec.name}_{spec.split}/{em.label}"
+        tag = f"eval/{spec.folder}/{em.label}"
         scalars = {f"{tag}/{name}": f["nats_per_token"] for name, f in result["figures"].items()}
         scalars[f"{tag}/ppl"] = result["figures"][result["headline"]]["ppl"]
         scalars.update({f"{tag}/{name}": value for name, value in result.get("mean_ess", {}).items()})

@@ -29,7 +29,6 @@ def plot_generation(points: list[SamplePoint], reference: dict[str, float], titl
         from matplotlib.ticker import NullLocator
     except ImportError:
         raise SystemExit("error: the report's plots need matplotlib: pip install -e '.[plots]'") from None
-    folder.mkdir(parents=True, exist_ok=True)
     samplers = list(dict.fromkeys(p.sampler for p in points))
     written = []
     for name, (attr, xlabel, logx) in FIGURES.items():

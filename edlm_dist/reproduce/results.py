@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from edlm_dist.reproduce.setting import Setting
-from edlm_dist.reproduce.stages import EVAL_MODELS, eval_set_folder, sample_name, sampler_configs
+from edlm_dist.reproduce.stages import EVAL_MODELS, likelihood_folder, sample_name, sampler_configs
 
 Z = 2.0  # a difference counts when it exceeds Z standard errors
 ENERGY_NAMES = {"nce": "EDLM-NCE", "ar": "EDLM-AR", "coar": "EDLM-coAR"}
@@ -37,7 +37,7 @@ def likelihood_rows(root: Path, setting: Setting) -> dict[str, dict[str, Any]]:
     """The evaluation JSON of each Table 1 model (label -> result)."""
     rows = {}
     for label in EVAL_MODELS:
-        files = sorted((root / "likelihood" / "eval" / label / eval_set_folder(setting)).glob("step_*.json"))
+        files = sorted(likelihood_folder(root, setting, label).glob("step_*.json"))
         if not files:
             raise FileNotFoundError(f"no evaluation of {label} under {root / 'likelihood'}")
         rows[label] = json.loads(files[-1].read_text())

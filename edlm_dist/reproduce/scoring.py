@@ -44,7 +44,8 @@ def read_samples(folder: Path) -> torch.Tensor:
 def score_setting(root: Path, oracle_spec: str, eval_set: str, names: list[str]) -> None:
     """Write `<root>/scores.json`: the reference row and the figures of each sampling run in `names`."""
     mdlm = find_checkpoint(root / "mdlm").config
-    tokenizer = build_dataset(mdlm.data).tokenizer
+    data = build_dataset(mdlm.data)
+    tokenizer = data.tokenizer
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     oracle = build_oracle(oracle_spec, device, vocab_size=tokenizer.vocab_size, eos_id=tokenizer.eos_id,
                           tokenizer=tokenizer)
@@ -58,7 +59,7 @@ def score_setting(root: Path, oracle_spec: str, eval_set: str, names: list[str])
             raise RuntimeError(f"{folder}: rescored Gen PPL {figures['gen_ppl']:.6g} != the sampler's {logged:.6g}")
         runs[name] = figures
     n = max(f["samples"] for f in runs.values())
-    blocks = load_eval_set(parse_eval_sets(eval_set)[0], tokenizer, mdlm)
+    blocks = load_eval_set(parse_eval_sets(eval_set)[0], tokenizer, mdlm, data.blocks)
     reference = blocks.blocks(0, min(n, len(blocks)))
     scores = {"reference": corpus_figures(*oracle.score(reference), reference), "runs": runs}
     atomic_write_text(root / "scores.json", json.dumps(scores, indent=2) + "\n")

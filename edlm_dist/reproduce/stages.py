@@ -50,10 +50,9 @@ def _relative(arg: str, repo: Path) -> str:
     return arg.replace(str(repo.resolve()) + "/", "")
 
 
-def eval_set_folder(setting: Setting) -> str:
-    """The `<set>_<split>` folder name the evaluation writes its JSON under."""
-    spec = parse_eval_sets(setting.eval_set)[0]
-    return f"{spec.name}_{spec.split}"
+def likelihood_folder(root: Path, setting: Setting, label: str) -> Path:
+    """Where the evaluation of the Table 1 model `label` writes its JSON (`eval.output` = <root>/likelihood)."""
+    return root / "likelihood" / "eval" / label / parse_eval_sets(setting.eval_set)[0].folder
 
 
 def sample_name(energy: str, k: int, window: float, steps: int, seed: int) -> str:
@@ -100,7 +99,7 @@ def plan(setting: Setting, root: Path, repo: Path, score: Callable[[], None], sc
                    "edlm_ar": [run["mdlm"], "--energy.kind=ar", f"--energy.checkpoint={run['ar']}"],
                    "edlm_coar": [run["mdlm"], "--energy.kind=coar", f"--energy.checkpoint={run['ar']}"]}
     for label in EVAL_MODELS:
-        folder = root / "likelihood" / "eval" / label / eval_set_folder(setting)
+        folder = likelihood_folder(root, setting, label)
         first, *extra = checkpoints[label]
         stages.append(Stage(f"eval {label}", lambda f=folder: any(f.glob("step_*.json")), "edlm_dist.eval",
                             [*base_eval, "--checkpoint", str(first), *extra]))
