@@ -215,26 +215,55 @@ def _ranks_from_tiktoken_file(path: Path) -> dict[bytes, int]:
     return ranks
 
 
-class CharTokenizer(Tokenizer):
-    """One id per character (ids in the given order), EOS after them."""
+class _PieceTokenizer(Tokenizer):
+    """A vocabulary that is an explicit list of pieces (characters, words): ids in the list's
+    order, EOS after them, the list itself stored with the run."""
 
-    name = "char"
+    piece: str  # what one entry is, for messages
+    key: str  # the list's name in `to_dict`
     eos_marker = "\n"
     mask_marker = "_"
 
-    def __init__(self, chars: Sequence[str]) -> None:
-        chars = list(chars)
-        if not chars:
-            raise TokenizerError("char tokenizer: the vocabulary is empty")
-        bad = [c for c in chars if not isinstance(c, str) or len(c) != 1]
+    def __init__(self, pieces: Sequence[str]) -> None:
+        pieces = list(pieces)
+        if not pieces:
+            raise TokenizerError(f"{self.name} tokenizer: the vocabulary is empty")
+        bad = [p for p in pieces if not (isinstance(p, str) and self._is_piece(p))]
         if bad:
-            raise TokenizerError(f"char tokenizer: vocabulary entry {bad[0]!r} is not a single character")
-        if len(set(chars)) != len(chars):
-            raise TokenizerError("char tokenizer: the vocabulary lists a character twice")
-        self.chars = chars
-        self._ids = {c: i for i, c in enumerate(chars)}
-        self.eos_id = len(chars)
-        self.vocab_size = len(chars) + 1
+            raise TokenizerError(f"{self.name} tokenizer: vocabulary entry {bad[0]!r} is not a single {self.piece}")
+        if len(set(pieces)) != len(pieces):
+            raise TokenizerError(f"{self.name} tokenizer: the vocabulary lists a {self.piece} twice")
+        self.pieces = pieces
+        self._ids = {p: i for i, p in enumerate(pieces)}
+        self.eos_id = len(pieces)
+        self.vocab_size = len(pieces) + 1
+
+    @staticmethod
+    @abstractmethod
+    def _is_piece(entry: str) -> bool:
+        """Whether `entry` is one piece of this kind."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, self.key: list(self.pieces)}
+
+    def _vocabulary_bytes(self) -> bytes:
+        return json.dumps(self.to_dict(), ensure_ascii=True).encode()
+
+
+class CharTokenizer(_PieceTokenizer):
+    """One id per character (ids in the given order), EOS after them."""
+
+    name = "char"
+    piece = "character"
+    key = "chars"
+
+    @property
+    def chars(self) -> list[str]:
+        return self.pieces
+
+    @staticmethod
+    def _is_piece(entry: str) -> bool:
+        return len(entry) == 1
 
     @classmethod
     def from_corpus(cls, text: str) -> CharTokenizer:
@@ -262,37 +291,28 @@ class CharTokenizer(Tokenizer):
             for i in self._check_ids(ids)
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "chars": list(self.chars)}
 
-    def _vocabulary_bytes(self) -> bytes:
-        return json.dumps(self.to_dict(), ensure_ascii=True).encode()
-
-
-class WordTokenizer(Tokenizer):
+class WordTokenizer(_PieceTokenizer):
     """One id per whitespace-separated word (ids in the given order), EOS after them; a newline
     is EOS. A word outside the vocabulary becomes `unk` when the vocabulary has it (PTB's
     "<unk>"), else it is an error naming it."""
 
     name = "word"
-    eos_marker = "\n"
-    mask_marker = "_"
+    piece = "word"
+    key = "words"
     unk = "<unk>"
 
     def __init__(self, words: Sequence[str]) -> None:
-        words = list(words)
-        if not words:
-            raise TokenizerError("word tokenizer: the vocabulary is empty")
-        bad = [w for w in words if not isinstance(w, str) or not w or w != w.strip() or len(w.split()) != 1]
-        if bad:
-            raise TokenizerError(f"word tokenizer: vocabulary entry {bad[0]!r} is not a single word")
-        if len(set(words)) != len(words):
-            raise TokenizerError("word tokenizer: the vocabulary lists a word twice")
-        self.words = words
-        self._ids = {w: i for i, w in enumerate(words)}
+        super().__init__(words)
         self._unk_id = self._ids.get(self.unk)
-        self.eos_id = len(words)
-        self.vocab_size = len(words) + 1
+
+    @property
+    def words(self) -> list[str]:
+        return self.pieces
+
+    @staticmethod
+    def _is_piece(entry: str) -> bool:
+        return bool(entry) and entry == entry.strip() and len(entry.split()) == 1
 
     @classmethod
     def from_corpus(cls, text: str) -> WordTokenizer:
@@ -331,12 +351,6 @@ class WordTokenizer(Tokenizer):
                 pieces.append(" ")
             pieces.append(self.words[i] if i < n else self.mask_marker)
         return "".join(pieces)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "words": list(self.words)}
-
-    def _vocabulary_bytes(self) -> bytes:
-        return json.dumps(self.to_dict(), ensure_ascii=True).encode()
 
 
 def build_tokenizer(name: str, path: str = "", corpus: str | None = None) -> Tokenizer:
