@@ -15,7 +15,7 @@ import torch
 from edlm_dist.diffusion.energy import effective_sample_size
 from edlm_dist.diffusion.loss import Denoiser
 from edlm_dist.diffusion.noise import mask_tokens, stratified_times, uniform
-from edlm_dist.diffusion.sampling import CandidatePool, Energy, LocalPool, draw_candidates
+from edlm_dist.diffusion.sampling import CandidatePool, Energy, LocalPool, candidate_energies, draw_candidates
 from edlm_dist.diffusion.schedules import LogLinearSchedule, Schedule
 
 ESTIMATORS = ("bound", "paper")
@@ -72,18 +72,6 @@ def _data_log_probs(logits: torch.Tensor, x0: torch.Tensor, masked: torch.Tensor
     return torch.zeros(x0.shape, dtype=torch.float64, device=x0.device).masked_scatter(masked, logp)
 
 
-def _energies(
-    energy: Energy, candidates: torch.Tensor, logp: torch.Tensor, xt: torch.Tensor, t: torch.Tensor
-) -> torch.Tensor:
-    """Energies float64 [B', k] of candidates [B', k, L] with proposal log-probs [B', k]."""
-    rows, k, length = candidates.shape
-    out = energy(
-        candidates.reshape(rows * k, length), xt.repeat_interleave(k, dim=0),
-        t.repeat_interleave(k, dim=0), logp.reshape(rows * k),
-    )
-    return out.double().reshape(rows, k)
-
-
 def _one_draw(
     denoiser: Denoiser, energy: Energy, x0: torch.Tensor, xt: torch.Tensor, masked: torch.Tensor,
     t: torch.Tensor, *, mask_id: int, num_proposals: int, estimator: str,
@@ -98,7 +86,7 @@ def _one_draw(
     if estimator == "paper":
         candidates, logp = draw_candidates(logits, xt, masked, local, mask_id, proposal_generator)
         data_energy = energy(x0, xt, t, -nll).double()
-        logz = logz_bounds(pool.gather(_energies(energy, candidates, logp, xt, t)))
+        logz = logz_bounds(pool.gather(candidate_energies(energy, candidates, logp, xt, t)))
         base = nll + data_energy
         return base + logz.low, base + logz.high, logz.ess
     # "bound": one masked position i per sequence, uniformly; its clamped draws share one batch
@@ -112,7 +100,7 @@ def _one_draw(
         local, mask_id, proposal_generator,
     )
     logp[batch:] += (data_logp * pick).sum(dim=-1, keepdim=True)  # log p_theta of x over all of M
-    energies = pool.gather(_energies(energy, candidates, logp, torch.cat([xt, xt]), torch.cat([t, t])))
+    energies = pool.gather(candidate_energies(energy, candidates, logp, torch.cat([xt, xt]), torch.cat([t, t])))
     logz, middle = logz_bounds(energies[:batch]), logz_bounds(energies[batch:])
     count = masked.sum(dim=-1).double()
     # sum_{i in M} -log p_joint(x0_i|xt) = nll + sum_i (log Z - middle_i), the sum over i by |M| x one i

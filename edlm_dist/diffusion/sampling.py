@@ -214,20 +214,27 @@ class SamplingStats:
         return self.ess_sum / self.ess_count if self.ess_count else math.nan
 
 
+def candidate_energies(
+    energy: Energy, candidates: torch.Tensor, logp: torch.Tensor, xt: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
+    """Energies float64 [B, k] of candidates [B, k, L] of xt [B, L] at t [B], with their
+    proposal log-probs [B, k]."""
+    batch, k, length = candidates.shape
+    out = energy(
+        candidates.reshape(batch * k, length), xt.repeat_interleave(k, dim=0),
+        t.repeat_interleave(k, dim=0), logp.reshape(batch * k),
+    )
+    return out.double().reshape(batch, k)
+
+
 def _choose_by_energy(
     energy: Energy, candidates: torch.Tensor, proposal_logp: torch.Tensor, xt: torch.Tensor,
     t: torch.Tensor, generator: torch.Generator | None, pool: CandidatePool, stats: SamplingStats,
 ) -> torch.Tensor:
     """Pick one candidate per sequence with probability softmax(-energy) (lower = likelier),
     over the candidates of every process in the pool."""
-    batch, k, length = candidates.shape
-    local = energy(
-        candidates.reshape(batch * k, length),
-        xt.repeat_interleave(k, dim=0),
-        t.repeat_interleave(k, dim=0),
-        proposal_logp.reshape(batch * k),
-    )
-    energies = pool.gather(local.double().reshape(batch, k))
+    batch, k, _ = candidates.shape
+    energies = pool.gather(candidate_energies(energy, candidates, proposal_logp, xt, t))
     stats.energy_calls += 1
     stats.energy_rows += batch * k
     stats.ess_sum += float(effective_sample_size(energies).sum())
