@@ -19,6 +19,7 @@ import re
 import time
 import warnings
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import fsspec
@@ -41,6 +42,11 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used, named in the message."""
 
     user_error = True
+
+
+def checkpoint_folder(run_dir: Path, folder: str) -> str:
+    """Where a run in `run_dir` keeps its checkpoints: `checkpoint.folder` inside it, or as given when a URL."""
+    return folder if "://" in folder else str(run_dir / folder)
 
 
 class CheckpointManager:

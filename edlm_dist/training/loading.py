@@ -22,7 +22,7 @@ from torch.distributed.tensor import DTensor
 from edlm_dist.config import Config, EnergyConfig, load_config
 from edlm_dist.energy import AREnergy, Energy, NCEEnergy
 from edlm_dist.models import Transformer, build_model
-from edlm_dist.training.checkpoint import MARKER, STEP_DIR, CheckpointManager, describe_load_error
+from edlm_dist.training.checkpoint import MARKER, STEP_DIR, CheckpointManager, checkpoint_folder, describe_load_error
 from edlm_dist.training.tasks import MODEL_KINDS
 
 _PREFIXES = {"model": "model.", "ema": "ema.weights."}  # where each kind of weights sits in the DCP state dict
@@ -76,8 +76,7 @@ def find_checkpoint(path: str | os.PathLike[str], step: int | None = None) -> Ch
 
 def run_checkpoints(run_dir: Path, config: Config) -> CheckpointManager:
     """The checkpoint folder of the run in `run_dir` (inside it, or the URL its config names)."""
-    folder = config.checkpoint.folder
-    folder = folder if "://" in folder else str(run_dir / folder)
+    folder = checkpoint_folder(run_dir, config.checkpoint.folder)
     try:
         return CheckpointManager(folder, config.checkpoint.keep_last)
     except (ImportError, ValueError, OSError) as err:  # e.g. the URL's filesystem is not installed

@@ -45,7 +45,7 @@ from edlm_dist.distributed import (
     set_gradient_sync,
 )
 from edlm_dist.models import build_model
-from edlm_dist.training.checkpoint import CheckpointError, CheckpointManager
+from edlm_dist.training.checkpoint import CheckpointError, CheckpointManager, checkpoint_folder
 from edlm_dist.training.ema import EMA
 from edlm_dist.training.faults import FaultInjector
 from edlm_dist.training.loading import (
@@ -168,8 +168,8 @@ class Trainer:
         self.scheduler = build_lr_scheduler(self.optimizer, cfg.optim, cfg.training.steps)
         self.ema = EMA(self.model, cfg.training.ema_decay) if cfg.training.ema_decay > 0 else None
         ckpt = cfg.checkpoint
-        folder = ckpt.folder if "://" in ckpt.folder else str(self.run_folder.path / ckpt.folder)
-        self.checkpoints = CheckpointManager(folder, ckpt.keep_last, ckpt.keep_every, ckpt.async_save,
+        self.checkpoints = CheckpointManager(checkpoint_folder(self.run_folder.path, ckpt.folder), ckpt.keep_last,
+                                             ckpt.keep_every, ckpt.async_save,
                                              write_hook=self.faults.write_hook)
         self.logger = MetricsLogger(self.run_folder.path / "tb", enabled=self.env.is_main and cfg.metrics.tensorboard)
         self.flops_per_token = self.model.flops_per_token(cfg.data.seq_len)
@@ -386,6 +386,7 @@ class Trainer:
         watchdog = Watchdog(self.heartbeat, cfg.parallel.collective_timeout_s / 2) if self.heartbeat else None
         try:
             preempted = self._train_loop(watcher)
+            self.checkpoints.wait()  # an async last save fails here, with the marker, not in close()
         except RuntimeError as err:
             if self.heartbeat is not None and is_collective_failure(err):  # also inside a checkpoint save
                 raise CollectiveError.explain(err, self.heartbeat) from err
