@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -25,21 +22,7 @@ from edlm_dist.config.schema import MODEL_PRESETS, ModelConfig
 from edlm_dist.diffusion import edlm_nelbo, nelbo
 from edlm_dist.energy import AREnergy
 from edlm_dist.models import build_model
-
-
-def seconds_per_call(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Median wall time of `fn()` over `repeats` calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from edlm_dist.training.metrics import median_seconds
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -67,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.seq_len} tokens, B = {args.batch}, median of {args.repeats}")
     rows = []
     with torch.no_grad(), autocast:
-        mdlm = seconds_per_call(lambda: nelbo(denoiser, x0, mask_id=vocab, generator=torch.Generator(device).manual_seed(1)),
+        mdlm = median_seconds(lambda: nelbo(denoiser, x0, mask_id=vocab, generator=torch.Generator(device).manual_seed(1)),
                                 device, args.repeats)
         rows.append({"estimator": "mdlm nelbo", "n": None, "seconds": mdlm})
         for n in proposals:
@@ -75,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
             for estimator in ("bound", "paper"):
                 call = lambda: edlm_nelbo(denoiser, energy, x0, mask_id=vocab, num_proposals=n,  # noqa: E731
                                           estimator=estimator, generator=torch.Generator(device).manual_seed(1))
-                rows.append({"estimator": f"edlm {estimator}", "n": n, "seconds": seconds_per_call(call, device, args.repeats)})
+                rows.append({"estimator": f"edlm {estimator}", "n": n, "seconds": median_seconds(call, device, args.repeats)})
     print(f"{'estimator':<14}{'n':>4}{'seq/s':>10}{'vs MDLM':>9}")
     for row in rows:
         row["sequences_per_s"] = args.batch / row["seconds"]

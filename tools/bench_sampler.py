@@ -61,7 +61,7 @@ from edlm_dist.diffusion.sampling import CANDIDATE_DRAWS
 from edlm_dist.distributed import RankPool, init_distributed, shutdown
 from edlm_dist.energy import AREnergy
 from edlm_dist.models import build_model
-from edlm_dist.training.metrics import peak_memory_gib, reset_peak_memory
+from edlm_dist.training.metrics import median_seconds, peak_memory_gib, reset_peak_memory, synchronize
 
 CANDIDATES_K = 16
 GPT2_VOCAB = 50257
@@ -69,24 +69,6 @@ CPU_VOCAB = 1024  # the default vocabulary on CPU: GPT-2's makes the k = 16 cand
 WARMUP_STEPS = 2
 MODEL_TOLERANCE = 0.10
 MEMORY_TARGET = 0.6
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _median_time(fn: Callable[[], Any], device: torch.device, reps: int) -> float:
-    """Median wall time of `reps` calls of `fn` after one untimed call."""
-    fn()
-    times = []
-    for _ in range(reps):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _forward_costs(
@@ -102,14 +84,14 @@ def _forward_costs(
     t = torch.full((batch,), 0.5, device=device)
     reps = 20 if device.type == "cuda" else 5
     with torch.no_grad(), autocast():
-        denoiser_s = _median_time(lambda: denoiser(xt, t), device, reps)
+        denoiser_s = median_seconds(lambda: denoiser(xt, t), device, reps)
         logits = denoiser(xt, t)
         draw = lambda: draw_candidates(logits, xt, masked, k, vocab, gen, method=spec["draw"])  # noqa: E731
-        draw_s = _median_time(draw, device, reps)
+        draw_s = median_seconds(draw, device, reps)
         candidates, logp = draw()
         args = (candidates.reshape(k * batch, seq_len), xt.repeat_interleave(k, 0), t.repeat_interleave(k),
                 logp.reshape(-1))
-        energy_s = _median_time(lambda: energy(*args), device, reps)
+        energy_s = median_seconds(lambda: energy(*args), device, reps)
     return {"denoiser_forward_s": denoiser_s, "energy_call_s": energy_s, "draw_s": draw_s,
             "c": energy_s / k / denoiser_s, "d": draw_s / k / denoiser_s}
 
@@ -147,17 +129,17 @@ def measure(rank: int, spec: dict[str, Any]) -> dict[str, Any]:
     before = peak_memory_gib(device)
     start = time.perf_counter()
     run(1.0, min(WARMUP_STEPS, steps), SamplingStats())
-    _sync(device)
+    synchronize(device)
     say(f"warm-up ({min(WARMUP_STEPS, steps)} steps) {time.perf_counter() - start:.1f} s")
     reset_peak_memory(device)
     runs = []
     for window in spec["windows"]:
         stats, times = SamplingStats(), []
         for _ in range(spec["repeats"]):
-            _sync(device)
+            synchronize(device)
             start = time.perf_counter()
             run(window, steps, stats)
-            _sync(device)
+            synchronize(device)
             times.append(time.perf_counter() - start)
         taken, median = stats.steps / len(times), statistics.median(times)
         runs.append({"window": window, "steps_taken": taken, "window_fraction": stats.energy_calls / len(times) / taken,

@@ -37,6 +37,7 @@ from edlm_dist.training.metrics import (
     param_and_optimizer_bytes,
     peak_memory_gib,
     reset_peak_memory,
+    synchronize,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,25 +59,20 @@ def device_name(device: torch.device) -> str:
     return f"CPU ({platform.machine()}, {os.cpu_count()} cores)"
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _time_steps(step: Callable[[], Any], device: torch.device, warmup: int, steps: int) -> tuple[float, list[float]]:
     """Run `warmup` steps (compilation, lazy optimizer state), then time `steps` steps;
     returns the warm-up's total time and the step times."""
     start = time.perf_counter()
     for _ in range(warmup):
         step()
-    _sync(device)
+    synchronize(device)
     warmup_s = time.perf_counter() - start
     reset_peak_memory(device)
     times = []
     for _ in range(steps):
         start = time.perf_counter()
         step()
-        _sync(device)
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return warmup_s, times
 
