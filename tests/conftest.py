@@ -28,10 +28,17 @@ def data_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def uninterrupted_run(tmp_path_factory) -> tuple[dict[int, str], dict]:
-    """The debug config on two ranks under torchrun, start to finish: (printed losses, summary).
-    The fault, two-node and SLURM tests compare their interrupted runs with it."""
+def uninterrupted_folder(tmp_path_factory) -> tuple[Path, str]:
+    """The debug config on two ranks under torchrun, start to finish: (its folder, its console
+    output). The interrupted runs of the resume, fault, two-node and SLURM tests compare with it."""
     folder = tmp_path_factory.mktemp("uninterrupted")
     proc = torchrun_standalone(folder)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return losses_logged(proc.stdout), run_summary(folder)
+    return folder, proc.stdout
+
+
+@pytest.fixture(scope="session")
+def uninterrupted_run(uninterrupted_folder: tuple[Path, str]) -> tuple[dict[int, str], dict]:
+    """The uninterrupted run's (printed losses, summary)."""
+    folder, stdout = uninterrupted_folder
+    return losses_logged(stdout), run_summary(folder)

@@ -1,8 +1,10 @@
-"""Building small runs for tests from `configs/debug.toml` (a model that runs anywhere in seconds)."""
+"""Small runs for tests from `configs/debug.toml` (runs anywhere in seconds): building, reading, polling."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any, Callable
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -22,3 +24,14 @@ def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     events = EventAccumulator(str(run_dir / "tb"))
     events.Reload()
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
+    """Poll `condition` until it returns something true (returned) or `timeout` seconds pass (a failure)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -18,11 +17,11 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.tensor import DTensor
 
-from cluster_utils import losses_logged
+from cluster_utils import RUN_STEPS, TORCHRUN, WORKER_ENV, losses_logged, torchrun_standalone, train_args
 from distributed_utils import run_distributed
 from edlm_dist.training import Trainer
 from edlm_dist.training.metrics import param_and_optimizer_bytes
-from run_utils import DEBUG_CONFIG, debug_config
+from run_utils import debug_config
 
 STEPS = 3
 
@@ -110,15 +109,8 @@ def test_hsdp_matches_and_resumes_a_two_rank_checkpoint(fsdp_run, tmp_path, worl
 
 # ---- under torchrun: SIGKILL and SIGTERM, then resume ------------------------------------------
 
-RUN_STEPS = 6
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "edlm_dist.train",
-            "--config", str(DEBUG_CONFIG), f"--training.steps={RUN_STEPS}"]
-
-
 def torchrun(folder: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([*TORCHRUN, f"--job.dump_folder={folder}", *extra], capture_output=True, text=True,
-                          env=env, timeout=240)
+    proc = torchrun_standalone(folder, *extra, timeout=240)
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -136,10 +128,9 @@ def final_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def straight_run(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("straight")
-    proc = torchrun(folder)
-    return final_weights(folder), losses_logged(proc.stdout)
+def straight_run(uninterrupted_folder):
+    folder, stdout = uninterrupted_folder
+    return final_weights(folder), losses_logged(stdout)
 
 
 def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -164,9 +155,9 @@ def test_sigkill_after_a_checkpoint_then_restart_is_bit_exact(straight_run, tmp_
 @pytest.mark.slow
 def test_sigterm_preemption_checkpoints_marks_and_resumes_bit_exact(straight_run, tmp_path):
     weights, losses = straight_run
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([*TORCHRUN, f"--job.dump_folder={tmp_path}", "--debug.step_sleep_s=0.5"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    command = [*TORCHRUN, "--standalone", "--nproc-per-node=2", *train_args(tmp_path, "--debug.step_sleep_s=0.5")]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env={**os.environ, **WORKER_ENV})
     for line in proc.stdout:
         if line.startswith("step       2"):
             proc.send_signal(signal.SIGTERM)  # to the torchrun agent, which forwards it to the workers

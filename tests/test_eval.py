@@ -32,7 +32,7 @@ from edlm_dist.distributed import init_distributed
 from edlm_dist.eval import main
 from edlm_dist.evaluation import EvalService, LikelihoodEvaluator
 from edlm_dist.evaluation.perplexity import summarize
-from run_utils import DEBUG_CONFIG, debug_config, read_scalars
+from run_utils import DEBUG_CONFIG, debug_config, read_scalars, wait_for
 
 SETS = "wikitext2:val, ptb:test"
 EVAL_ARGS = ["--eval.num_sequences=6", "--eval.batch_size=4", "--eval.num_proposals=2", "--job.seed=3"]
@@ -202,13 +202,6 @@ class FakeTraining:
         return self.folder / "eval" / "mdlm" / "ptb_test" / f"step_{step:08d}.json"
 
 
-def wait_for(condition, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 def service(folder: Path) -> EvalService:
     cfg = load_config(DEBUG_CONFIG, ["--eval.datasets=ptb:test", "--eval.num_sequences=4", "--eval.batch_size=4",
                                      "--eval.poll_interval_s=0.05", f"--eval.watch={folder}"])
@@ -224,11 +217,11 @@ def test_service_scores_committed_checkpoints_once_resumes_and_stops_at_the_fina
         fake.start()
         fake.write(10)
         fake.write(20, commit=False)  # half-written for a while
-        wait_for(fake.result(10).is_file)
+        wait_for(fake.result(10).is_file, 60, "the step-10 result", interval=0.05)
         time.sleep(1.0)  # the service looks at the half-written checkpoint many times meanwhile
         assert not fake.result(20).exists()
         fake.commit(20)
-        wait_for(fake.result(20).is_file)
+        wait_for(fake.result(20).is_file, 60, "the step-20 result", interval=0.05)
         os.kill(os.getpid(), signal.SIGTERM)  # told to stop
 
     thread = threading.Thread(target=training)

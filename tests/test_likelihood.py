@@ -13,15 +13,11 @@ from distributed_utils import run_distributed
 from edlm_dist.diffusion import LogLinearSchedule, nelbo
 from edlm_dist.diffusion.likelihood import edlm_nelbo, logz_bounds
 from edlm_dist.distributed import RankPool, init_distributed
-from test_importance_sampling import residual_energy
+from test_importance_sampling import gen, residual_energy
 from toy_dist import ContextFreeDenoiser, ExactDenoiser, ToyDistribution
 
 N_SEQS = 20000
 T_MIN = 1e-3
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 # ---------------------------------------------------------------- log Z bounds

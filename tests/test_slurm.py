@@ -12,7 +12,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -20,7 +19,7 @@ import pytest
 
 from cluster_utils import RUN_STEPS, WORKER_ENV, losses_logged, reaped, run_summary, train_args
 from distributed_utils import free_port
-from run_utils import DEBUG_CONFIG, REPO
+from run_utils import DEBUG_CONFIG, REPO, wait_for
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "scontrol", "scancel", "sinfo")
@@ -62,16 +61,6 @@ MinJobAge=600
 NodeName={host} CPUs={os.cpu_count()} State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """
-
-
-def wait_for(condition, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
