@@ -351,8 +351,23 @@ def test_help_lists_every_key(flag: str, capsys: pytest.CaptureFixture[str]) -> 
         for key in table:
             assert f"--{section}.{key} " in out
     line = next(line for line in out.splitlines() if "--training.task " in line)
-    assert line.split()[1:] == ['"mdlm"|"ar"|"nce"', '"mdlm"']
-    assert next(line for line in out.splitlines() if "--training.steps " in line).split()[1:] == ["int", "1000"]
+    assert line.split()[1:] == ['"mdlm"', '"mdlm"|"ar"|"nce"']  # default, then type (the choices can be long)
+    assert next(line for line in out.splitlines() if "--training.steps " in line).split()[1:] == ["1000", "int"]
+    keys = out.split("config keys (default, type):\n")[1].splitlines()
+    assert max(map(len, keys)) <= 100  # long choices wrap; no column is padded to the longest of them
+    fault = keys.index(next(k for k in keys if "--debug.fault " in k))
+    assert "".join(k.strip() for k in keys[fault:fault + 3]).endswith('"disk_full"|"write_refused"')
+
+
+def test_entry_point_switches_are_taken_and_listed(capsys: pytest.CaptureFixture[str]) -> None:
+    args = parse_cli(["--overwrite", "--training.steps=3"], switches={"--overwrite": "replace existing results"})
+    assert args.switches == {"--overwrite"} and args.config.training.steps == 3
+    assert parse_cli([], switches={"--overwrite": "x"}).switches == frozenset()
+    with pytest.raises(ConfigError, match="unrecognized argument .--overwrite.; expected --config PATH, --print-config, --section"):
+        parse_cli(["--overwrite"])  # only where the entry point has it
+    with pytest.raises(SystemExit):
+        parse_cli(["--help"], switches={"--overwrite": "replace existing results"})
+    assert "  --overwrite          replace existing results\n" in capsys.readouterr().out
 
 
 # --- exit helper ----------------------------------------------------------------------------

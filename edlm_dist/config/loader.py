@@ -354,6 +354,10 @@ class CliArgs:
     config: Config
     config_path: str | None
     print_config: bool
+    switches: frozenset[str] = frozenset()  # the entry point's own switches that were given (`--overwrite`)
+
+
+HELP_WIDTH = 100  # help lines are wrapped at this many characters
 
 
 def _help_type(tp: Any) -> str:
@@ -361,17 +365,33 @@ def _help_type(tp: Any) -> str:
     return "|".join(map(_toml_value, get_args(tp))) if get_origin(tp) is Literal else tp.__name__
 
 
-def _help_text(description: str) -> str:
-    """Usage, the options, and every config key with its type and default."""
+def _wrap_choices(text: str, indent: int) -> str:
+    """`text` wrapped after a `|` so that no line passes HELP_WIDTH; continuation lines are indented."""
+    lines, line = [], ""
+    for part in text.split("|"):
+        piece = part if not line else "|" + part
+        if line and indent + len(line) + len(piece) > HELP_WIDTH:
+            lines.append(line + "|")
+            line = part
+        else:
+            line += piece
+    lines.append(line)
+    return ("\n" + " " * indent).join(lines)
+
+
+def _help_text(description: str, options: Mapping[str, str]) -> str:
+    """Usage, the options, and every config key with its default and type (last, as the choices
+    of a Literal can be long)."""
     prog = os.path.basename(sys.argv[0]) or "edlm"
     defaults = Config()
     rows = [
-        (f"--{section}.{key}", _help_type(tp), _toml_value(_get(defaults, f"{section}.{key}")))
+        (f"--{section}.{key}", _toml_value(_get(defaults, f"{section}.{key}")), _help_type(tp))
         for section, cls in _sections().items()
         for key, tp in _field_types(cls).items()
     ]
     w0, w1 = (max(len(r[i]) for r in rows) for i in (0, 1))
-    keys = "\n".join(f"  {name:<{w0}}  {tp:<{w1}}  {default}" for name, tp, default in rows)
+    keys = "\n".join(f"  {name:<{w0}}  {default:<{w1}}  {_wrap_choices(tp, w0 + w1 + 6)}" for name, default, tp in rows)
+    own = "".join(f"  {name:<19}  {text}\n" for name, text in options.items())
     intro = f"\n\n{description}" if description else ""
     return (
         f"usage: {prog} [-h] [--config PATH] [--print-config] [--section.key=VALUE ...]{intro}\n\n"
@@ -379,31 +399,39 @@ def _help_text(description: str) -> str:
         "  -h, --help           show this help and exit\n"
         "  --config PATH        TOML config file\n"
         "  --print-config       print the resolved config as TOML\n"
+        f"{own}"
         "  --section.key=VALUE  override one config key (also: --section.key VALUE)\n\n"
         "precedence: defaults < model.preset < --config file < overrides\n\n"
-        f"config keys (type, default):\n{keys}"
+        f"config keys (default, type):\n{keys}"
     )
 
 
 def parse_cli(
-    argv: Sequence[str] | None, description: str = "", aliases: Mapping[str, str] | None = None
+    argv: Sequence[str] | None, description: str = "", aliases: Mapping[str, str] | None = None,
+    switches: Mapping[str, str] | None = None,
 ) -> CliArgs:
     """Parse `--config PATH`, `--print-config`, `-h/--help` and overrides (argv None: sys.argv[1:])
     and load the config. `aliases` maps extra options to config keys (`--checkpoint` ->
-    `energy.denoiser`), taken like overrides. Help prints usage and every key, then exits 0."""
-    aliases = aliases or {}
+    `energy.denoiser`), taken like overrides; `switches` are the entry point's own options without
+    a value (`--overwrite`), each with its help text. Help prints usage and every key, then exits 0."""
+    aliases, switches = aliases or {}, switches or {}
     args = list(sys.argv[1:] if argv is None else argv)
     config_path: str | None = None
     print_config = False
+    given: set[str] = set()
     overrides: list[str] = []
     i = 0
     while i < len(args):
         arg = args[i]
         if arg in ("-h", "--help"):
-            print(_help_text(description))
+            options = {f"{name} VALUE": f"stands for --{key}=VALUE" for name, key in aliases.items()}
+            print(_help_text(description, {**options, **switches}))
             raise SystemExit(0)
         if arg == "--print-config":
             print_config, i = True, i + 1
+        elif arg in switches:
+            given.add(arg)
+            i += 1
         elif arg.partition("=")[0] == "--config":
             _, config_path, i = _take_value(args, i)
         elif arg.partition("=")[0] in aliases:
@@ -413,20 +441,24 @@ def parse_cli(
             name, value, i = _take_value(args, i)
             overrides.append(f"{name}={value}")
         else:
-            expected = "--config PATH, --print-config or --section.key=VALUE"
+            expected = ", ".join(["--config PATH", "--print-config", *aliases, *switches, "--section.key=VALUE"])
             raise ConfigError(f"unrecognized argument {arg!r}; expected {expected} (see --help)")
-    return CliArgs(load_config(config_path, overrides), config_path, print_config)
+    return CliArgs(load_config(config_path, overrides), config_path, print_config, frozenset(given))
 
 
 def exit_on_user_error(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     """Decorate an entry point so user errors (ConfigError, or any exception class with
     `user_error = True`) print `error: <message>` on stderr and exit with status 2 without a
-    traceback. Other exceptions are bugs and propagate unchanged."""
+    traceback, and Ctrl-C prints `interrupted` and exits 130. Other exceptions are bugs and
+    propagate unchanged."""
 
     @functools.wraps(fn)
     def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
             return fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            print("\ninterrupted", file=sys.stderr)
+            raise SystemExit(130) from None
         except Exception as exc:
             if not getattr(type(exc), "user_error", False):
                 raise

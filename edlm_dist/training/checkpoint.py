@@ -6,7 +6,9 @@ folders alone, so a save that crashed halfway is never taken for the newest stat
 is relied on, since object stores have none: the folder may be any fsspec URL (local paths,
 `file://`, `s3://`, `gs://`). DCP reshards on load, so a checkpoint written by N ranks loads
 on M ranks and on another mesh shape. A save that fails (full disk, a store refusing writes)
-raises a CheckpointError naming the checkpoint and the OS error, on every rank alike.
+raises a CheckpointError naming the checkpoint and the OS error, on every rank alike, and its
+torn folder is removed (freeing the space a full disk needs for the `failed` marker). A load
+that fails names the missing or truncated file when one is the cause.
 """
 
 from __future__ import annotations
@@ -23,10 +25,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import fsspec
+import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemWriter
-from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
+from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader, FsspecWriter
+
+from edlm_dist.fileio import describe_os_error, write_problem
 
 MARKER = "COMMITTED"
 STEP_DIR = re.compile(r"^step_(\d{8})$")  # a checkpoint folder: step_ and the step in 8 digits
@@ -101,7 +106,7 @@ class CheckpointManager:
             self.fs.rm(self._fs_path(step), recursive=True)  # an uncommitted leftover of a crashed save
         _barrier()
         writer = self._hooked_writer(step)
-        with self._write_errors(step):
+        with self._write_errors(step, is_main):
             if self.async_save:
                 future = dcp.async_save(state, checkpoint_id=self.path(step), storage_writer=writer,
                                         process_group=self._async_group)
@@ -116,17 +121,27 @@ class CheckpointManager:
             return
         step, future, is_main = self._pending
         self._pending = None
-        with self._write_errors(step):
+        with self._write_errors(step, is_main):
             future.result()
         self._commit(step, is_main)
 
     @contextlib.contextmanager
-    def _write_errors(self, step: int) -> Iterator[None]:
-        """Turn a failed write of the checkpoint of `step` into one CheckpointError naming it."""
+    def _write_errors(self, step: int, is_main: bool) -> Iterator[None]:
+        """Turn a failed write of the checkpoint of `step` into one CheckpointError naming it and
+        the OS error (found by probing the folder when DCP's message does not carry one, as
+        torch.save's "unexpected pos" on a full disk does); the torn folder is removed."""
         try:
             yield
         except (Exception, dcp.CheckpointException) as err:  # the latter is a BaseException
-            raise CheckpointError(f"cannot write checkpoint {self.path(step)}: {describe_load_error(err)}") from err
+            cause = _first_failure(err)
+            if isinstance(cause, OSError) and cause.errno:
+                reason = str(cause)  # with the file it names
+            else:
+                reason = describe_os_error(write_problem(self.folder) or cause)
+            if is_main:
+                with contextlib.suppress(OSError):
+                    self.fs.rm(self._fs_path(step), recursive=True)
+            raise CheckpointError(f"cannot write checkpoint {self.path(step)}: {reason}") from err
 
     def _hooked_writer(self, step: int) -> FileSystemWriter | None:
         """DCP's writer for the checkpoint of `step` with `write_hook` on its file opens (None
@@ -149,13 +164,23 @@ class CheckpointManager:
         _barrier()
 
     def load(self, step: int, state: dict[str, Any]) -> None:
-        """Fill `state` in place from the committed checkpoint of `step`."""
+        """Fill `state` in place from the committed checkpoint of `step`, after checking that
+        every tensor it holds has the shape of `state`'s."""
+        path = self.path(step)
         if not self.fs.exists(posixpath.join(self._fs_path(step), MARKER)):
-            raise CheckpointError(f"checkpoint {self.path(step)} is not committed (no {MARKER} marker)")
+            raise CheckpointError(f"checkpoint {path} is not committed (no {MARKER} marker)")
+        try:
+            stored = stored_shapes(path)
+        except (Exception, dcp.CheckpointException) as err:
+            raise CheckpointError(f"cannot load checkpoint {path}: {describe_load_error(err, path)}") from err
+        for key, shape in _tensor_shapes(state).items():
+            if key in stored and stored[key] != shape:
+                raise CheckpointError(f"checkpoint {path} does not fit this run: {key} has shape {list(stored[key])} "
+                                      f"there, {list(shape)} here")
         try:
             dcp.load(state, checkpoint_id=self.path(step), no_dist=not dist.is_initialized())
         except (Exception, dcp.CheckpointException) as err:  # the latter is a BaseException
-            raise CheckpointError(f"cannot load checkpoint {self.path(step)}: {describe_load_error(err)}") from err
+            raise CheckpointError(f"cannot load checkpoint {path}: {describe_load_error(err, path)}") from err
 
     def _prune(self) -> None:
         """Delete committed checkpoints past the retention policy, and crashed saves older than
@@ -171,12 +196,60 @@ class CheckpointManager:
                 self.fs.rm(entry, recursive=True)
 
 
-def describe_load_error(err: BaseException) -> str:
-    """One line saying why DCP could not read (or write) a checkpoint. DCP wraps the errors met
-    reading or writing shards (per rank) in a CheckpointException, a BaseException only."""
+def _first_failure(err: BaseException) -> BaseException:
+    """The error behind a DCP failure: DCP wraps the errors met reading or writing shards (per
+    rank) in a CheckpointException, a BaseException only."""
     failures = err.failures if isinstance(err, dcp.CheckpointException) else {}
-    cause = next(iter(failures.values()))[0] if failures else err
-    return (str(cause) or type(cause).__name__).splitlines()[0]
+    return next(iter(failures.values()))[0] if failures else err
+
+
+def describe_load_error(err: BaseException, path: str) -> str:
+    """One line saying why DCP could not read the checkpoint at `path`: the missing or truncated
+    file when there is one (DCP itself says only e.g. "EOFError"), else the error."""
+    return damaged_file(path) or describe_os_error(_first_failure(err))
+
+
+def storage_reader(path: str) -> dcp.FileSystemReader | FsspecReader:
+    """DCP's reader for a local checkpoint folder or an fsspec URL."""
+    return FsspecReader(path) if "://" in path else dcp.FileSystemReader(path)
+
+
+def stored_shapes(path: str) -> dict[str, tuple[int, ...]]:
+    """Global shape of every tensor in the checkpoint at `path`, by flattened key (`model.embed.weight`)."""
+    metadata = storage_reader(path).read_metadata().state_dict_metadata
+    return {key: tuple(m.size) for key, m in metadata.items() if isinstance(m, dcp.TensorStorageMetadata)}
+
+
+def _tensor_shapes(state: dict[str, Any], prefix: str = "") -> dict[str, tuple[int, ...]]:
+    """The global shape of every tensor of a nested state dict, by DCP's flattened key."""
+    shapes = {}
+    for key, value in state.items():
+        if isinstance(value, dict):
+            shapes.update(_tensor_shapes(value, f"{prefix}{key}."))
+        elif isinstance(value, torch.Tensor):
+            shapes[f"{prefix}{key}"] = tuple(value.shape)
+    return shapes
+
+
+def damaged_file(path: str) -> str | None:
+    """`<file> is missing` or `<file> is truncated (...)` for the first data file of the checkpoint
+    at `path` that is shorter than its metadata says, or None when every one is whole."""
+    try:
+        metadata = storage_reader(path).read_metadata()
+    except (Exception, dcp.CheckpointException) as err:
+        return f"its metadata {posixpath.join(path, '.metadata')} cannot be read ({describe_os_error(err)})"
+    needed: dict[str, int] = {}
+    for info in metadata.storage_data.values():
+        needed[info.relative_path] = max(needed.get(info.relative_path, 0), info.offset + info.length)
+    fs, root = fsspec.core.url_to_fs(path)
+    for name, size in sorted(needed.items()):
+        try:
+            actual = fs.size(posixpath.join(root, name))
+        except FileNotFoundError:
+            return f"{posixpath.join(path, name)} is missing"
+        if actual < size:
+            return f"{posixpath.join(path, name)} is truncated ({actual} bytes; the checkpoint's metadata needs {size})"
+    return None
 
 
 def _barrier() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -19,10 +19,17 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
 from torch.distributed.tensor import DTensor
 
-from edlm_dist.config import Config, EnergyConfig, load_config
+from edlm_dist.config import Config, ConfigError, EnergyConfig, load_config
 from edlm_dist.energy import AREnergy, Energy, NCEEnergy
 from edlm_dist.models import Transformer, build_model
-from edlm_dist.training.checkpoint import MARKER, STEP_DIR, CheckpointManager, checkpoint_folder, describe_load_error
+from edlm_dist.training.checkpoint import (
+    MARKER,
+    STEP_DIR,
+    CheckpointManager,
+    checkpoint_folder,
+    describe_load_error,
+    stored_shapes,
+)
 from edlm_dist.training.tasks import MODEL_KINDS
 
 _PREFIXES = {"model": "model.", "ema": "ema.weights."}  # where each kind of weights sits in the DCP state dict
@@ -89,18 +96,13 @@ def _reading(path: str) -> Iterator[None]:
     try:
         yield
     except (Exception, dcp.CheckpointException) as err:
-        raise WeightsError(f"cannot read checkpoint {path}: {describe_load_error(err)}") from err
+        raise WeightsError(f"cannot read checkpoint {path}: {describe_load_error(err, path)}") from err
 
 
 def _stored_shapes(path: str) -> dict[str, tuple[int, ...]]:
-    """Global shape of every tensor in the checkpoint, by flattened key (e.g. `model.embed.weight`)."""
-    if "://" in path:  # DCP's reader for fsspec URLs, which dcp.load picks itself but does not export
-        from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader as reader
-    else:
-        reader = dcp.FileSystemReader
+    """The checkpoint's tensor shapes (`stored_shapes`), an unreadable checkpoint as a WeightsError."""
     with _reading(path):
-        metadata = reader(path).read_metadata().state_dict_metadata
-    return {key: tuple(m.size) for key, m in metadata.items() if isinstance(m, dcp.TensorStorageMetadata)}
+        return stored_shapes(path)
 
 
 def checkpoint_vocab_size(ckpt: Checkpoint) -> int:
@@ -183,6 +185,20 @@ def run_of_task(path: str, task: str, key: str) -> Checkpoint:
     if ckpt.config.training.task != task:
         raise WeightsError(f"{key} = {path} is a {ckpt.config.training.task!r} run; expected a {task!r} run")
     return ckpt
+
+
+def resolve_model_config(cfg: Config) -> Config:
+    """The config a run trains with: for an NCE run, its energy network takes the architecture of
+    its denoiser (`energy.denoiser`, whose backbone it starts from) and only dropout and time
+    conditioning are its own; other runs as given."""
+    if cfg.training.task != "nce":
+        return cfg
+    try:
+        denoiser = run_of_task(cfg.energy.denoiser, "mdlm", "energy.denoiser").config.model
+    except WeightsError as err:
+        raise ConfigError(str(err)) from None
+    model = replace(denoiser, dropout=cfg.model.dropout, time_conditioning=cfg.energy.time_conditioning)
+    return replace(cfg, model=model)
 
 
 def load_denoiser(cfg: EnergyConfig, device: torch.device | str = "cpu") -> tuple[Transformer, Checkpoint]:

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import resource
+import socket
 import statistics
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
+from tensorboard.compat.proto.event_pb2 import Event
+from tensorboard.summary.writer.record_writer import RecordWriter
 from torch.distributed.tensor import DTensor
+from torch.utils.tensorboard.summary import scalar
+from torch.utils.tensorboard.summary import text as text_summary
+
+from edlm_dist.fileio import storage_errors
+
+_LOGGERS = itertools.count()  # numbers the event files of one process, which may share a second
 
 # Dense bf16 peak FLOP/s per device, by a substring of the CUDA device name (first match wins).
 PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
@@ -64,27 +75,39 @@ def reset_peak_memory(device: torch.device) -> None:
 
 
 class MetricsLogger:
-    """Writes scalars and text to TensorBoard event files under `log_dir` (main rank only)."""
+    """Scalars and text in a TensorBoard event file under `log_dir` (when `enabled`: the main rank).
+
+    Written synchronously, the file opened for each write and closed after it, so a storage
+    problem reaches the caller as one StorageError naming the file (TensorBoard's own writer
+    meets it in a background thread, which dies with a traceback while training goes on) and no
+    file stays open between writes. Nothing is created before the first write.
+    """
 
     def __init__(self, log_dir: Path, enabled: bool) -> None:
-        self.writer = None
-        if enabled:
-            from torch.utils.tensorboard import SummaryWriter
+        self.log_dir, self.enabled = Path(log_dir), enabled
+        self.path: Path | None = None
 
-            self.writer = SummaryWriter(log_dir=str(log_dir))
+    def _write(self, events: list[Event]) -> None:
+        if not self.enabled:
+            return
+        if self.path is None:
+            # TensorBoard reads the files of a folder in name order: the time and the number sort as numbers
+            name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(_LOGGERS):06d}"
+            self.path = self.log_dir / name
+            events = [Event(wall_time=time.time(), file_version="brain.Event:2"), *events]
+        with storage_errors(self.path):
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "ab") as f:
+                records = RecordWriter(f)
+                for event in events:
+                    records.write(event.SerializeToString())
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
-        if self.writer is not None:
-            for tag, value in values.items():
-                self.writer.add_scalar(tag, value, step)
+        now = time.time()
+        self._write([Event(wall_time=now, step=step, summary=scalar(tag, value)) for tag, value in values.items()])
 
     def text(self, tag: str, text: str, step: int = 0) -> None:
-        if self.writer is not None:
-            self.writer.add_text(tag, text, step)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        self._write([Event(wall_time=time.time(), step=step, summary=text_summary(tag, text))])
 
 
 def local_bytes(tensors: Iterable[torch.Tensor]) -> int:
