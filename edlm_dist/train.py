@@ -2,23 +2,40 @@
 
 Tasks: `mdlm` (masked diffusion), `ar` (autoregressive baseline), `nce` (the EDLM energy,
 fine-tuned from an MDLM run). Started again in the same run folder, it continues from the
-latest checkpoint.
+latest checkpoint; keys that the checkpoints fix (the model's shape, the data, the task) cannot
+change then, the others take effect (the replaced config is kept as config.<step>.toml).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from edlm_dist.config import config_to_toml, exit_on_user_error, parse_cli
 from edlm_dist.distributed import shutdown
-from edlm_dist.training import Trainer
+from edlm_dist.training import CheckpointManager, RunFolder, Trainer
+from edlm_dist.training.checkpoint import checkpoint_folder
+from edlm_dist.training.loading import resolve_model_config
+from edlm_dist.training.trainer import check_command
+
+CHECK = "--check"
 
 
 @exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_cli(argv, description=__doc__)
+    args = parse_cli(argv, description=__doc__, switches={
+        CHECK: "check the command against its run folder (not in use, keys fixed on resume, steps, writable storage), "
+               "print the run folder and exit without training (launchers run it before they start a job)"})
     if args.print_config:
         print(config_to_toml(args.config), end="")
+        return
+    if CHECK in args.switches:
+        cfg = resolve_model_config(args.config)
+        run_folder = RunFolder(Path(cfg.job.dump_folder, cfg.job.name).resolve())
+        run_folder.lock.check_free()
+        check_command(cfg, run_folder, CheckpointManager(checkpoint_folder(run_folder.path, cfg.checkpoint.folder),
+                                                         cfg.checkpoint.keep_last))
+        print(run_folder.path)
         return
     try:
         Trainer(args.config).run()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -35,3 +36,10 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: 
             return result
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def folder_digest(folder: Path) -> dict[str, str]:
+    """Every file under `folder` (relative path -> sha256 of its bytes): equal digests mean a
+    byte-for-byte unchanged folder."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}

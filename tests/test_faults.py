@@ -73,7 +73,7 @@ def test_a_checkpoint_write_error_fails_with_the_path_and_keeps_the_last_checkpo
     message = f"error: cannot write checkpoint {ckpt}: {error}: '{ckpt / f'__{rank}_0.distcp'}'"
     assert message in proc.stderr
     assert json.loads((tmp_path / "debug" / "failed").read_text())["reason"] in message
-    assert committed_steps(tmp_path) == [3] and ckpt.is_dir()  # the torn step 6 is not taken for the latest
+    assert committed_steps(tmp_path) == [3] and not ckpt.exists()  # the torn step 6 is removed, step 3 is the latest
     again = torchrun_standalone(tmp_path)  # the operator freed space: the same command resumes
     assert again.returncode == 0, again.stderr[-3000:]
     assert_resumed_like_uninterrupted(again.stdout, tmp_path, 3, uninterrupted_run)

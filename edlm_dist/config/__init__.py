@@ -11,6 +11,7 @@ from edlm_dist.config.loader import (
     save_config,
     validate_config,
 )
+from edlm_dist.config.resume import FIXED_ON_RESUME, check_resume, config_changes
 from edlm_dist.config.schema import (
     MODEL_PRESETS,
     CheckpointConfig,
@@ -39,6 +40,7 @@ __all__ = [
     "DiffusionConfig",
     "EnergyConfig",
     "EvalConfig",
+    "FIXED_ON_RESUME",
     "JobConfig",
     "MODEL_PRESETS",
     "MetricsConfig",
@@ -47,6 +49,8 @@ __all__ = [
     "ParallelConfig",
     "SampleConfig",
     "TrainingConfig",
+    "check_resume",
+    "config_changes",
     "config_to_dict",
     "config_to_toml",
     "exit_on_user_error",

@@ -63,6 +63,9 @@ class DataConfig:
     shuffle_buffer: int = 1000  # raw-text streaming: blocks in the shuffle buffer
     on_error: Literal["raise", "skip"] = "raise"  # bad records: stop naming the file, or skip and count them
     allow_fingerprint_mismatch: bool = False  # resume on different data than the checkpoint saw
+    # prepared corpora: check every shard against the sha256 of its manifest once per run (a run
+    # remembers the shards it has checked, by size and modification time); false accepts the risk
+    verify_shards: bool = True
     val_fraction: float = 0.05  # tail of a text file held out for validation
     synthetic_states: int = 48
     synthetic_branching: int = 3
@@ -171,6 +174,9 @@ class SampleConfig:
     # how the k candidates are drawn, both exact in float64: Gumbel-max (k x positions x vocabulary
     # noise) or the inverse CDF (one uniform per token; much cheaper for large k and vocabularies)
     candidate_draw: Literal["gumbel", "inverse_cdf"] = "gumbel"
+    # the folder of samples.jsonl, summary.json and TensorBoard (--out); empty = a folder named
+    # after the settings under <denoiser run>/samples/
+    output: str = ""
 
 
 @dataclass
@@ -192,7 +198,7 @@ class EvalConfig:
     # proposals each (large n; the figures then also depend on the world size)
     split: Literal["sequences", "proposals"] = "sequences"
     weights: Literal["auto", "ema", "model"] = "auto"  # of the evaluated checkpoints (auto: EMA when present)
-    output: str = ""  # results folder (JSON and TensorBoard); empty = the evaluated run's folder
+    output: str = ""  # results (JSON, TensorBoard) under <output>/<run folder name> (--out); empty = <run>/eval
     poll_interval_s: float = 60.0  # --watch: seconds between looks at the checkpoint folder
 
 

@@ -12,6 +12,7 @@ import torch
 
 from edlm_dist.config import DataConfig
 from edlm_dist.data.errors import DataError, SkipCounter
+from edlm_dist.data.integrity import ShardFile
 from edlm_dist.data.pipeline import TrainStream, check_fingerprint
 from edlm_dist.data.raw_stream import (
     RawTextBlocks,
@@ -38,7 +39,7 @@ def prepared_dataset(cfg: DataConfig) -> Any:
     manifest = read_manifest(folder, on_error=cfg.on_error, skipped=skipped)
     tokenizer = _manifest_tokenizer(manifest, cfg)
     source = PreparedCorpus(folder, manifest, tokenizer, cfg, skipped)
-    return Dataset(tokenizer, source, source.fingerprint)
+    return Dataset(tokenizer, source, source.fingerprint, source.shard_files())
 
 
 def _manifest_tokenizer(manifest: Manifest, cfg: DataConfig) -> Tokenizer:
@@ -78,8 +79,19 @@ class PreparedCorpus:
     def _token_corpus(self, split: str) -> TokenCorpus:
         return TokenCorpus(self.folder, split, on_error=self.cfg.on_error, skipped=self.skipped, manifest=self.manifest)
 
+    def shard_files(self) -> tuple[ShardFile, ...]:
+        """The shards training reads (its format's train shards, the val shards `batch` reads),
+        with the sha256 of their manifest."""
+        train = "token_shards" if self.format == "tokens" else "raw_shards"
+        val = "token_shards" if self.manifest.splits["val"]["token_shards"] else "raw_shards"
+        entries = [*self.manifest.splits["train"][train], *self.manifest.splits["val"][val]]
+        return tuple(ShardFile(self._url(s["path"]), s["sha256"]) for s in entries)
+
+    def _url(self, name: str) -> str:
+        return f"{self.folder.rstrip('/')}/{name}"
+
     def _raw_files(self, split: str) -> list[str]:
-        return [f"{self.folder.rstrip('/')}/{s['path']}" for s in self.manifest.splits[split]["raw_shards"]]
+        return [self._url(s["path"]) for s in self.manifest.splits[split]["raw_shards"]]
 
     # ---- validation --------------------------------------------------------------------
     def batch(self, split: str, index: int, batch_size: int) -> torch.Tensor:

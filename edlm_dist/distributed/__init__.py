@@ -7,11 +7,13 @@ A single process is world size 1 of the same path: no process group, no mesh, no
 from edlm_dist.distributed.candidates import RankPool
 from edlm_dist.distributed.env import (
     DistEnv,
+    RankZeroError,
     all_gather_object,
     all_reduce_max,
     all_reduce_sum,
     barrier,
     init_distributed,
+    on_main_rank,
     resolve_device,
     shutdown,
 )
@@ -25,6 +27,7 @@ __all__ = [
     "Heartbeat",
     "PreemptionWatcher",
     "RankPool",
+    "RankZeroError",
     "Watchdog",
     "all_gather_object",
     "all_reduce_max",
@@ -33,6 +36,7 @@ __all__ = [
     "build_mesh",
     "init_distributed",
     "is_collective_failure",
+    "on_main_rank",
     "parallelize_transformer",
     "reshard",
     "resolve_device",

@@ -6,7 +6,7 @@ import datetime
 import gc
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -78,6 +78,34 @@ def all_gather_object(obj: Any) -> list[Any]:
     gathered: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, obj)
     return gathered
+
+
+_T = TypeVar("_T")
+
+
+class RankZeroError(RuntimeError):
+    """The error rank 0 met in work that only it does, raised with its message on the other ranks."""
+
+    user_error = True
+
+
+def on_main_rank(fn: Callable[[], _T], is_main: bool) -> _T:
+    """`fn()` run on rank 0 only (work on shared files that must happen once, such as checking a
+    run or output folder), its result on every rank. When it raises, rank 0 raises that error and
+    every other rank a RankZeroError with its message, so no rank waits at a collective for one
+    that has stopped."""
+    result, error = None, None
+    if is_main:
+        try:
+            result = fn()
+        except BaseException as err:  # shared with the other ranks first, then raised
+            error = err
+    shared, message = all_gather_object((result, None if error is None else str(error) or type(error).__name__))[0]
+    if error is not None:
+        raise error
+    if message is not None:
+        raise RankZeroError(message)
+    return shared
 
 
 def barrier() -> None:

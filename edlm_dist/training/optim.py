@@ -30,6 +30,18 @@ def lr_multiplier(step: int, cfg: OptimConfig, total_steps: int) -> float:
 
 
 def build_lr_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int
+    optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int, step: int = 0
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(step, cfg, total_steps))
+    """The schedule of `cfg` over `total_steps`, at optimizer step `step` (where a resumed run is)."""
+    for group in optimizer.param_groups:
+        group["initial_lr"] = cfg.lr
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_multiplier(s, cfg, total_steps), last_epoch=step - 1
+    )
+
+
+def follow_config(optimizer: torch.optim.AdamW, cfg: OptimConfig) -> None:
+    """Give a restored optimizer the hyperparameters of `cfg`: a checkpoint brings back those it
+    was saved with, and a resumed run follows its config (e.g. betas changed after a divergence)."""
+    for group, decay in zip(optimizer.param_groups, (cfg.weight_decay, 0.0)):
+        group.update(betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=decay)

@@ -16,7 +16,7 @@ import pickle
 import signal
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -26,8 +26,9 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
-from edlm_dist.config import Config, ConfigError, config_to_toml, save_config
-from edlm_dist.data import build_dataset, build_train_stream
+from edlm_dist.config import Config, ConfigError, check_resume, config_changes, config_to_toml
+from edlm_dist.data import DataError, build_dataset, build_train_stream
+from edlm_dist.data.integrity import verify_shards
 from edlm_dist.diffusion import keyed_generator, seed_from_key
 from edlm_dist.distributed import (
     CollectiveError,
@@ -40,6 +41,7 @@ from edlm_dist.distributed import (
     build_mesh,
     init_distributed,
     is_collective_failure,
+    on_main_rank,
     parallelize_transformer,
     reshard,
     set_gradient_sync,
@@ -54,12 +56,17 @@ from edlm_dist.training.loading import (
     check_same_data,
     load_weights,
     read_weights,
+    resolve_model_config,
     run_of_task,
 )
 from edlm_dist.training.metrics import MetricsLogger, device_peak_flops, peak_memory_gib, reset_peak_memory
-from edlm_dist.training.optim import build_lr_scheduler, build_optimizer
+from edlm_dist.fileio import check_writable
+from edlm_dist.training.optim import build_lr_scheduler, build_optimizer, follow_config
 from edlm_dist.training.run_folder import RunFolder
 from edlm_dist.training.tasks import build_task
+
+
+VERIFIED_SHARDS = "verified_shards.json"  # the shards of the corpus this run has checked (data.integrity)
 
 
 class TrainingError(RuntimeError):
@@ -92,6 +99,24 @@ class BatchPlan:
                 f"global_batch_size / world size)"
             )
         return cls(global_batch, local, micro, local // micro)
+
+
+def check_command(cfg: Config, run_folder: RunFolder, checkpoints: CheckpointManager) -> list[tuple[str, Any, Any]]:
+    """Refuse to run `cfg` in `run_folder` when it contradicts the run's checkpoints (keys that
+    cannot change on resume, `training.steps` behind the latest checkpoint) or its storage cannot
+    be written; otherwise the config changes since the run last started."""
+    run = str(run_folder.path)
+    stored, latest = run_folder.stored_config(), checkpoints.latest()
+    changes = []
+    if stored is not None:  # without a checkpoint nothing saved can contradict a change
+        changes = config_changes(stored, cfg) if latest is None else check_resume(stored, cfg, run)
+    if latest is not None and cfg.training.steps < latest:
+        raise ConfigError(f"training.steps = {cfg.training.steps}, but {run} is at step {latest} (its latest "
+                          f"checkpoint); give training.steps >= {latest}")
+    check_writable(run, "the run folder")
+    if cfg.checkpoint.enable:
+        check_writable(checkpoints.folder, "the checkpoint folder (checkpoint.folder)")
+    return changes
 
 
 def configure_determinism(deterministic: bool) -> None:
@@ -131,7 +156,7 @@ class Trainer:
     """Builds every component from a `Config`, then `run()` trains, evaluates and reports."""
 
     def __init__(self, cfg: Config) -> None:
-        self.cfg = cfg
+        self.cfg = cfg = resolve_model_config(cfg)
         par = cfg.parallel
         self.env = init_distributed(cfg.training.device, par.backend, par.collective_timeout_s)
         configure_determinism(cfg.debug.deterministic)
@@ -152,11 +177,6 @@ class Trainer:
         denoiser = self.denoiser_ckpt = None
         if cfg.training.task == "nce":
             denoiser, self.denoiser_ckpt = self._frozen_denoiser(prepare)
-            # the energy network has the denoiser's architecture (its backbone starts from it); only
-            # dropout and time conditioning are this run's own
-            model_cfg = replace(self.denoiser_ckpt.config.model, dropout=cfg.model.dropout,
-                                time_conditioning=cfg.energy.time_conditioning)
-            self.cfg = cfg = replace(cfg, model=model_cfg)
         self.task = build_task(cfg, self.data.tokenizer.mask_id, denoiser)
         self.model = build_model(
             self.task.model_kind, cfg.model, self.data.tokenizer.vocab_size, self.env.device, seed=cfg.job.seed,
@@ -201,7 +221,6 @@ class Trainer:
         state = {
             "model": model_state,
             "optimizer": optim_state,
-            "scheduler": self.scheduler.state_dict(),
             "trainer": {"step": self.step, "skipped_steps": self.skipped_steps, "denoiser_step": self._denoiser_step()},
             # every rank's stream state, pickled as one object (it may hold loader internals)
             "data": {"states": pickle.dumps(all_gather_object(self.stream.state_dict()))},
@@ -228,7 +247,6 @@ class Trainer:
         set_state_dict(
             self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"]
         )
-        self.scheduler.load_state_dict(state["scheduler"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
         if state["trainer"]["denoiser_step"] != self._denoiser_step():
@@ -239,6 +257,9 @@ class Trainer:
         self.step = int(state["trainer"]["step"])
         self.skipped_steps = int(state["trainer"]["skipped_steps"])
         self.stream.load_state_dict(pickle.loads(state["data"]["states"]))
+        # the optimizer and its schedule follow this run's config, which may have changed since the save
+        follow_config(self.optimizer, self.cfg.optim)
+        self.scheduler = build_lr_scheduler(self.optimizer, self.cfg.optim, self.cfg.training.steps, self.step)
         return True
 
     # ---- steps -------------------------------------------------------------------------
@@ -366,20 +387,85 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         """Train to `training.steps` (resuming from the run's latest checkpoint), then report.
 
-        On SIGTERM/SIGUSR1 every rank finishes the step, a checkpoint is written, the
-        `preempted` marker is left and the run returns early. A checkpoint that cannot be written
-        leaves the `failed` marker; a collective that lost a peer or timed out raises a
+        Before anything in the run folder changes, rank 0 takes its lock and checks the command
+        against the run (`claim`); then the checkpoint is loaded and the data verified, and only
+        then are the config and markers written. An error a restart would repeat (user errors:
+        an unreadable checkpoint, corrupt data, a full or read-only store, a diverged loss)
+        leaves the `failed` marker when the store still takes it. On SIGTERM/SIGUSR1/SIGINT
+        every rank finishes the step, a checkpoint is written, the `preempted` marker is left and
+        the run returns early; a collective that lost a peer or timed out raises a
         CollectiveError naming the ranks that lag behind (a watchdog thread says it earlier).
         """
-        cfg, main = self.cfg, self.env.is_main
-        if main:
+        changes = self.claim()
+        try:
+            return self._run(changes)
+        except BaseException as err:
+            if self.heartbeat is not None and isinstance(err, RuntimeError) and is_collective_failure(err):
+                raise CollectiveError.explain(err, self.heartbeat) from err  # also inside a checkpoint save
+            if getattr(type(err), "user_error", False) and self.env.is_main:
+                self.run_folder.mark_failed(self.step, str(err))
+            raise
+        finally:
+            if self.env.is_main:
+                self.run_folder.lock.release()
+
+    def claim(self) -> list[tuple[str, Any, Any]]:
+        """Rank 0 locks the run folder and checks this command against the run: keys that cannot
+        change on resume, `training.steps` not behind the latest checkpoint, writable storage.
+        Every rank raises if it fails, with nothing in the run folder changed. The config changes
+        since the run's last start are returned."""
+        return on_main_rank(self._claim_on_main, self.env.is_main)
+
+    def _claim_on_main(self) -> list[tuple[str, Any, Any]]:
+        created = not self.run_folder.path.exists()
+        try:
             self.run_folder.create()
+            self.run_folder.lock.acquire()
+            try:
+                return check_command(self.cfg, self.run_folder, self.checkpoints)
+            except BaseException:
+                self.run_folder.lock.release()
+                raise
+        except BaseException:
+            if created:
+                with contextlib.suppress(OSError):
+                    self.run_folder.path.rmdir()  # a new run that could not start leaves no empty folder
+            raise
+
+    def verify_data(self) -> None:
+        """Check the corpus's shards against their manifest before training on them, split over
+        the ranks and once per run: the shards found good are recorded beside the run."""
+        shards = self.data.shards
+        if not (shards and self.cfg.data.verify_shards):
+            return
+        recorded = all_gather_object(self.run_folder.read_json(VERIFIED_SHARDS) if self.env.is_main else None)[0]
+        rank, world = self.env.rank, self.env.world_size
+        progress = self.env.is_main and self.cfg.metrics.progress
+        good, problems = verify_shards(shards[rank::world], recorded or {}, progress=progress)
+        gathered = all_gather_object((good, problems))
+        problems = [p for _, part in gathered for p in part]
+        if problems:
+            more = f" (and {len(problems) - 1} more shards)" if len(problems) > 1 else ""
+            raise DataError(f"{problems[0]}{more}; prepare the corpus again, or set data.verify_shards = false "
+                            f"to train on it as it is")
+        if self.env.is_main:
+            self.run_folder.write_json(VERIFIED_SHARDS, {url: v for part, _ in gathered for url, v in part.items()})
+
+    def _run(self, changes: list[tuple[str, Any, Any]]) -> dict[str, Any]:
+        cfg, main = self.cfg, self.env.is_main
+        resumed = self.resume()
+        self.verify_data()
+        if main:
+            kept = self.run_folder.record_config(cfg, self.step)
             self.run_folder.clear_markers()
-            save_config(cfg, self.run_folder.path / "config.toml")
-            self.logger.text("config", "```\n" + config_to_toml(cfg) + "\n```")
+            self.logger.text("config", "```\n" + config_to_toml(cfg) + "\n```", self.step)
+            if resumed:
+                tqdm.write(f"resumed from {self.checkpoints.path(self.step)} at step {self.step}")
+            if changes:
+                shown = ", ".join(f"{key} {was!r} -> {now!r}" for key, was, now in changes)
+                self.logger.text("config_changes", shown, self.step)
+                tqdm.write(f"config changed at step {self.step}: {shown}" + (f" (the old one is kept as {kept})" if kept else ""))
         barrier()
-        if self.resume() and main:
-            tqdm.write(f"resumed from {self.checkpoints.path(self.step)} at step {self.step}")
         watcher = PreemptionWatcher()
         self.heartbeat = Heartbeat.of_process_group()
         self._beat(self.step, "start")
@@ -387,12 +473,6 @@ class Trainer:
         try:
             preempted = self._train_loop(watcher)
             self.checkpoints.wait()  # an async last save fails here, with the marker, not in close()
-        except RuntimeError as err:
-            if self.heartbeat is not None and is_collective_failure(err):  # also inside a checkpoint save
-                raise CollectiveError.explain(err, self.heartbeat) from err
-            if isinstance(err, CheckpointError) and main:  # the store is full or refuses writes
-                self.run_folder.mark("failed", step=self.step, reason=str(err))
-            raise
         finally:
             watcher.restore()
             if watchdog is not None:
@@ -403,7 +483,6 @@ class Trainer:
             if main:
                 self.run_folder.mark("preempted", step=self.step, signal=signal.Signals(preempted).name)
                 tqdm.write(f"pre-empted by {signal.Signals(preempted).name}: checkpoint at step {self.step}")
-            self.logger.close()
             return {"step": self.step, "preempted": True}
         return self.report()
 
@@ -460,8 +539,6 @@ class Trainer:
             f"loss or gradient norm was not finite for {self.bad_steps} steps in a row (up to step {self.step}, "
             f"last loss {metrics['train/loss']}); the last good weights are saved at {self.checkpoints.path(self.step)}"
         )
-        if self.env.is_main:
-            self.run_folder.mark("failed", step=self.step, reason=message)
         raise TrainingError(message)
 
     def report(self) -> dict[str, Any]:
@@ -485,7 +562,6 @@ class Trainer:
             self.run_folder.write_json("summary.json", summary)
             self.run_folder.mark("finished", step=self.step)
             print(format_report(summary))
-        self.logger.close()
         return summary
 
 
