@@ -1,9 +1,13 @@
-"""Sample an MDLM, or EDLM with an energy: `python -m edlm_dist.sample --config configs/sample/edlm_ar.toml
---checkpoint runs/owt_mdlm [--section.key=value ...]`, under torchrun for several ranks.
+"""Sample an MDLM, or EDLM with an energy: `python -m edlm_dist.sample --config configs/sample/coar.toml
+--checkpoint runs/owt_mdlm [--out FOLDER] [--overwrite] [--section.key=value ...]`, under torchrun for
+several ranks.
 
 `--checkpoint PATH` names the MDLM run (or a step_<8-digit step> folder) and stands for
-`--energy.denoiser=PATH`. Writes samples.jsonl and summary.json (cost, ESS, Gen PPL, entropy)
-to the run folder <job.dump_folder>/<job.name>.
+`--energy.denoiser=PATH`. Writes samples.jsonl, summary.json (cost, ESS, Gen PPL, entropy), the
+resolved config.toml and TensorBoard (tb/) to the output folder: `--out FOLDER` (sample.output),
+else <denoiser run>/samples/<sampler>_T<steps>_seed<seed>_step<denoiser step>, e.g.
+runs/tiny/samples/edlm-ar_k4_w0.5_T8_seed0_step00000004. A training run folder is refused, and
+earlier results there are replaced only with --overwrite.
 """
 
 from __future__ import annotations
@@ -14,15 +18,18 @@ from edlm_dist.config import config_to_toml, exit_on_user_error, parse_cli
 from edlm_dist.distributed import shutdown
 from edlm_dist.evaluation import Sampler
 
+OVERWRITE = "--overwrite"
+
 
 @exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_cli(argv, description=__doc__, aliases={"--checkpoint": "energy.denoiser"})
+    args = parse_cli(argv, description=__doc__, aliases={"--checkpoint": "energy.denoiser", "--out": "sample.output"},
+                     switches={OVERWRITE: "replace the samples and summary of an earlier run in the output folder"})
     if args.print_config:
         print(config_to_toml(args.config), end="")
         return
     try:
-        Sampler(args.config).run()
+        Sampler(args.config, overwrite=OVERWRITE in args.switches).run()
     finally:
         shutdown()
 

@@ -89,3 +89,29 @@ def test_resuming_on_other_data_is_refused(tmp_path, data_dir, monkeypatch):
                                    "--data.allow_fingerprint_mismatch=true"))
     assert allowed.resume() and allowed.step == 2
     assert isinstance(allowed.stream.next_batch(), torch.Tensor)
+
+
+@pytest.mark.parametrize("name", ["wikitext2", "ptb"])
+def test_data_path_is_the_data_root_or_the_dataset_folder(name, data_dir, monkeypatch):
+    monkeypatch.setenv("EDLM_DATA_DIR", str(data_dir))
+    default = build_dataset(data_config(f"--data.dataset={name}", "--data.tokenizer=char")).fingerprint
+    for folder in (data_dir, data_dir / name):
+        given = build_dataset(data_config(f"--data.dataset={name}", "--data.tokenizer=char", f"--data.path={folder}"))
+        assert given.fingerprint == default, folder
+
+
+def test_a_data_path_without_the_files_names_both_places(tmp_path):
+    with pytest.raises(DataError, match=rf"data.path: ptb.train.txt not found in {tmp_path}: give the data root"):
+        build_dataset(data_config("--data.dataset=ptb", "--data.tokenizer=char", f"--data.path={tmp_path}"))
+
+
+def test_eval_sets_take_the_data_root_or_the_set_folder(data_dir, monkeypatch):
+    from edlm_dist.data.eval_sets import load_eval_set, parse_eval_sets
+
+    monkeypatch.setenv("EDLM_DATA_DIR", str(data_dir))
+    run = load_config(DEBUG_CONFIG, ["--data.dataset=ptb", "--data.tokenizer=word"])
+    tokenizer = build_dataset(run.data).tokenizer
+    default = load_eval_set(parse_eval_sets("ptb:test")[0], tokenizer, run).stream
+    for folder in (data_dir, data_dir / "ptb"):
+        given = load_eval_set(parse_eval_sets(f"ptb:test={folder}")[0], tokenizer, run).stream
+        assert torch.equal(given, default), folder

@@ -94,7 +94,8 @@ def eval_argv(runs: Path, out: Path, *extra: str) -> list[str]:
 
 
 def results(out: Path) -> dict[tuple[str, str], dict]:
-    return {(p.parts[-3], p.parts[-2]): json.loads(p.read_text()) for p in sorted(out.glob("eval/*/*/step_*.json"))}
+    """The JSON of every (model, set) under `out` (eval.output): <out>/<run>/<model>/<set>/step_*.json."""
+    return {(p.parts[-3], p.parts[-2]): json.loads(p.read_text()) for p in sorted(out.glob("*/*/*/step_*.json"))}
 
 
 def test_two_ranks_give_the_figures_of_one_rank_with_json_and_tensorboard(runs, tmp_path):
@@ -137,9 +138,9 @@ def test_two_ranks_give_the_figures_of_one_rank_with_json_and_tensorboard(runs, 
     assert shared["figures"]["mdlm_nelbo"] == nce["figures"]["mdlm_nelbo"]  # the same (t, xt)
     for name, f in shared["figures"].items():  # other proposals: close, within the noise
         assert abs(f["nats_per_token"] - nce["figures"][name]["nats_per_token"]) < 4 * f["stderr"] + 0.05, name
-    scalars = read_scalars(tmp_path / "two")
-    assert scalars["eval/ptb_test/edlm_nce/bound_n4"][0][0] == 2  # at the checkpoint's step
-    assert scalars["eval/wikitext2_val/ar/ppl"][0][1] == pytest.approx(one[("ar", "wikitext2_val")]["figures"]["nll"]["ppl"], rel=1e-5)
+    assert read_scalars(tmp_path / "two" / "nce")["eval/ptb_test/edlm_nce/bound_n4"][0][0] == 2  # the checkpoint's step
+    ar_ppl = one[("ar", "wikitext2_val")]["figures"]["nll"]["ppl"]
+    assert read_scalars(tmp_path / "two" / "ar")["eval/wikitext2_val/ar/ppl"][0][1] == pytest.approx(ar_ppl, rel=1e-5)
 
 
 def test_summary_means_errors_and_paired_differences():
@@ -236,7 +237,7 @@ def test_service_scores_committed_checkpoints_once_resumes_and_stops_at_the_fina
     (fake.folder / "finished").write_text("{}\n")
     assert service(fake.folder).run() == [30]  # restarted: nothing repeated, stops by itself
     assert {step: fake.result(step).stat().st_mtime_ns for step in (10, 20)} == stamps
-    scalars = read_scalars(fake.folder)["eval/ptb_test/mdlm/nelbo"]
+    scalars = read_scalars(fake.folder / "eval")["eval/ptb_test/mdlm/nelbo"]
     assert [step for step, _ in scalars] == [10, 20, 30]
     assert len({value for _, value in scalars}) == 1  # the same weights and keyed noise each time
 

@@ -76,7 +76,7 @@ def sample_command(runs: Path, out: Path, *extra: str, nproc: int = 2) -> list[s
     return [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
         "-m", "edlm_dist.sample", "--config", str(Path(__file__).parents[1] / "configs" / "debug.toml"),
-        "--checkpoint", str(runs / "mdlm"), f"--job.dump_folder={out}", "--job.name=samples",
+        "--checkpoint", str(runs / "mdlm"), "--out", str(out / "samples"),
         "--energy.kind=ar", f"--energy.checkpoint={runs / 'ar'}", f"--sample.oracle={runs / 'oracle'}",
         "--sample.num_samples=6", "--sample.batch_size=4", "--sample.steps=8", "--sample.num_candidates=4",
         "--sample.window=0.5", "--metrics.progress=false", *extra,
@@ -170,7 +170,7 @@ def test_samples_repeat_from_the_seed_and_both_modes_agree_on_one_rank(runs, tmp
     tokens = {}
     for name, extra in {"a": [], "b": [], "candidates": ["--sample.mode=candidates"],
                         "other_seed": ["--job.seed=1"]}.items():
-        main(sample_command(runs, tmp_path)[7:] + [f"--job.name={name}", "--sample.oracle=", *extra])
+        main(sample_command(runs, tmp_path)[7:] + ["--out", str(tmp_path / name), "--sample.oracle=", *extra])
         lines = (tmp_path / name / "samples.jsonl").read_text().splitlines()
         tokens[name] = [json.loads(line)["tokens"] for line in lines]
     assert tokens["a"] == tokens["b"] == tokens["candidates"]

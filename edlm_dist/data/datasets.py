@@ -3,7 +3,8 @@
 - `synthetic`: the embedded Markov corpus (closed-form entropy figures).
 - `text`: one UTF-8 file in memory, its tail held out for validation.
 - `wikitext2`, `ptb`, `tiny_shakespeare`, `text8`: the real files under `$EDLM_DATA_DIR`
-  (or `data.path`), with their own train/validation splits where they ship them.
+  (or `data.path`: the data root or the dataset's own folder, see `named_file`), with their own
+  train/validation splits where they ship them.
 - `files`, `openwebtext`: a corpus prepared by `tools/prepare_data.py` (`data.path`, a folder or
   an fsspec URL), streamed from its shards.
 `lambada` ships a test split only: it is an evaluation set, not a training set.
@@ -21,6 +22,7 @@ import torch
 
 from edlm_dist.config import DataConfig
 from edlm_dist.data.errors import DataError
+from edlm_dist.data.integrity import ShardFile
 from edlm_dist.data.synthetic import MarkovSource, SyntheticBlocks, SyntheticTokenizer
 from edlm_dist.data.text import TextBlocks
 from edlm_dist.data.tokenizers import Tokenizer, build_tokenizer
@@ -54,6 +56,7 @@ class Dataset:
     tokenizer: Tokenizer
     blocks: BlockSource
     fingerprint: str  # identifies the data, so a resumed run can tell it is reading the same
+    shards: tuple[ShardFile, ...] = ()  # a prepared corpus's shards read by training, with their manifest sha256
 
 
 def build_dataset(cfg: DataConfig) -> Dataset:
@@ -100,6 +103,21 @@ def data_dir() -> Path:
     return Path(folder)
 
 
+def named_file(name: str, split: str, folder: Path | None, key: str) -> Path:
+    """The file of `split` of the named dataset `name` in `folder`, which may be the data root
+    (holding `ptb/ptb.train.txt`) or the dataset's own folder (holding `ptb.train.txt`); without a
+    folder, under $EDLM_DATA_DIR. `key` names the setting when the file is in neither place."""
+    relative = Path(NAMED_FILES[name][split])
+    if folder is None:
+        return data_dir() / relative
+    places = (folder / relative, folder / relative.name)
+    found = next((path for path in places if path.is_file()), None)
+    if found is None:
+        raise DataError(f"{key}: {relative.name} not found in {folder}: give the data root (holding "
+                        f"{relative}) or the {name} folder itself")
+    return found
+
+
 def _read_text(path: Path) -> str:
     if not path.is_file():
         raise DataError(f"data.path: text file not found: {path}")
@@ -120,8 +138,8 @@ def _split_texts(cfg: DataConfig) -> dict[str, str]:
     if given is not None and given.is_file():  # e.g. data.path = the text8 file itself
         texts = {"all": _read_text(given)}
     else:
-        root = given if given is not None else data_dir()
-        texts = {split: _read_text(root / rel) for split, rel in files.items() if split != "test"}
+        texts = {split: _read_text(named_file(cfg.dataset, split, given, "data.path"))
+                 for split in files if split != "test"}
     if cfg.dataset == "text8":
         train_end, val_end = TEXT8_SPLIT
         return {"train": texts["all"][:train_end], "val": texts["all"][train_end:val_end]}

@@ -5,12 +5,13 @@ EOS) cut into consecutive blocks `[EOS, w_1 .. w_{L-2}, EOS]`; the tail that doe
 block is dropped, and every one of the L positions is scored (docs/evaluation.md). Names, with
 an optional `:split` and `=path` (`ptb:test`, `files=s3://bucket/corpus`):
 
-- `wikitext2`, `ptb`, `lambada`: the files under `$EDLM_DATA_DIR`; with the GPT-2 tokenizer
-  the MDLM detokenisers are applied (a character- or word-level model reads the text as is).
+- `wikitext2`, `ptb`, `lambada`: the files under `$EDLM_DATA_DIR` (or `=path`: the data root or
+  the set's own folder); with the GPT-2 tokenizer the MDLM detokenisers are applied (a character-
+  or word-level model reads the text as is).
 - `openwebtext`, `files`: the validation token shards of a prepared corpus (`=path`; without
   one, the corpus the evaluated run trained on).
 - `val`: the evaluated run's own validation split (for the synthetic source: the blocks its
-  trainer validates on).
+  trainer validates on, continued with further validation blocks when more are asked for).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 
 from edlm_dist.config import Config
-from edlm_dist.data.datasets import NAMED_FILES, BlockSource, build_dataset, data_dir
+from edlm_dist.data.datasets import NAMED_FILES, BlockSource, build_dataset, named_file
 from edlm_dist.data.errors import DataError
 from edlm_dist.data.shards import TokenCorpus
 from edlm_dist.data.text import TextBlocks
@@ -141,10 +142,10 @@ class FixedBlocks:
         return self._blocks[start:stop]
 
 
-def _records(spec: EvalSetSpec, folder: Path) -> list[str]:
-    """The documents of a named set, as the MDLM reference reads them: WikiText lines (empty
-    ones too), PTB sentences (stripped), LAMBADA passages."""
-    path = folder / NAMED_FILES[spec.name][spec.split]
+def _records(spec: EvalSetSpec, folder: Path | None) -> list[str]:
+    """The documents of a named set in `folder` (None: $EDLM_DATA_DIR), as the MDLM reference reads
+    them: WikiText lines (empty ones too), PTB sentences (stripped), LAMBADA passages."""
+    path = named_file(spec.name, spec.split, folder, f"evaluation set {spec.label}")
     if not path.is_file():
         raise DataError(f"evaluation set {spec.label}: file not found: {path}")
     try:
@@ -163,7 +164,7 @@ def _records(spec: EvalSetSpec, folder: Path) -> list[str]:
 DETOKENIZERS = {"wikitext2": wikitext_detokenize, "ptb": ptb_detokenize, "lambada": lambada_detokenize}
 
 
-def named_stream(spec: EvalSetSpec, tokenizer: Tokenizer, folder: Path) -> tuple[torch.Tensor, int]:
+def named_stream(spec: EvalSetSpec, tokenizer: Tokenizer, folder: Path | None) -> tuple[torch.Tensor, int]:
     """The token stream of a named set (documents each followed by EOS) and its document count."""
     records = _records(spec, folder)
     if isinstance(tokenizer, GPT2Tokenizer):
@@ -176,13 +177,15 @@ def named_stream(spec: EvalSetSpec, tokenizer: Tokenizer, folder: Path) -> tuple
 
 
 def load_eval_set(
-    spec: EvalSetSpec, tokenizer: Tokenizer, run: Config, blocks: BlockSource | None = None,
+    spec: EvalSetSpec, tokenizer: Tokenizer, run: Config, blocks: BlockSource | None = None, sequences: int = 0,
 ) -> EvalSet | FixedBlocks:
     """The blocks of `spec` for a model of the run `run` (its tokenizer and sequence length);
-    `blocks` is the run's own block source when the caller has built it already (for `val`)."""
+    `blocks` is the run's own block source when the caller has built it already (for `val`).
+    `sequences` is how many blocks are wanted: a finite set has what it has, the synthetic `val`
+    is made at least that long (`synthetic_val`)."""
     data = run.data
     if spec.name in DETOKENIZERS:
-        folder = Path(os.path.expandvars(spec.path)).expanduser() if spec.path else data_dir()
+        folder = Path(os.path.expandvars(spec.path)).expanduser() if spec.path else None
         stream, documents = named_stream(spec, tokenizer, folder)
         return EvalSet(spec.label, stream, data.seq_len, tokenizer.eos_id, documents)
     prepared = data.dataset in ("openwebtext", "files")
@@ -196,6 +199,13 @@ def load_eval_set(
     blocks = blocks or build_dataset(data).blocks
     if isinstance(blocks, TextBlocks):
         return EvalSet(spec.label, blocks.splits["val"], data.seq_len, tokenizer.eos_id)
-    metrics = run.metrics  # the synthetic source: the blocks its trainer validates on
-    return FixedBlocks(spec.label, torch.cat([blocks.batch("val", i, metrics.eval_batch_size)
-                                             for i in range(metrics.eval_batches)]))
+    return synthetic_val(spec.label, blocks, run, sequences)
+
+
+def synthetic_val(label: str, blocks: BlockSource, run: Config, sequences: int) -> FixedBlocks:
+    """The synthetic source's validation blocks: the eval_batches x eval_batch_size blocks its
+    trainer validates on, followed by as many further validation batches as `sequences` needs
+    (the first blocks, and so the figures of fewer sequences, never change)."""
+    size = run.metrics.eval_batch_size
+    batches = max(run.metrics.eval_batches, -(-sequences // size))
+    return FixedBlocks(label, torch.cat([blocks.batch("val", i, size) for i in range(batches)]))

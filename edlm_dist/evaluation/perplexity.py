@@ -9,7 +9,8 @@ size of the proposals (from a generator keyed by (seed, b, rank)) and sharing th
 Every estimate of a batch restarts that generator, so MDLM and EDLM (both estimators, n and
 2n proposals) see the same (t, xt) and their differences are paired. Rank 0 gathers the
 per-sequence values in global order and writes one JSON per (checkpoint, set) and TensorBoard
-scalars under `eval/`.
+scalars under `eval/` into the run's results folder: `<run>/eval`, or `<eval.output>/<run folder
+name>`, never the training run's own files (`results_folder`).
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ from edlm_dist.data import Dataset, build_dataset
 from edlm_dist.data.eval_sets import EvalSet, EvalSetSpec, FixedBlocks, load_eval_set, parse_eval_sets
 from edlm_dist.diffusion import Schedule, build_schedule, edlm_nelbo, keyed_generator, nelbo
 from edlm_dist.diffusion.likelihood import ESTIMATORS
-from edlm_dist.distributed import DistEnv, RankPool, all_gather_object
+from edlm_dist.distributed import DistEnv, RankPool, all_gather_object, on_main_rank
 from edlm_dist.energy import Energy
+from edlm_dist.evaluation.outputs import check_output, refuse_training_run
 from edlm_dist.fileio import atomic_write_text
 from edlm_dist.models import Transformer
 from edlm_dist.training.loading import (
@@ -172,15 +174,54 @@ class LikelihoodEvaluator:
             raise ConfigError(f"eval.num_proposals ({cfg.eval.num_proposals}) must be divisible by the world size "
                               f"({env.world_size}) with eval.split = 'proposals'")
         self._datasets: dict[str, Dataset] = {}
-        self._sets: dict[tuple[str, EvalSetSpec, int], EvalSet | FixedBlocks] = {}
+        self._sets: dict[tuple[str, EvalSetSpec, int, int], EvalSet | FixedBlocks] = {}
         self._loggers: dict[Path, MetricsLogger] = {}
 
-    def output_folder(self, ckpt: Checkpoint) -> Path:
-        return Path(self.cfg.eval.output) if self.cfg.eval.output else ckpt.run_dir
+    def output_root(self) -> Path | None:
+        """`eval.output` (--out), or None: each run's own `eval/` folder."""
+        return Path(os.path.expandvars(self.cfg.eval.output)).expanduser() if self.cfg.eval.output else None
+
+    def results_folder(self, run_dir: Path) -> Path:
+        """Where the results of the run in `run_dir` go (JSON and TensorBoard in `tb/`): `<run>/eval`,
+        or `<eval.output>/<run folder name>`, so that several runs can share one `eval.output`."""
+        root = self.output_root()
+        return run_dir / "eval" if root is None else root / run_dir.resolve().name
 
     def result_path(self, ckpt: Checkpoint, label: str, spec: EvalSetSpec) -> Path:
-        """Where the JSON of (checkpoint, model, set) goes: `eval/<model>/<set>_<split>/step_<step>.json`."""
-        return self.output_folder(ckpt) / "eval" / label / spec.folder / f"step_{ckpt.step:08d}.json"
+        """Where the JSON of (checkpoint, model, set) goes: `<results folder>/<model>/<set>_<split>/step_<step>.json`."""
+        return self.results_folder(ckpt.run_dir) / label / spec.folder / f"step_{ckpt.step:08d}.json"
+
+    def check_outputs(self, ckpts: list[Checkpoint], overwrite: bool) -> None:
+        """Before scoring anything (one-shot mode; a collective: rank 0 checks, every rank stops):
+        refuse a results folder that is a training run or cannot be written, results that exist
+        already (unless `overwrite`), and two checkpoints writing the same file."""
+        on_main_rank(lambda: self._check(self._planned(ckpts), overwrite), self.env.is_main)
+
+    def check_results_folder(self, run_dir: Path) -> None:
+        """`check_outputs` for the service, whose existing results are its record of what is done."""
+        on_main_rank(lambda: self._check({self.results_folder(run_dir): []}, overwrite=False), self.env.is_main)
+
+    def _planned(self, ckpts: list[Checkpoint]) -> dict[Path, list[Path]]:
+        """The result files of `ckpts` by results folder; two checkpoints writing one file are refused."""
+        planned: dict[Path, list[Path]] = {}
+        writer: dict[Path, Checkpoint] = {}
+        for ckpt in ckpts:
+            label = model_label(ckpt.config.training.task, self.cfg)
+            paths = [self.result_path(ckpt, label, spec) for spec in self.specs]
+            for path in paths:
+                other = writer.setdefault(path.resolve(), ckpt)
+                if other is not ckpt:
+                    raise ConfigError(f"eval.checkpoint: {other.path} and {ckpt.path} would both write {path}; "
+                                      f"evaluate them in separate commands with different --out")
+            planned.setdefault(self.results_folder(ckpt.run_dir), []).extend(paths)
+        return planned
+
+    def _check(self, planned: dict[Path, list[Path]], overwrite: bool) -> None:
+        root = self.output_root()
+        if root is not None:
+            refuse_training_run(root, "eval.output (--out)")
+        for folder, paths in planned.items():
+            check_output(folder, "the results folder", paths, overwrite)
 
     def _dataset(self, run: Config) -> Dataset:
         """The run's tokenizer and block source, built once per distinct `[data]`."""
@@ -190,10 +231,12 @@ class LikelihoodEvaluator:
         return self._datasets[key]
 
     def eval_set(self, run: Config, spec: EvalSetSpec) -> EvalSet | FixedBlocks:
-        key = (repr(run.data), spec, run.metrics.eval_batches * run.metrics.eval_batch_size)
+        """The blocks of `spec` for a model of `run`, at least `eval.num_sequences` of them where the
+        set can make more (the synthetic source's `val`)."""
+        key = (repr(run.data), spec, run.metrics.eval_batches, run.metrics.eval_batch_size)
         if key not in self._sets:
             dataset = self._dataset(run)
-            self._sets[key] = load_eval_set(spec, dataset.tokenizer, run, dataset.blocks)
+            self._sets[key] = load_eval_set(spec, dataset.tokenizer, run, dataset.blocks, self.cfg.eval.num_sequences)
         return self._sets[key]
 
     def evaluate_checkpoint(self, ckpt: Checkpoint) -> list[dict[str, Any]]:
@@ -206,7 +249,11 @@ class LikelihoodEvaluator:
         """Score one set; a collective (every rank must call it). Rank 0 writes and returns the results."""
         cfg, env = self.cfg, self.env
         blocks = self.eval_set(em.ckpt.config, spec)
-        total = min(len(blocks), cfg.eval.num_sequences or len(blocks))
+        requested = cfg.eval.num_sequences
+        total = min(len(blocks), requested or len(blocks))
+        if requested > len(blocks) and env.is_main:
+            tqdm.write(f"{em.label} on {spec.label}: the set has {len(blocks)} sequences, fewer than "
+                       f"eval.num_sequences = {requested}; scoring all {len(blocks)}")
         size, batches = cfg.eval.batch_size, math.ceil(total / cfg.eval.batch_size)
         pool = self.pool if em.energy is not None else None  # only EDLM has proposals to share
         mine = range(batches) if pool else range(env.rank, batches, env.world_size)
@@ -229,7 +276,8 @@ class LikelihoodEvaluator:
         wall = max(w for _, w in gathered)
         result = {
             "model": em.label, "checkpoint": em.ckpt.path, "step": em.ckpt.step, "run": str(em.ckpt.run_dir),
-            "dataset": spec.label, "sequences": total, "seq_len": blocks.seq_len, "tokens": total * blocks.seq_len,
+            "dataset": spec.label, "sequences": total, "sequences_requested": requested, "seq_len": blocks.seq_len,
+            "tokens": total * blocks.seq_len,
             "documents": blocks.documents, "seed": cfg.job.seed, "batch_size": size,
             "num_samples": cfg.eval.num_samples, "world_size": env.world_size, "split": "proposals" if pool else "sequences",
             **({"num_proposals": [cfg.eval.num_proposals, 2 * cfg.eval.num_proposals]} if em.energy is not None else {}),
@@ -251,24 +299,12 @@ class LikelihoodEvaluator:
         scalars = {f"{tag}/{name}": f["nats_per_token"] for name, f in result["figures"].items()}
         scalars[f"{tag}/ppl"] = result["figures"][result["headline"]]["ppl"]
         scalars.update({f"{tag}/{name}": value for name, value in result.get("mean_ess", {}).items()})
-        self._logger(self.output_folder(em.ckpt)).scalars(em.ckpt.step, scalars)
+        self._logger(self.results_folder(em.ckpt.run_dir)).scalars(em.ckpt.step, scalars)
 
     def _logger(self, folder: Path) -> MetricsLogger:
         if folder not in self._loggers:
             self._loggers[folder] = MetricsLogger(folder / "tb", enabled=self.cfg.metrics.tensorboard)
         return self._loggers[folder]
-
-    def flush(self) -> None:
-        """Make every TensorBoard scalar written so far visible."""
-        for logger in self._loggers.values():
-            if logger.writer is not None:
-                logger.writer.flush()
-
-    def close(self) -> None:
-        for logger in self._loggers.values():
-            logger.close()
-        self._loggers.clear()
-
 
 def checkpoints_to_evaluate(cfg: Config) -> list[Checkpoint]:
     """The checkpoints `eval.checkpoint` names (comma-separated runs or step folders)."""

@@ -1,5 +1,6 @@
 """The sharded sampler behind `python -m edlm_dist.sample`: MDLM or EDLM (importance sampling)
-generation on any number of ranks, with its cost, Gen PPL and entropy written to the run folder.
+generation on any number of ranks, with its cost, Gen PPL and entropy written to its own output
+folder (`output_folder`), never into a training run.
 
 Two ways to use the ranks (`sample.mode`): `batch`, where each rank generates its own share of
 the sequences, and `candidates`, where all ranks generate the same sequences and split the k
@@ -8,13 +9,19 @@ together rather than of one. Sequences are generated in batches of `sample.batch
 shared noise of a batch is keyed by (seed, its first sequence) and each rank's candidate draws
 by (seed, first sequence, rank), so a run is reproducible for a given world size (and on one
 rank both modes give the same samples).
+
+The output folder is checked on rank 0 before anything is loaded beyond the denoiser: a training
+run folder is refused, earlier results (samples.jsonl, summary.json) are kept unless `overwrite`,
+and a folder that cannot be written fails at once, not after the sampling.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +31,30 @@ from tqdm import tqdm
 from edlm_dist.config import Config, ConfigError, save_config
 from edlm_dist.data import build_dataset
 from edlm_dist.diffusion import SamplingStats, build_schedule, keyed_generator, sample
-from edlm_dist.distributed import RankPool, all_gather_object, init_distributed
+from edlm_dist.distributed import RankPool, all_gather_object, init_distributed, on_main_rank
 from edlm_dist.evaluation.generation import build_oracle, gen_ppl, unigram_entropy
+from edlm_dist.evaluation.outputs import check_output, clear_tensorboard
 from edlm_dist.fileio import atomic_write_text
-from edlm_dist.training.loading import find_checkpoint, load_denoiser, load_energy
+from edlm_dist.training.loading import Checkpoint, find_checkpoint, load_denoiser, load_energy
 from edlm_dist.training.metrics import MetricsLogger, peak_memory_gib, reset_peak_memory
-from edlm_dist.training.run_folder import RunFolder
+
+RESULTS = ("samples.jsonl", "summary.json")  # what a sampling run leaves, written in this order
+
+
+def sample_name(cfg: Config, step: int) -> str:
+    """The folder name of a sampling run, from the settings that define it: the sampler (`mdlm`,
+    or `edlm-<energy.kind>_k<num_candidates>_w<window>`), steps, seed and the denoiser's step,
+    e.g. `mdlm_T64_seed0_step00000006` or `edlm-ar_k4_w0.5_T8_seed0_step00000004`."""
+    s = cfg.sample
+    sampler = "mdlm" if s.num_candidates == 1 else f"edlm-{cfg.energy.kind}_k{s.num_candidates}_w{s.window:g}"
+    return f"{sampler}_T{s.steps}_seed{cfg.job.seed}_step{step:08d}"
+
+
+def output_folder(cfg: Config, denoiser: Checkpoint) -> Path:
+    """Where a sampling run writes: `sample.output` (--out), else `<denoiser run>/samples/<sample_name>`."""
+    if cfg.sample.output:
+        return Path(os.path.expandvars(cfg.sample.output)).expanduser()
+    return denoiser.run_dir / "samples" / sample_name(cfg, denoiser.step)
 
 
 def read_prompts(path: str, tokenizer: Any, seq_len: int) -> list[list[int]]:
@@ -54,9 +79,10 @@ def read_prompts(path: str, tokenizer: Any, seq_len: int) -> list[list[int]]:
 
 
 class Sampler:
-    """Builds the denoiser, energy, oracle and data from a `Config`; `run()` generates and reports."""
+    """Builds the denoiser, energy, oracle and data from a `Config`; `run()` generates and reports.
+    `overwrite` lets it replace the results of an earlier run in its output folder."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, overwrite: bool = False) -> None:
         self.cfg = cfg
         s = cfg.sample
         self.env = init_distributed(cfg.training.device, cfg.parallel.backend, cfg.parallel.collective_timeout_s)
@@ -67,6 +93,9 @@ class Sampler:
                 f"({self.env.world_size}) in candidates mode"
             )
         self.denoiser, self.denoiser_ckpt = load_denoiser(cfg.energy, self.env.device)
+        self.output = output_folder(cfg, self.denoiser_ckpt)
+        results = [self.output / name for name in RESULTS]
+        on_main_rank(lambda: check_output(self.output, "the output folder", results, overwrite), self.env.is_main)
         self.energy = load_energy(cfg.energy, self.denoiser_ckpt, self.env.device) if s.num_candidates > 1 else None
         self._refuse_oracle_as_energy()
         data_cfg = self.denoiser_ckpt.config.data
@@ -85,8 +114,6 @@ class Sampler:
             model = getattr(self.energy, "model", None) or getattr(self.energy, "ar_model", None)
             if model is not None:
                 model.compile()
-        self.run_folder = RunFolder(Path(cfg.job.dump_folder) / cfg.job.name)
-        self.logger = MetricsLogger(self.run_folder.path / "tb", enabled=self.env.is_main and cfg.metrics.tensorboard)
 
     def _refuse_oracle_as_energy(self) -> None:
         """Importance sampling toward the judge itself would make Gen PPL meaningless."""
@@ -154,7 +181,7 @@ class Sampler:
 
     # ---- the run -------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        """Generate, gather on rank 0, score, and write samples.jsonl, summary.json and TensorBoard."""
+        """Generate, gather on rank 0, score, and write the outputs (`_write`)."""
         cfg, s, env = self.cfg, self.cfg.sample, self.env
         records, stats, wall = self.generate()
         gathered = all_gather_object((records, stats, wall, peak_memory_gib(env.device)))
@@ -166,18 +193,25 @@ class Sampler:
             records = sorted((r for part in gathered for r in part[0]), key=lambda r: r["index"])
         summary = self._summary(records, [part[1] for part in gathered], max(part[2] for part in gathered),
                                 [part[3] for part in gathered])
-        self.run_folder.create()
-        save_config(cfg, self.run_folder.path / "config.toml")
+        self._write(records, summary)
+        print(format_summary(summary))
+        print(f"outputs: {self.output} (samples.jsonl, summary.json, config.toml, tb/)")
+        return summary
+
+    def _write(self, records: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+        """samples.jsonl, then summary.json and the resolved config (with the output folder used),
+        each atomically, and TensorBoard in `<output>/tb` in place of any earlier events."""
+        cfg, s = self.cfg, self.cfg.sample
         settings = {"steps": s.steps, "num_candidates": summary["num_candidates"], "window": s.window,
                     "mode": s.mode, "energy": summary["energy"], "seed": cfg.job.seed}
         lines = [json.dumps({**record, "settings": settings}) for record in records]
-        atomic_write_text(self.run_folder.path / "samples.jsonl", "\n".join(lines) + "\n")
-        self.run_folder.write_json("summary.json", summary)
-        self.logger.text("samples", "\n\n".join(r["text"] for r in records[:16]))
-        self.logger.scalars(0, {f"sample/{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None})
-        self.logger.close()
-        print(format_summary(summary))
-        return summary
+        atomic_write_text(self.output / RESULTS[0], "\n".join(lines) + "\n")
+        atomic_write_text(self.output / RESULTS[1], json.dumps(summary, indent=2) + "\n")
+        save_config(replace(cfg, sample=replace(s, output=str(self.output))), self.output / "config.toml")
+        clear_tensorboard(self.output / "tb")
+        logger = MetricsLogger(self.output / "tb", enabled=cfg.metrics.tensorboard)
+        logger.text("samples", "\n\n".join(r["text"] for r in records[:16]))
+        logger.scalars(0, {f"sample/{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None})
 
     def _summary(self, records: list[dict[str, Any]], stats: list[SamplingStats], wall: float,
                  peak_memory: list[float]) -> dict[str, Any]:

@@ -1,11 +1,13 @@
 """The evaluation service, `python -m edlm_dist.eval --watch <run folder>`: it follows a training
-run from its own ranks, scoring each committed checkpoint once, and writes the results into the
-run (JSON under `eval/`, TensorBoard at the checkpoint's step).
+run from its own ranks, scoring each committed checkpoint once, and writes the results into its
+results folder (`<run>/eval`, or `<eval.output>/<run folder name>`: JSON, and TensorBoard in `tb/`
+at the checkpoint's step), never into the training run's own files.
 
 It waits for the run folder to appear (it may start before the training job). Only committed
 checkpoints are seen (their COMMITTED marker is written last), so a half-written
 one is never read. A checkpoint counts as done when the JSON of every set exists: those files
-are the record, so a restarted service carries on without repeating work. It stops when the run
+are the record, so a restarted service carries on without repeating work (and `--overwrite`,
+which would defeat that, is refused by the entry point). It stops when the run
 leaves its `finished` (or `failed`) marker and every checkpoint committed before it is done, or
 on SIGTERM / SIGINT / SIGUSR1 after the evaluation under way.
 """
@@ -43,6 +45,7 @@ class EvalService:
         while not all_gather_object(config_path.is_file())[0]:
             if self._sleep(watcher):
                 return False
+        self.evaluator.check_results_folder(self.run_dir)
         self.run_config = load_config(config_path)
         self.checkpoints = run_checkpoints(self.run_dir, self.run_config)
         self.label = model_label(self.run_config.training.task, self.cfg)
@@ -67,7 +70,7 @@ class EvalService:
 
     def run(self) -> list[int]:
         """Evaluate until the run ends or a stop signal arrives; the steps scored, in order."""
-        watcher = PreemptionWatcher(STOP_SIGNALS)
+        watcher = PreemptionWatcher(STOP_SIGNALS, on_interrupt="stopping after the evaluation under way")
         try:
             if not self._open_run(watcher):
                 return self.evaluated
@@ -83,9 +86,9 @@ class EvalService:
                     return self.evaluated
         finally:
             watcher.restore()
-            self.evaluator.close()
             if self.env.is_main:
-                tqdm.write(f"evaluation service of {self.run_dir}: scored steps {self.evaluated}")
+                tqdm.write(f"evaluation service of {self.run_dir}: scored steps {self.evaluated}; results in "
+                           f"{self.evaluator.results_folder(self.run_dir)}")
 
     def _evaluate(self, step: int) -> None:
         ckpt = self._checkpoint(step)
@@ -98,7 +101,6 @@ class EvalService:
                 tqdm.write(f"checkpoint {ckpt.path} was pruned before it could be evaluated; skipped")
             return
         self.evaluated.append(step)
-        self.evaluator.flush()
         for result in results:
             tqdm.write(format_result(result))
 

@@ -1,7 +1,8 @@
 """The stages of one setting (train, evaluate, sample, score), each a project entry point with
 its exact arguments, skipped when its output exists, timed into `<runs>/<setting>/timings.json`.
-The driver sets each run's folder (`job.dump_folder`, `job.name` = the run's role) and the NCE
-run's denoiser; everything else comes from the configs."""
+The driver sets each training run's folder (`job.dump_folder`, `job.name` = the run's role), the
+NCE run's denoiser and the output folders of evaluation (`eval.output`) and sampling (`--out`);
+everything else comes from the configs."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from edlm_dist.fileio import atomic_write_text
 from edlm_dist.reproduce.setting import RUNS, Setting
 
 EVAL_MODELS = ("ar", "mdlm", "edlm_nce", "edlm_ar", "edlm_coar")  # the rows of Table 1
+EVAL_RUNS = {"ar": "ar", "mdlm": "mdlm", "edlm_nce": "nce", "edlm_ar": "mdlm", "edlm_coar": "mdlm"}  # the run scored
 GRID_KEYS = ("seeds", "steps", "energies", "candidates", "windows")
 
 
@@ -51,12 +53,13 @@ def _relative(arg: str, repo: Path) -> str:
 
 
 def likelihood_folder(root: Path, setting: Setting, label: str) -> Path:
-    """Where the evaluation of the Table 1 model `label` writes its JSON (`eval.output` = <root>/likelihood)."""
-    return root / "likelihood" / "eval" / label / parse_eval_sets(setting.eval_set)[0].folder
+    """Where the evaluation of the Table 1 model `label` writes its JSON: `eval.output` is
+    <root>/likelihood, so the results folder of a run is <root>/likelihood/<run>."""
+    return root / "likelihood" / EVAL_RUNS[label] / label / parse_eval_sets(setting.eval_set)[0].folder
 
 
 def sample_name(energy: str, k: int, window: float, steps: int, seed: int) -> str:
-    """The run folder name of one point of the sampling grid (`mdlm` for k = 1)."""
+    """The output folder name (under <root>/samples) of one point of the sampling grid (`mdlm` for k = 1)."""
     what = "mdlm" if energy == "mdlm" else f"{energy}_k{k}_w{window:g}"
     return f"{what}_T{steps}_s{seed}"
 
@@ -95,21 +98,19 @@ def plan(setting: Setting, root: Path, repo: Path, score: Callable[[], None], sc
         stages.append(Stage(f"train {r}", (run[r] / "finished").is_file, "edlm_dist.train", argv))
     base_eval = ["--config", str(repo / "configs/reproduce/eval.toml"), f"--eval.output={root / 'likelihood'}",
                  *_overrides("eval", setting.eval), *quiet]
-    checkpoints = {"ar": [run["ar"]], "mdlm": [run["mdlm"]], "edlm_nce": [run["nce"]],
-                   "edlm_ar": [run["mdlm"], "--energy.kind=ar", f"--energy.checkpoint={run['ar']}"],
-                   "edlm_coar": [run["mdlm"], "--energy.kind=coar", f"--energy.checkpoint={run['ar']}"]}
+    energies = {"edlm_ar": ["--energy.kind=ar", f"--energy.checkpoint={run['ar']}"],
+                "edlm_coar": ["--energy.kind=coar", f"--energy.checkpoint={run['ar']}"]}
     for label in EVAL_MODELS:
         folder = likelihood_folder(root, setting, label)
-        first, *extra = checkpoints[label]
         stages.append(Stage(f"eval {label}", lambda f=folder: any(f.glob("step_*.json")), "edlm_dist.eval",
-                            [*base_eval, "--checkpoint", str(first), *extra]))
+                            [*base_eval, "--checkpoint", str(run[EVAL_RUNS[label]]), *energies.get(label, [])]))
     oracle = setting.oracle or str(run["oracle"])
     base_sample = ["--config", str(repo / "configs/reproduce/sample.toml"), "--checkpoint", str(run["mdlm"]),
-                   f"--job.dump_folder={root / 'samples'}", f"--sample.oracle={oracle}",
+                   f"--sample.oracle={oracle}",
                    *_overrides("sample", setting.sample, GRID_KEYS), *quiet]
     for energy, k, window, steps, seed in sample_points(setting):
         name = sample_name(energy, k, window, steps, seed)
-        argv = [*base_sample, f"--job.name={name}", f"--job.seed={seed}", f"--sample.steps={steps}",
+        argv = [*base_sample, "--out", str(root / "samples" / name), f"--job.seed={seed}", f"--sample.steps={steps}",
                 f"--sample.num_candidates={k}"]
         if energy != "mdlm":
             energy_run = run["nce"] if energy == "nce" else run["ar"]
