@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from edlm_dist.config import Config, load_config
@@ -25,6 +26,16 @@ def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     events = EventAccumulator(str(run_dir / "tb"))
     events.Reload()
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def one_line_error(capsys: pytest.CaptureFixture[str], command: Callable[[list[str]], Any], argv: list[str]) -> str:
+    """The message of an entry point that must stop with a user error (exit 2, one line on stderr)."""
+    with pytest.raises(SystemExit) as exit_info:
+        command(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:

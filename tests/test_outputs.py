@@ -17,7 +17,7 @@ from edlm_dist.eval import main as evaluate
 from edlm_dist.evaluation import LikelihoodEvaluator, Sampler
 from edlm_dist.evaluation.sampler import sample_name
 from edlm_dist.sample import main as sample
-from run_utils import DEBUG_CONFIG, debug_config, folder_digest, read_scalars
+from run_utils import DEBUG_CONFIG, debug_config, folder_digest, one_line_error, read_scalars
 
 STEP = 3  # the tiny runs' last checkpoint
 SAMPLE = ["--config", str(DEBUG_CONFIG), "--checkpoint", "runs/tiny", "--sample.num_candidates=1",
@@ -49,16 +49,6 @@ def training_files(root: Path) -> dict[str, dict[str, str]]:
     """Every file of both training runs, except the folders that sampling and evaluation own."""
     return {run: {name: digest for name, digest in folder_digest(root / "runs" / run).items()
                   if not name.startswith(("samples/", "eval/"))} for run in ("debug", "tiny")}
-
-
-def one_line_error(capsys, command, argv: list[str]) -> str:
-    """The message of a command that must stop with a user error (exit 2, one line)."""
-    with pytest.raises(SystemExit) as exit_info:
-        command(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    return err
 
 
 @pytest.fixture

@@ -108,8 +108,9 @@ def check_command(cfg: Config, run_folder: RunFolder, checkpoints: CheckpointMan
     run = str(run_folder.path)
     stored, latest = run_folder.stored_config(), checkpoints.latest()
     changes = []
-    if stored is not None:  # without a checkpoint nothing saved can contradict a change
-        changes = config_changes(stored, cfg) if latest is None else check_resume(stored, cfg, run)
+    if stored is not None:  # the run's checkpoints are where its config says; without one nothing can contradict a change
+        saved = CheckpointManager(checkpoint_folder(run_folder.path, stored.checkpoint.folder), 1).latest()
+        changes = config_changes(stored, cfg) if saved is None else check_resume(stored, cfg, run)
     if latest is not None and cfg.training.steps < latest:
         raise ConfigError(f"training.steps = {cfg.training.steps}, but {run} is at step {latest} (its latest "
                           f"checkpoint); give training.steps >= {latest}")
