@@ -16,7 +16,7 @@ from edlm_dist.distributed import shutdown
 from edlm_dist.training import CheckpointManager, RunFolder, Trainer
 from edlm_dist.training.checkpoint import checkpoint_folder
 from edlm_dist.training.loading import resolve_model_config
-from edlm_dist.training.trainer import check_command
+from edlm_dist.training.preflight import check_command
 
 CHECK = "--check"
 

@@ -182,7 +182,7 @@ class Sampler:
     # ---- the run -------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         """Generate, gather on rank 0, score, and write the outputs (`_write`)."""
-        cfg, s, env = self.cfg, self.cfg.sample, self.env
+        s, env = self.cfg.sample, self.env
         records, stats, wall = self.generate()
         gathered = all_gather_object((records, stats, wall, peak_memory_gib(env.device)))
         if not env.is_main:

@@ -26,7 +26,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
-from edlm_dist.config import Config, ConfigError, check_resume, config_changes, config_to_toml
+from edlm_dist.config import Config, ConfigError, config_to_toml
 from edlm_dist.data import DataError, build_dataset, build_train_stream
 from edlm_dist.data.integrity import verify_shards
 from edlm_dist.diffusion import keyed_generator, seed_from_key
@@ -47,7 +47,7 @@ from edlm_dist.distributed import (
     set_gradient_sync,
 )
 from edlm_dist.models import build_model
-from edlm_dist.training.checkpoint import CheckpointError, CheckpointManager, checkpoint_folder
+from edlm_dist.training.checkpoint import CheckpointManager, checkpoint_folder
 from edlm_dist.training.ema import EMA
 from edlm_dist.training.faults import FaultInjector
 from edlm_dist.training.loading import (
@@ -60,8 +60,8 @@ from edlm_dist.training.loading import (
     run_of_task,
 )
 from edlm_dist.training.metrics import MetricsLogger, device_peak_flops, peak_memory_gib, reset_peak_memory
-from edlm_dist.fileio import check_writable
 from edlm_dist.training.optim import build_lr_scheduler, build_optimizer, follow_config
+from edlm_dist.training.preflight import check_command
 from edlm_dist.training.run_folder import RunFolder
 from edlm_dist.training.tasks import build_task
 
@@ -99,25 +99,6 @@ class BatchPlan:
                 f"global_batch_size / world size)"
             )
         return cls(global_batch, local, micro, local // micro)
-
-
-def check_command(cfg: Config, run_folder: RunFolder, checkpoints: CheckpointManager) -> list[tuple[str, Any, Any]]:
-    """Refuse to run `cfg` in `run_folder` when it contradicts the run's checkpoints (keys that
-    cannot change on resume, `training.steps` behind the latest checkpoint) or its storage cannot
-    be written; otherwise the config changes since the run last started."""
-    run = str(run_folder.path)
-    stored, latest = run_folder.stored_config(), checkpoints.latest()
-    changes = []
-    if stored is not None:  # the run's checkpoints are where its config says; without one nothing can contradict a change
-        saved = CheckpointManager(checkpoint_folder(run_folder.path, stored.checkpoint.folder), 1).latest()
-        changes = config_changes(stored, cfg) if saved is None else check_resume(stored, cfg, run)
-    if latest is not None and cfg.training.steps < latest:
-        raise ConfigError(f"training.steps = {cfg.training.steps}, but {run} is at step {latest} (its latest "
-                          f"checkpoint); give training.steps >= {latest}")
-    check_writable(run, "the run folder")
-    if cfg.checkpoint.enable:
-        check_writable(checkpoints.folder, "the checkpoint folder (checkpoint.folder)")
-    return changes
 
 
 def configure_determinism(deterministic: bool) -> None:
