@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import tempfile
 from typing import Iterator
 
@@ -84,6 +85,32 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[str]:
         if tmp is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike[str]) -> Iterator[str]:
+    """Yield a temporary folder beside `path`; once the block succeeds it is renamed to `path`,
+    which must not exist (nothing is replaced). On error the temporary folder is removed and
+    `path` never appears; an OSError becomes a StorageError naming `path`."""
+    path = os.fspath(path).rstrip("/")
+    if os.path.lexists(path):
+        raise StorageError(f"{path} exists; give a new folder (nothing is overwritten)", errno.EEXIST)
+    parent = os.path.dirname(path) or "."
+    tmp = None
+    try:
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+        yield tmp
+        os.chmod(tmp, 0o755)
+        os.rename(tmp, path)  # refuses a non-empty folder that appeared meanwhile
+        tmp = None
+    except StorageError:
+        raise
+    except OSError as err:
+        raise StorageError.of(err, path) from err
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:

@@ -206,6 +206,7 @@ _BOUNDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "model.cond_dim": _AT_LEAST_1,
     "model.mlp_ratio": _AT_LEAST_1,
     "model.dropout": _FRACTION,
+    "model.start_token": (">= 0 or -1 (the mask id)", lambda v: v >= -1),
     "diffusion.eps": _OPEN_FRACTION,
     "diffusion.t_min": _FRACTION,
     "data.seq_len": (">= 4 (room for BOS and EOS)", lambda v: v >= 4),

@@ -13,7 +13,7 @@ _DATA = "the data the run has seen"
 # key -> what it fixes; every other key may change on resume and takes effect
 FIXED_ON_RESUME: dict[str, str] = {
     **{f"model.{key}": _SHAPE for key in ("n_layers", "hidden_size", "n_heads", "cond_dim", "mlp_ratio",
-                                           "time_conditioning")},
+                                           "time_conditioning", "start_token")},
     "energy.time_conditioning": "the energy network's shape",
     "training.task": "what the run trains",
     "training.global_batch_size": "the data order, counted in global batches",

@@ -28,6 +28,9 @@ class ModelConfig:
     mlp_ratio: int = 4
     dropout: float = 0.1
     time_conditioning: bool = False
+    # ar: the id read before the first token; -1 = the mask id V (absent from data). MDLM's AR
+    # reads BOS (50256 for GPT-2), which tools/import_mdlm.py sets
+    start_token: int = -1
 
 
 MODEL_PRESETS: dict[str, dict[str, int]] = {

@@ -1,6 +1,6 @@
 """Data: tokenizers, the embedded synthetic Markov corpus, and block sources by name."""
 
-from edlm_dist.data.datasets import BlockSource, Dataset, build_dataset
+from edlm_dist.data.datasets import BlockSource, Dataset, build_dataset, run_tokenizer
 from edlm_dist.data.errors import DataError, SkipCounter
 from edlm_dist.data.pipeline import TrainStream, build_train_stream
 
@@ -30,6 +30,7 @@ __all__ = [
     "TextBlocks",
     "TrainStream",
     "build_dataset",
+    "run_tokenizer",
     "build_train_stream",
     "CharTokenizer",
     "GPT2Tokenizer",

@@ -95,6 +95,14 @@ def build_dataset(cfg: DataConfig) -> Dataset:
     return Dataset(tokenizer, blocks, digest.hexdigest()[:16])
 
 
+def run_tokenizer(cfg: DataConfig) -> Tokenizer:
+    """The tokenizer of a run's data; GPT-2's without reading the corpus, which sampling and
+    zero-shot evaluation do not need (a run imported from MDLM has none prepared here)."""
+    if cfg.tokenizer == "gpt2":
+        return build_tokenizer("gpt2", cfg.tokenizer_path)
+    return build_dataset(cfg).tokenizer
+
+
 def data_dir() -> Path:
     """The shared data folder, `$EDLM_DATA_DIR`."""
     folder = os.environ.get("EDLM_DATA_DIR")

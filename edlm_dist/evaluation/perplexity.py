@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from edlm_dist.config import Config, ConfigError
-from edlm_dist.data import Dataset, build_dataset
+from edlm_dist.data import Tokenizer, run_tokenizer
 from edlm_dist.data.eval_sets import EvalSet, EvalSetSpec, FixedBlocks, load_eval_set, parse_eval_sets
 from edlm_dist.diffusion import Schedule, build_schedule, edlm_nelbo, keyed_generator, nelbo
 from edlm_dist.diffusion.likelihood import ESTIMATORS
@@ -173,7 +173,7 @@ class LikelihoodEvaluator:
         if self.pool is not None and cfg.eval.num_proposals % env.world_size:
             raise ConfigError(f"eval.num_proposals ({cfg.eval.num_proposals}) must be divisible by the world size "
                               f"({env.world_size}) with eval.split = 'proposals'")
-        self._datasets: dict[str, Dataset] = {}
+        self._tokenizers: dict[str, Tokenizer] = {}
         self._sets: dict[tuple[str, EvalSetSpec, int, int], EvalSet | FixedBlocks] = {}
         self._loggers: dict[Path, MetricsLogger] = {}
 
@@ -223,20 +223,19 @@ class LikelihoodEvaluator:
         for folder, paths in planned.items():
             check_output(folder, "the results folder", paths, overwrite)
 
-    def _dataset(self, run: Config) -> Dataset:
-        """The run's tokenizer and block source, built once per distinct `[data]`."""
+    def _tokenizer(self, run: Config) -> Tokenizer:
+        """The run's tokenizer, built once per distinct `[data]`."""
         key = repr(run.data)
-        if key not in self._datasets:
-            self._datasets[key] = build_dataset(run.data)
-        return self._datasets[key]
+        if key not in self._tokenizers:
+            self._tokenizers[key] = run_tokenizer(run.data)
+        return self._tokenizers[key]
 
     def eval_set(self, run: Config, spec: EvalSetSpec) -> EvalSet | FixedBlocks:
         """The blocks of `spec` for a model of `run`, at least `eval.num_sequences` of them where the
         set can make more (the synthetic source's `val`)."""
         key = (repr(run.data), spec, run.metrics.eval_batches, run.metrics.eval_batch_size)
         if key not in self._sets:
-            dataset = self._dataset(run)
-            self._sets[key] = load_eval_set(spec, dataset.tokenizer, run, dataset.blocks, self.cfg.eval.num_sequences)
+            self._sets[key] = load_eval_set(spec, self._tokenizer(run), run, sequences=self.cfg.eval.num_sequences)
         return self._sets[key]
 
     def evaluate_checkpoint(self, ckpt: Checkpoint) -> list[dict[str, Any]]:

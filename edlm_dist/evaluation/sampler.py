@@ -29,10 +29,10 @@ import torch
 from tqdm import tqdm
 
 from edlm_dist.config import Config, ConfigError, save_config
-from edlm_dist.data import build_dataset
+from edlm_dist.data import BlockSource, DataError, build_dataset, run_tokenizer
 from edlm_dist.diffusion import SamplingStats, build_schedule, keyed_generator, sample
 from edlm_dist.distributed import RankPool, all_gather_object, init_distributed, on_main_rank
-from edlm_dist.evaluation.generation import build_oracle, gen_ppl, unigram_entropy
+from edlm_dist.evaluation.generation import Oracle, build_oracle, gen_ppl, unigram_entropy
 from edlm_dist.evaluation.outputs import check_output, clear_tensorboard
 from edlm_dist.fileio import atomic_write_text
 from edlm_dist.training.loading import Checkpoint, find_checkpoint, load_denoiser, load_energy
@@ -98,17 +98,13 @@ class Sampler:
         on_main_rank(lambda: check_output(self.output, "the output folder", results, overwrite), self.env.is_main)
         self.energy = load_energy(cfg.energy, self.denoiser_ckpt, self.env.device) if s.num_candidates > 1 else None
         self._refuse_oracle_as_energy()
-        data_cfg = self.denoiser_ckpt.config.data
-        self.seq_len = data_cfg.seq_len
-        self.data = build_dataset(data_cfg)
-        self.tokenizer = self.data.tokenizer
+        self.seq_len = self.denoiser_ckpt.config.data.seq_len
+        self.tokenizer = run_tokenizer(self.denoiser_ckpt.config.data)
         self.schedule = build_schedule(self.denoiser_ckpt.config.diffusion.schedule, self.denoiser_ckpt.config.diffusion.eps)
         self.prompts = read_prompts(s.prompts, self.tokenizer, self.seq_len) if s.prompts else None
-        self.oracle = (
-            build_oracle(s.oracle, self.env.device, vocab_size=self.tokenizer.vocab_size, eos_id=self.tokenizer.eos_id,
-                         tokenizer=self.tokenizer)
-            if s.oracle and self.env.is_main else None
-        )
+        self.oracle: Oracle | None = None
+        self.reference: BlockSource | None = None
+        on_main_rank(self._load_judges, self.env.is_main)
         if s.compile:
             self.denoiser = torch.compile(self.denoiser)
             model = getattr(self.energy, "model", None) or getattr(self.energy, "ar_model", None)
@@ -243,19 +239,38 @@ class Sampler:
         }
         if self.oracle is not None:
             summary["gen_ppl"] = gen_ppl(self.oracle, tokens)
-            if s.reference:
+            if self.reference is not None:
                 reference = self._reference_tokens(n)
                 ref_bits, ref_nats = unigram_entropy(reference)
                 summary["reference"] = {"gen_ppl": gen_ppl(self.oracle, reference), "num_samples": len(reference),
                                         "entropy_bits": float(ref_bits.mean()), "entropy_nats": float(ref_nats.mean())}
         return summary
 
+    def _load_judges(self) -> None:
+        """Rank 0's Gen PPL oracle and the held-out text of its reference row, found before any
+        sampling (a failure stops every rank)."""
+        s = self.cfg.sample
+        if not s.oracle:
+            return
+        self.oracle = build_oracle(s.oracle, self.env.device, vocab_size=self.tokenizer.vocab_size,
+                                   eos_id=self.tokenizer.eos_id, tokenizer=self.tokenizer)
+        if s.reference:
+            self.reference = self._reference_source()
+
+    def _reference_source(self) -> BlockSource:
+        """The denoiser's data, whose validation split the reference row is drawn from."""
+        try:
+            return build_dataset(self.denoiser_ckpt.config.data).blocks
+        except DataError as err:
+            raise DataError(f"the reference row (sample.reference) reads the validation split of the denoiser's "
+                            f"data: {err}; or set sample.reference = false") from None
+
     def _reference_tokens(self, n: int) -> torch.Tensor:
         """The first n held-out sequences of the denoiser's validation split."""
         batch = self.cfg.sample.batch_size
         parts, i = [], 0
         while sum(len(p) for p in parts) < n:
-            parts.append(self.data.blocks.batch("val", i, batch))
+            parts.append(self.reference.batch("val", i, batch))
             i += 1
         return torch.cat(parts)[:n]
 

@@ -76,13 +76,14 @@ class EvalService:
                 return self.evaluated
             while True:
                 todo, ended = self._look()
+                todo = [step for step in todo if step not in self.evaluated]  # each once per process
                 for step in todo:
                     self._evaluate(step)
                     if watcher.requested(self.env.device):
                         return self.evaluated
-                if ended and not todo:
-                    return self.evaluated
-                if self._sleep(watcher):
+                if todo:
+                    continue  # look again at once: more may have been committed meanwhile
+                if ended or self._sleep(watcher):
                     return self.evaluated
         finally:
             watcher.restore()

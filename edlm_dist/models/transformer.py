@@ -188,17 +188,21 @@ class DiT(Transformer):
 class ARTransformer(Transformer):
     """Causal autoregressive baseline scoring all L positions.
 
-    The input is [V, x0[:, :-1]] (the mask id V, absent from data, serves as start token), so
-    logits[:, i] predicts x0[:, i] from x0[:, :i]. The timestep is never read.
+    The input is [s, x0[:, :-1]] with the start token s (`config.start_token`; by default the
+    mask id V, absent from data; MDLM's AR reads BOS), so logits[:, i] predicts x0[:, i] from
+    x0[:, :i]. The timestep is never read.
     """
 
     def __init__(self, config: ModelConfig, vocab_size: int) -> None:
         super().__init__(config, vocab_size, causal=True)
         self.reads_time = False
+        if config.start_token > vocab_size:
+            raise ValueError(f"model.start_token {config.start_token} is not an input id (0..{vocab_size})")
+        self.start_token = self.mask_id if config.start_token < 0 else config.start_token
 
     def forward(self, x0: Tensor) -> Tensor:
         """x0 [B, L] data ids -> logits [B, L, padded_vocab], logits[:, i] predicting x0[:, i]."""
-        start = torch.full_like(x0[:, :1], self.mask_id)
+        start = torch.full_like(x0[:, :1], self.start_token)
         return self._logits(torch.cat((start, x0[:, :-1]), dim=1), None)
 
     def token_log_probs(self, x0: Tensor) -> Tensor:

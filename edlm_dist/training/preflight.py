@@ -10,7 +10,7 @@ from edlm_dist.config import Config, ConfigError, check_resume, config_changes
 from edlm_dist.fileio import check_writable
 from edlm_dist.training.checkpoint import CheckpointManager
 from edlm_dist.training.loading import run_checkpoints
-from edlm_dist.training.run_folder import RunFolder
+from edlm_dist.training.run_folder import IMPORTED_NAME, RunFolder
 
 
 def check_command(cfg: Config, run_folder: RunFolder, checkpoints: CheckpointManager) -> list[tuple[str, Any, Any]]:
@@ -19,6 +19,9 @@ def check_command(cfg: Config, run_folder: RunFolder, checkpoints: CheckpointMan
     the latest checkpoint) or its storage cannot be written; else the config changes since the
     run last started. Without a checkpoint, nothing saved can contradict a change."""
     run = str(run_folder.path)
+    if (run_folder.path / IMPORTED_NAME).is_file():
+        raise ConfigError(f"{run} holds weights imported by tools/import_mdlm.py, with no optimizer or data state to "
+                          "resume from: train in another run folder (job.name) that reads it, e.g. as energy.denoiser")
     stored = run_folder.stored_config()
     saved = checkpoints if stored is None else run_checkpoints(run_folder.path, stored)  # where they are
     latest = saved.latest()

@@ -32,6 +32,7 @@ from edlm_dist.fileio import StorageError, atomic_write_text, describe_os_error,
 MARKERS = ("finished", "preempted", "failed")
 LOCK_NAME = "lock"
 CONFIG_NAME = "config.toml"
+IMPORTED_NAME = "imported.json"  # where tools/import_mdlm.py records the source of a run's weights
 
 
 class RunFolderLocked(RuntimeError):

@@ -1,0 +1,1 @@
+"""Interoperability with other code bases: MDLM's checkpoints in and out of run folders."""
