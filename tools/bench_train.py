@@ -14,6 +14,7 @@ usage: python tools/bench_train.py [--gpu] [--out FILE] [--warmup N] [--steps N]
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -31,7 +32,7 @@ from edlm_dist.config import load_config
 from edlm_dist.distributed import shutdown
 from edlm_dist.distributed.parallelize import apply_compile
 from edlm_dist.models import build_model
-from edlm_dist.training import StepNoise, Trainer, build_optimizer, build_task
+from edlm_dist.training import Trainer, build_optimizer, build_task
 from edlm_dist.training.metrics import (
     device_peak_flops,
     param_and_optimizer_bytes,
@@ -59,7 +60,7 @@ def device_name(device: torch.device) -> str:
     return f"CPU ({platform.machine()}, {os.cpu_count()} cores)"
 
 
-def _time_steps(step: Callable[[], Any], device: torch.device, warmup: int, steps: int) -> tuple[float, list[float]]:
+def time_steps(step: Callable[[], Any], device: torch.device, warmup: int, steps: int) -> tuple[float, list[float]]:
     """Run `warmup` steps (compilation, lazy optimizer state), then time `steps` steps;
     returns the warm-up's total time and the step times."""
     start = time.perf_counter()
@@ -77,7 +78,7 @@ def _time_steps(step: Callable[[], Any], device: torch.device, warmup: int, step
     return warmup_s, times
 
 
-def _record(
+def step_record(
     name: str, device: torch.device, world_size: int, preset: str, vocab: int, seq_len: int, batch: int,
     compiled: bool, dtype: str, warmup: int, warmup_s: float, times: list[float], flops_per_token: float,
     param_bytes: int, **extra: Any,
@@ -120,11 +121,11 @@ def bench_trainer(name: str, config: str, overrides: list[str], warmup: int, ste
         trainer = Trainer(cfg)
         device, world = trainer.env.device, trainer.env.world_size
         waits: list[float] = []  # the trainer's own data-wait figure per step
-        warmup_s, times = _time_steps(
+        warmup_s, times = time_steps(
             lambda: waits.append(trainer.train_step()["train/data_wait_s"]), device, warmup, steps
         )
-        bf16 = cfg.training.mixed_precision == "bf16" and device.type == "cuda"
-        return _record(
+        bf16 = trainer.compute_dtype == torch.bfloat16
+        return step_record(
             name, device, world, cfg.model.preset, trainer.data.tokenizer.vocab_size, cfg.data.seq_len,
             cfg.training.global_batch_size, cfg.parallel.compile, "bf16" if bf16 else "fp32", warmup, warmup_s,
             times, trainer.flops_per_token, param_and_optimizer_bytes(trainer.model, trainer.optimizer),
@@ -149,7 +150,7 @@ def bench_direct(
     generator = torch.Generator(device=device).manual_seed(0)
     x0s = [torch.randint(0, vocab, (batch, seq_len), device=device, generator=generator) for _ in range(4)]
     noises = [task.draw_noise(batch, seq_len, i) for i in range(4)]
-    noises = [StepNoise(n.t.to(device), n.uniforms.to(device)) for n in noises]
+    noises = [dataclasses.replace(n, t=n.t.to(device), uniforms=n.uniforms.to(device)) for n in noises]
     bf16 = device.type == "cuda"
     count = iter(range(10**9))
 
@@ -163,8 +164,8 @@ def bench_direct(
         optimizer.zero_grad(set_to_none=True)
 
     model.train()
-    warmup_s, times = _time_steps(step, device, warmup, steps)
-    return _record(
+    warmup_s, times = time_steps(step, device, warmup, steps)
+    return step_record(
         name, device, 1, preset, vocab, seq_len, batch, compiled, "bf16" if bf16 else "fp32", warmup, warmup_s, times,
         model.flops_per_token(seq_len), param_and_optimizer_bytes(model, optimizer), path="direct", dropout=dropout,
     )

@@ -84,9 +84,9 @@ class TrainingConfig:
     micro_batch_size: int = 0  # per rank; 0 = no gradient accumulation
     max_grad_norm: float = 1.0  # 0 disables clipping
     ema_decay: float = 0.9999  # 0 disables EMA
-    # bf16 on CUDA: FSDP2 bf16 params with fp32 gradient reduction, or autocast in one process.
-    # The CPU always computes in fp32.
-    mixed_precision: Literal["bf16", "fp32"] = "bf16"
+    # bf16: FSDP2 bf16 compute with fp32 master weights and gradient reduction, or bf16 autocast
+    # in one process, on any device; auto: bf16 on CUDA, fp32 on a CPU (where bf16 is slower)
+    mixed_precision: Literal["auto", "bf16", "fp32"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_bad_steps: int = 5  # consecutive non-finite losses/grad norms (each step skipped) before the run stops
 

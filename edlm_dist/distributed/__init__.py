@@ -18,6 +18,7 @@ from edlm_dist.distributed.env import (
     shutdown,
 )
 from edlm_dist.distributed.heartbeat import CollectiveError, Heartbeat, Watchdog, is_collective_failure
+from edlm_dist.distributed.precision import autocast, compute_dtype
 from edlm_dist.distributed.parallelize import build_mesh, parallelize_transformer, reshard, set_gradient_sync
 from edlm_dist.distributed.signals import PreemptionWatcher
 
@@ -30,6 +31,8 @@ __all__ = [
     "RankZeroError",
     "Watchdog",
     "all_gather_object",
+    "autocast",
+    "compute_dtype",
     "all_reduce_max",
     "all_reduce_sum",
     "barrier",

@@ -70,7 +70,8 @@ def apply_fsdp(
 ) -> None:
     """Shard each block, then the root (embeddings, conditioning, output layer), with FSDP2.
 
-    Gradients are reduced in float32 whatever the compute dtype. The last block keeps its
+    Parameters are float32 masters, gathered in `param_dtype` for compute (bf16 on the cluster
+    path); gradients are reduced in float32 whatever the compute dtype. The last block keeps its
     parameters gathered after forward, since backward needs them at once.
     """
     # Our logits come out of a biased Linear on [B, L, H], which autograd counts as a view;
@@ -80,7 +81,10 @@ def apply_fsdp(
     for index, block in enumerate(blocks):
         last = index == len(blocks) - 1
         fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward and not last)
-    fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+    # the root's float input is the time t, whose sinusoidal features are computed in float32:
+    # it is not rounded to bf16 on the way in
+    root_policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
+    fully_shard(model, mesh=mesh, mp_policy=root_policy, reshard_after_forward=reshard_after_forward)
 
 
 def parallelize_transformer(

@@ -33,7 +33,7 @@ from edlm_dist.data import Tokenizer, run_tokenizer
 from edlm_dist.data.eval_sets import EvalSet, EvalSetSpec, FixedBlocks, load_eval_set, parse_eval_sets
 from edlm_dist.diffusion import Schedule, build_schedule, edlm_nelbo, keyed_generator, nelbo
 from edlm_dist.diffusion.likelihood import ESTIMATORS
-from edlm_dist.distributed import DistEnv, RankPool, all_gather_object, on_main_rank
+from edlm_dist.distributed import DistEnv, RankPool, all_gather_object, autocast, compute_dtype, on_main_rank
 from edlm_dist.energy import Energy
 from edlm_dist.evaluation.outputs import check_output, refuse_training_run
 from edlm_dist.fileio import atomic_write_text
@@ -287,8 +287,7 @@ class LikelihoodEvaluator:
         return result
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        bf16 = self.cfg.training.mixed_precision == "bf16" and self.env.device.type == "cuda"
-        return torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        return autocast(self.env.device, compute_dtype(self.cfg.training.mixed_precision, self.env.device))
 
     def _write(self, em: EvalModel, spec: EvalSetSpec, result: dict[str, Any]) -> None:
         """The JSON file, and the per-token figures as TensorBoard scalars at the checkpoint's step."""

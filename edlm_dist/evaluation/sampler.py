@@ -31,7 +31,7 @@ from tqdm import tqdm
 from edlm_dist.config import Config, ConfigError, save_config
 from edlm_dist.data import BlockSource, DataError, build_dataset, run_tokenizer
 from edlm_dist.diffusion import SamplingStats, build_schedule, keyed_generator, sample
-from edlm_dist.distributed import RankPool, all_gather_object, init_distributed, on_main_rank
+from edlm_dist.distributed import RankPool, all_gather_object, autocast, compute_dtype, init_distributed, on_main_rank
 from edlm_dist.evaluation.generation import Oracle, build_oracle, gen_ppl, unigram_entropy
 from edlm_dist.evaluation.outputs import check_output, clear_tensorboard
 from edlm_dist.fileio import atomic_write_text
@@ -99,6 +99,7 @@ class Sampler:
         self.energy = load_energy(cfg.energy, self.denoiser_ckpt, self.env.device) if s.num_candidates > 1 else None
         self._refuse_oracle_as_energy()
         self.seq_len = self.denoiser_ckpt.config.data.seq_len
+        self.compute_dtype = compute_dtype(cfg.training.mixed_precision, self.env.device)
         self.tokenizer = run_tokenizer(self.denoiser_ckpt.config.data)
         self.schedule = build_schedule(self.denoiser_ckpt.config.diffusion.schedule, self.denoiser_ckpt.config.diffusion.eps)
         self.prompts = read_prompts(s.prompts, self.tokenizer, self.seq_len) if s.prompts else None
@@ -160,14 +161,15 @@ class Sampler:
         for indices in bar:
             first = indices[0]
             batch_start = time.perf_counter()
-            tokens = sample(
-                self.denoiser, batch_size=len(indices), seq_len=self.seq_len, mask_id=self.tokenizer.mask_id,
-                steps=s.steps, schedule=self.schedule, init=self._init(indices), energy=self.energy,
-                num_candidates=s.num_candidates if self.energy is not None else 1, window=s.window,
-                generator=keyed_generator(cfg.job.seed, "sample", first, device=self.env.device),
-                candidate_generator=keyed_generator(cfg.job.seed, "candidates", first, self.env.rank, device=self.env.device),
-                pool=self.pool, stats=stats, candidate_draw=s.candidate_draw, device=self.env.device,
-            )
+            with autocast(self.env.device, self.compute_dtype):
+                tokens = sample(
+                    self.denoiser, batch_size=len(indices), seq_len=self.seq_len, mask_id=self.tokenizer.mask_id,
+                    steps=s.steps, schedule=self.schedule, init=self._init(indices), energy=self.energy,
+                    num_candidates=s.num_candidates if self.energy is not None else 1, window=s.window,
+                    generator=keyed_generator(cfg.job.seed, "sample", first, device=self.env.device),
+                    candidate_generator=keyed_generator(cfg.job.seed, "candidates", first, self.env.rank, device=self.env.device),
+                    pool=self.pool, stats=stats, candidate_draw=s.candidate_draw, device=self.env.device,
+                )
             self._synchronize()
             per_sample = (time.perf_counter() - batch_start) / len(indices)
             for i, row in zip(indices, tokens.cpu().tolist()):

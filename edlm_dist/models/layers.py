@@ -84,4 +84,5 @@ class TimestepEmbedder(nn.Module):
         return torch.cat((args.cos(), args.sin()), dim=-1)
 
     def forward(self, t: Tensor) -> Tensor:
-        return F.silu(self.mlp(self.frequency_embedding(t)))
+        """[B] -> [B, cond_dim]; the float32 features meet the MLP in its dtype (bf16 under FSDP2)."""
+        return F.silu(self.mlp(self.frequency_embedding(t).to(self.mlp[0].weight.dtype)))

@@ -37,8 +37,10 @@ from edlm_dist.distributed import (
     Watchdog,
     all_gather_object,
     all_reduce_sum,
+    autocast,
     barrier,
     build_mesh,
+    compute_dtype,
     init_distributed,
     is_collective_failure,
     on_main_rank,
@@ -147,15 +149,16 @@ class Trainer:
         self.heartbeat: Heartbeat | None = None  # from run(), once every rank has joined
         self.plan = BatchPlan.from_config(cfg, self.env.world_size)
         self.mesh = build_mesh(par, self.env.world_size, self.env.device.type)
-        bf16 = cfg.training.mixed_precision == "bf16" and self.env.device.type == "cuda"
-        self.use_autocast = bf16 and self.mesh is None  # FSDP2 casts parameters itself
+        self.compute_dtype = compute_dtype(cfg.training.mixed_precision, self.env.device)
+        # FSDP2 casts the parameters itself; one process autocasts
+        self.autocast_dtype = self.compute_dtype if self.mesh is None else torch.float32
         self.data = build_dataset(cfg.data)
         self.stream = build_train_stream(
             self.data, global_batch=self.plan.global_batch, rank=self.env.rank, world_size=self.env.world_size,
             allow_fingerprint_mismatch=cfg.data.allow_fingerprint_mismatch,
         )
         prepare = partial(parallelize_transformer, cfg=par, mesh=self.mesh,
-                          param_dtype=torch.bfloat16 if bf16 else torch.float32)
+                          param_dtype=self.compute_dtype)
         denoiser = self.denoiser_ckpt = None
         if cfg.training.task == "nce":
             denoiser, self.denoiser_ckpt = self._frozen_denoiser(prepare)
@@ -246,7 +249,7 @@ class Trainer:
 
     # ---- steps -------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.use_autocast else contextlib.nullcontext()
+        return autocast(self.env.device, self.autocast_dtype)
 
     def train_step(self) -> dict[str, float]:
         """One optimizer step over the global batch of `self.step`; returns its metrics.
