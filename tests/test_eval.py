@@ -31,7 +31,8 @@ from edlm_dist.data.eval_sets import (
 from edlm_dist.distributed import init_distributed
 from edlm_dist.eval import main
 from edlm_dist.evaluation import EvalService, LikelihoodEvaluator
-from edlm_dist.evaluation.perplexity import summarize
+from edlm_dist.diffusion.likelihood import CONSISTENT, GUARANTEED, PAPER
+from edlm_dist.evaluation.perplexity import judge, summarize
 from run_utils import DEBUG_CONFIG, debug_config, read_scalars, wait_for
 
 SETS = "wikitext2:val, ptb:test"
@@ -119,11 +120,15 @@ def test_two_ranks_give_the_figures_of_one_rank_with_json_and_tensorboard(runs, 
             assert f["nats_per_token"] == pytest.approx(r2["figures"][name]["nats_per_token"], rel=1e-6, abs=1e-9), (key, name)
             assert f["stderr"] > 0 and math.isfinite(f["ppl"])
     nce = one[("edlm_nce", "ptb_test")]
-    assert nce["headline"] == "bound_n4" and nce["num_proposals"] == [2, 4]
-    assert set(nce["figures"]) == {"mdlm_nelbo", *(f"{e}{s}_n{n}" for e in ("bound", "paper") for s in ("", "_low")
+    assert nce["headline"] == "coupled_n4" and nce["num_proposals"] == [2, 4]
+    pairs = (("coupled", "_jackknife"), ("conservative", "_low"), ("paper", "_low"))
+    assert set(nce["figures"]) == {"mdlm_nelbo", *(f"{e}{s}_n{n}" for e, side in pairs for s in ("", side)
                                                    for n in (2, 4))}
-    assert "not a bound" in nce["figures"]["paper_n4"]["kind"]
-    assert 1 <= nce["mean_ess"]["ess_n4"] <= 4
+    assert nce["figures"]["paper_n4"]["kind"] == "paper estimate, not a bound"
+    assert nce["figures"]["coupled_n4"]["kind"] == nce["figures"]["conservative_n4"]["kind"] == "consistent estimate"
+    assert 1 <= nce["mean_ess"]["ess_coupled_n4"] <= 4
+    assert set(nce["judgements"]) == {"coupled_n4", "conservative_n4", "paper_n4"}
+    assert nce["judgements"]["paper_n4"]["decides"] is False
     assert one[("ar", "ptb_test")]["figures"]["nll"]["kind"] == "exact"
     assert one[("mdlm", "ptb_test")]["figures"]["nelbo"]["nats_per_token"] == pytest.approx(
         nce["figures"]["mdlm_nelbo"]["nats_per_token"], rel=1e-6)  # same denoiser, same keyed noise
@@ -138,23 +143,42 @@ def test_two_ranks_give_the_figures_of_one_rank_with_json_and_tensorboard(runs, 
     assert shared["figures"]["mdlm_nelbo"] == nce["figures"]["mdlm_nelbo"]  # the same (t, xt)
     for name, f in shared["figures"].items():  # other proposals: close, within the noise
         assert abs(f["nats_per_token"] - nce["figures"][name]["nats_per_token"]) < 4 * f["stderr"] + 0.05, name
-    assert read_scalars(tmp_path / "two" / "nce")["eval/ptb_test/edlm_nce/bound_n4"][0][0] == 2  # the checkpoint's step
+    assert read_scalars(tmp_path / "two" / "nce")["eval/ptb_test/edlm_nce/coupled_n4"][0][0] == 2  # the checkpoint's step
     ar_ppl = one[("ar", "wikitext2_val")]["figures"]["nll"]["ppl"]
     assert read_scalars(tmp_path / "two" / "ar")["eval/wikitext2_val/ar/ppl"][0][1] == pytest.approx(ar_ppl, rel=1e-5)
 
 
 def test_summary_means_errors_and_paired_differences():
-    values = {"mdlm_nelbo": torch.tensor([4.0, 8.0]), "bound_n2": torch.tensor([3.0, 9.0]), "bound_low_n2": torch.zeros(2),
-              "paper_n2": torch.ones(2), "paper_low_n2": torch.ones(2), "ess_n2": torch.tensor([1.0, 2.0])}
-    for name in ("bound_n4", "bound_low_n4", "paper_n4", "paper_low_n4", "ess_n4"):
+    values = {"mdlm_nelbo": torch.tensor([4.0, 8.0]), "coupled_n2": torch.tensor([3.0, 9.0]),
+              "coupled_jackknife_n2": torch.zeros(2), "paper_n2": torch.ones(2), "paper_low_n2": torch.ones(2),
+              "ess_coupled_n2": torch.tensor([1.0, 2.0])}
+    for name in ("coupled_n4", "coupled_jackknife_n4", "paper_n4", "paper_low_n4", "ess_coupled_n4"):
         values[name] = values[name.replace("n4", "n2")] + 2.0
     summary = summarize(values, seq_len=2, num_proposals=2)
     mdlm = summary["figures"]["mdlm_nelbo"]
     assert mdlm["nats_per_token"] == 3.0 and mdlm["stderr"] == pytest.approx(1.0)  # per token: 2, 4
     assert mdlm["ppl"] == pytest.approx(math.exp(3.0)) and mdlm["bits_per_token"] == pytest.approx(3 / math.log(2))
-    assert summary["mean_ess"] == {"ess_n2": 1.5, "ess_n4": 3.5}
-    assert summary["differences"]["bound_n4 - mdlm_nelbo"]["nats_per_token"] == pytest.approx(1.0)
-    assert summary["differences"]["bound_n4 - bound_n2"] == {"nats_per_token": 1.0, "stderr": 0.0}
+    assert summary["headline"] == "coupled_n4" and summary["mean_ess"] == {"ess_coupled_n2": 1.5, "ess_coupled_n4": 3.5}
+    assert summary["differences"]["coupled_n4 - mdlm_nelbo"]["nats_per_token"] == pytest.approx(1.0)
+    assert summary["differences"]["coupled_n4 - coupled_n2"] == {"nats_per_token": 1.0, "stderr": 0.0}
+    assert summary["figures"]["coupled_jackknife_n4"]["kind"] == "consistent estimate (jackknife bias-corrected)"
+    # +1.0 ± 0.5 nats/token against MDLM: not beyond 2 s.e.
+    assert summary["judgements"]["coupled_n4"] == {"kind": "consistent estimate", "ess": 3.5, "decides": False,
+                                                   "verdict": "undecided", "limited_by": "noise",
+                                                   "reason": "within 2 s.e. of MDLM's NELBO"}
+
+
+@pytest.mark.parametrize("kind, versus, moved, verdict", [
+    (GUARANTEED, (-1.0, 0.1), 0.5, "below MDLM"),  # an upper bound below MDLM decides at once
+    (GUARANTEED, (+1.0, 0.1), 0.0, "undecided"),  # above MDLM a bound may just be loose
+    (CONSISTENT, (+1.0, 0.1), 0.1, "above MDLM"),
+    (CONSISTENT, (+1.0, 0.1), 0.8, "undecided"),  # still moving with n
+    (CONSISTENT, (-0.1, 0.1), 0.0, "undecided"),  # within the noise
+    (PAPER, (-5.0, 0.1), 0.0, "undecided"),
+])
+def test_each_kind_of_figure_decides_against_mdlm_by_its_own_rule(kind, versus, moved, verdict):
+    result = judge(kind, {"nats_per_token": versus[0], "stderr": versus[1]}, {"nats_per_token": moved, "stderr": 0.0})
+    assert result["verdict"] == verdict and result["decides"] == (verdict != "undecided") and result["reason"]
 
 
 def test_bad_arguments_are_one_line_errors(runs, tmp_path, capsys):

@@ -132,9 +132,9 @@ def test_bound_with_exact_joint_matches_the_nll(toy, data, denoiser_cls):
     target = bound[toy.index(data)]
     est = edlm_nelbo(denoiser_cls(toy), residual_energy(toy), data, mask_id=toy.mask_id,
                      num_proposals=64, t_min=T_MIN, generator=gen(1))
-    bias, se = _paired(est.high, target)
+    bias, se = _paired(est.estimate, target)
     assert abs(bias) < 4 * se + 0.03, (bias, se)  # measured -0.004 (exact), +0.015 (context-free)
-    low_bias, _ = _paired(est.low, target)
+    low_bias, _ = _paired(est.companion, target)
     assert low_bias < bias
     assert (est.ess > 1).all() and (est.ess <= 64 + 1e-9).all()
 
@@ -144,9 +144,9 @@ def test_paper_estimate_falls_below_the_entropy(toy, data):
     _, paper = exact_expectations(toy)
     est = edlm_nelbo(ExactDenoiser(toy), residual_energy(toy), data, mask_id=toy.mask_id,
                      estimator="paper", num_proposals=64, t_min=T_MIN, generator=gen(2))
-    gap, se = _paired(est.high, entropy)
+    gap, se = _paired(est.estimate, entropy)
     assert gap < -0.25 and gap < -8 * se, (gap, se)  # not an upper bound
-    bias, se = _paired(est.high, paper[toy.index(data)])
+    bias, se = _paired(est.estimate, paper[toy.index(data)])
     assert abs(bias) < 4 * se + 0.02, (bias, se)
 
 
@@ -160,7 +160,7 @@ def estimates_with_proposals_over_ranks(out: Path) -> None:
             ContextFreeDenoiser(source), residual_energy(source), x0, mask_id=source.mask_id, estimator=estimator,
             num_proposals=64, t_min=T_MIN, generator=gen(1), pool=RankPool(), proposal_generator=gen(100 + rank),
         ))
-        for estimator in ("bound", "paper")
+        for estimator in ("conservative", "paper")
     }
     torch.save(results, out / f"rank{rank}.pt")
 
@@ -168,14 +168,14 @@ def estimates_with_proposals_over_ranks(out: Path) -> None:
 def test_proposals_split_over_two_ranks_give_the_same_estimates_everywhere(toy, data, tmp_path):
     run_distributed(estimates_with_proposals_over_ranks, 2, tmp_path)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
-    for estimator in ("bound", "paper"):
+    for estimator in ("conservative", "paper"):
         for a, b in zip(ranks[0][estimator], ranks[1][estimator]):
             assert torch.equal(a, b)  # the energies of all 64 proposals reach every rank
     bound, paper = exact_expectations(toy)
-    for estimator, exact in (("bound", bound), ("paper", paper)):
-        bias, se = _paired(ranks[0][estimator][1], exact[toy.index(data)])  # (low, high, ess)
+    for estimator, exact in (("conservative", bound), ("paper", paper)):
+        bias, se = _paired(ranks[0][estimator][0], exact[toy.index(data)])  # (estimate, companion, ess)
         assert abs(bias) < 4 * se + 0.03, (estimator, bias, se)
-    ess = ranks[0]["bound"][2]
+    ess = ranks[0]["conservative"][2]
     assert (ess > 1).all() and (ess <= 64 + 1e-9).all()
 
 
@@ -189,14 +189,14 @@ def test_correlated_bits_paper_estimate_is_half_the_entropy_the_bound_all_of_it(
     assert (toy.probs @ paper).item() == pytest.approx(0.5 * math.log(2), abs=2e-3)  # 0.347
     assert (toy.probs @ bound).item() == pytest.approx(math.log(2), abs=2e-3)  # 0.693
     data = toy.seqs[torch.multinomial(toy.probs, N_SEQS, replacement=True, generator=gen(6))]
-    for estimator, expected in (("paper", 0.5 * math.log(2)), ("bound", math.log(2))):
+    for estimator, expected in (("paper", 0.5 * math.log(2)), ("conservative", math.log(2))):
         est = edlm_nelbo(ExactDenoiser(toy), residual_energy(toy), data, mask_id=toy.mask_id,
                          estimator=estimator, num_proposals=64, t_min=T_MIN, generator=gen(7))
-        bias, se = _paired(est.high, torch.full_like(est.high, expected))
+        bias, se = _paired(est.estimate, torch.full_like(est.estimate, expected))
         assert abs(bias) < 4 * se + 0.03, (estimator, bias, se)
 
 
-@pytest.mark.parametrize("estimator", ["bound", "paper"])
+@pytest.mark.parametrize("estimator", ["conservative", "paper"])
 @pytest.mark.parametrize("num_samples", [1, 3])
 def test_zero_energy_reduces_to_nelbo(toy, estimator, num_samples):
     x0 = toy.seqs[torch.randint(0, len(toy.seqs), (64,), generator=gen(4))]
@@ -210,8 +210,8 @@ def test_zero_energy_reduces_to_nelbo(toy, estimator, num_samples):
     ref = nelbo(ExactDenoiser(toy), x0, generator=gen(5), **args).double()
     est = edlm_nelbo(ExactDenoiser(toy), zero, x0, estimator=estimator, num_proposals=4,
                      generator=gen(5), **args)
-    torch.testing.assert_close(est.low, ref, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(est.high, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(est.companion, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(est.estimate, ref, rtol=1e-5, atol=1e-5)
     assert (ref == 0).any() and (ref > 0).any()  # some sequences had nothing masked
 
 

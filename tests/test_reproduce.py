@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from edlm_dist.diffusion.likelihood import CONSISTENT, GUARANTEED, PAPER
 from edlm_dist.reproduce.cli import main
 from edlm_dist.reproduce.results import SamplePoint, claim_likelihood, claim_same_steps, claim_speed
 
@@ -29,15 +30,19 @@ def test_smoke_run_writes_report_and_plots_then_resumes(data_dir: Path, tmp_path
     sections = report.split("\n## ")[1:]
     assert len(sections) == 2
     for section, unit in zip(sections, ("BPC", "PPL")):
-        assert f"| model | {unit}: valid bound" in section
-        for row in ("AR (exact NLL) | = ", "MDLM (NELBO) | <= ", "EDLM-NCE | <= ", "EDLM-AR | <= ", "EDLM-coAR | <= "):
+        assert f"| model | estimator | what it is | {unit} |" in section
+        rows = ("AR (exact NLL) | | exact NLL | = ", "MDLM (NELBO) | | NELBO, upper bound | <= ",
+                "EDLM-NCE | coupled | consistent estimate | ~ ", "EDLM-AR | coupled | consistent estimate | ~ ",
+                "EDLM-coAR | truncated | guaranteed upper bound | <= ", "EDLM-coAR | conservative | guaranteed upper bound | <= ",
+                "EDLM-NCE | paper | paper estimate, not a bound | ")
+        for row in rows:
             assert f"| {row}" in section, row
         for sampler in ("MDLM", "EDLM-NCE k=2 w=1", "EDLM-AR k=2 w=1"):
             for steps in (4, 8):
                 row = rf"\| {re.escape(sampler)} \| {steps} \| [\d.]+ \([\d.]+-[\d.]+\) \| [\d.]+ ± [\d.]+ \|"
                 assert re.search(row, section), (sampler, steps)
         assert "| test text (reference) |" in section
-        assert len(re.findall(r"^- \*\*(held|did not hold)\*\* — [123]\. ", section, flags=re.M)) == 3
+        assert len(re.findall(r"^- \*\*(held|did not hold|not shown)\*\* — [123]\. ", section, flags=re.M)) == 3
         assert "python -m edlm_dist.train --config configs/reproduce/" in section
         assert "python -m edlm_dist.eval --config configs/reproduce/eval.toml" in section
     for setting in ("shakespeare", "ptb"):
@@ -90,23 +95,39 @@ def test_claim_same_steps_needs_significance_and_entropy() -> None:
     assert not claim_same_steps(mdlm + noisy)[0]
 
 
-def test_claim_likelihood_judges_the_bound_and_flags_the_paper_estimate() -> None:
+def test_claim_likelihood_judges_the_tightest_guaranteed_bound_and_says_when_the_estimator_decides() -> None:
     def figure(nats: float, se: float = 0.01) -> dict[str, float]:
         return {"nats_per_token": nats, "stderr": se}
 
-    def edlm(bound: float, paper: float) -> dict[str, object]:
-        return {"num_proposals": [8, 16], "headline": "bound_n16",
-                "figures": {"bound_n16": figure(bound), "paper_n16": figure(paper)},
-                "differences": {"bound_n16 - mdlm_nelbo": figure(bound - 2.0),
-                                "paper_n16 - mdlm_nelbo": figure(paper - 2.0)}}
+    def edlm(figures: dict[str, tuple[float, str, str]], paper: float) -> dict[str, object]:
+        """figures: estimator -> (value, kind, verdict) at 2n = 16; MDLM's NELBO is 2.0."""
+        judged = {f"{e}_n16": {"kind": kind, "ess": 3.0, "decides": verdict != "undecided", "verdict": verdict,
+                               "limited_by": None if verdict != "undecided" else "estimator", "reason": "a reason"}
+                  for e, (_, kind, verdict) in figures.items()}
+        judged["paper_n16"] = {"kind": PAPER, "ess": None, "decides": False, "verdict": "undecided",
+                               "limited_by": "kind", "reason": "r"}
+        values = {**{f"{e}_n16": v for e, (v, _, _) in figures.items()}, "paper_n16": paper}
+        return {"num_proposals": [8, 16], "judgements": judged,
+                "figures": {name: figure(v) for name, v in values.items()},
+                "differences": {**{f"{name} - mdlm_nelbo": figure(v - 2.0) for name, v in values.items()},
+                                **{f"{name} - {name[:-4]}_n8": figure(0.01) for name in values}}}
 
     rows = {"ar": {"figures": {"nll": figure(1.5)}}, "mdlm": {"figures": {"nelbo": figure(2.0)}},
-            "edlm_nce": edlm(1.9, 1.85), "edlm_ar": edlm(9.0, 1.2), "edlm_coar": edlm(8.0, -0.3)}
-    held, detail = claim_likelihood(rows)
-    assert held
-    assert "EDLM-NCE: bound - MDLM = -0.1000 ± 0.0100 nats/token (lower beyond 2 s.e.; 20% of the" in detail
-    assert "EDLM-AR: bound - MDLM = +7.0000" in detail and "none of the MDLM-to-AR gap" in detail
+            "edlm_nce": edlm({"coupled": (1.9, CONSISTENT, "below MDLM"), "conservative": (2.4, CONSISTENT, "above MDLM")}, 1.85),
+            "edlm_ar": edlm({"coupled": (2.3, CONSISTENT, "undecided"), "conservative": (9.0, CONSISTENT, "undecided")}, 1.2),
+            "edlm_coar": edlm({"truncated": (1.9, GUARANTEED, "below MDLM"), "conservative": (2.6, GUARANTEED, "undecided")},
+                              -0.3)}
+    status, detail = claim_likelihood(rows)
+    assert status == "held"
+    assert "EDLM-coAR: tightest guaranteed bound, truncated - MDLM = -0.1000 ± 0.0100 nats/token: below MDLM" in detail
+    assert "20% of the MDLM-to-AR gap closed" in detail
+    assert "EDLM-NCE: no guaranteed bound for this energy" in detail and "consistent estimate, coupled - MDLM" in detail
+    assert "EDLM-AR: no guaranteed bound" in detail and "the estimator, not the model, decides here" in detail
     assert "the estimate itself below the AR model's exact NLL" in detail
     assert "the estimate itself below zero, impossible for a likelihood" in detail
-    rows["edlm_nce"] = edlm(2.05, 1.85)
-    assert not claim_likelihood(rows)[0]
+    rows["edlm_coar"] = edlm({"truncated": (2.5, GUARANTEED, "undecided")}, 1.9)
+    status, detail = claim_likelihood(rows)
+    assert status == "not shown" and "its gap above MDLM is the coAR joint's" in detail
+    for label in ("edlm_nce", "edlm_ar", "edlm_coar"):
+        rows[label] = edlm({"coupled": (2.5, CONSISTENT, "above MDLM")}, 1.9)
+    assert claim_likelihood(rows)[0] == "did not hold"

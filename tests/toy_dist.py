@@ -128,3 +128,71 @@ def law_of_final_states(dist: ToyDistribution, states: dict[tuple[int, ...], flo
         assert dist.mask_id not in state, "the last step must unmask everything"
         out[dist.index(torch.tensor(state))] += mass
     return out
+
+
+class ToyAR:
+    """A peaked random autoregressive source over V^L: p(x_i | x_<i) is a softmax of a random
+    table row per prefix (scaled by `temperature`). Has the AR model interface `AREnergy`
+    reads (`vocab_size`, logits by `__call__`, `conditional_log_probs`, `token_log_probs`), and
+    `distribution()` gives it as an enumerable `ToyDistribution`."""
+
+    def __init__(self, vocab: int, length: int, seed: int = 0, temperature: float = 2.5):
+        g = torch.Generator().manual_seed(seed)
+        self.vocab_size, self.length = vocab, length
+        self.tables = [torch.log_softmax(torch.randn(vocab**i, vocab, generator=g, dtype=torch.float64) * temperature, -1)
+                       for i in range(length)]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities [N, L, V] (normalised logits): position i from the prefix x_<i."""
+        code = torch.zeros(x.shape[0], dtype=torch.long)
+        rows = []
+        for i in range(x.shape[1]):
+            rows.append(self.tables[i][code])
+            code = code * self.vocab_size + x[:, i].clamp(max=self.vocab_size - 1)  # a mask read later is never used
+        return torch.stack(rows, 1)
+
+    def conditional_log_probs(self, x: torch.Tensor, *targets: torch.Tensor) -> list[torch.Tensor]:
+        log_probs = self(x)
+        return [log_probs.gather(-1, target[..., None]).squeeze(-1) for target in targets]
+
+    def token_log_probs(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conditional_log_probs(x, x)[0]
+
+    def distribution(self) -> ToyDistribution:
+        toy = ToyDistribution(self.vocab_size, self.length)
+        toy.probs = self.token_log_probs(toy.seqs).sum(-1).exp()
+        return toy
+
+
+class MarginalsAR(ToyAR):
+    """An 'AR model' that ignores the prefix: p(x_i | x_<i) = the source's marginal at i. With
+    the `ContextFreeDenoiser` of the same source as proposal, the coAR energy is exactly 0."""
+
+    def __init__(self, dist: ToyDistribution):
+        self.vocab_size, self.length = dist.vocab, dist.length
+        self.marginals = dist.marginals().log()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.marginals.expand(x.shape[0], -1, -1)
+
+
+class BlurredDenoiser(ExactDenoiser):
+    """A poor proposal: the exact conditional marginals mixed with the uniform distribution."""
+
+    def __init__(self, dist: ToyDistribution, blur: float = 0.5):
+        super().__init__(dist)
+        self.blur = blur
+
+    def __call__(self, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        probs = (1 - self.blur) * self.dist.conditional_marginals(xt) + self.blur / self.dist.vocab
+        return logits_with_padding(probs.log(), self.pad_to, self.mask_logit)
+
+
+def exact_marginal_terms(dist: ToyDistribution, x0: torch.Tensor, xt: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
+    """sum over masked i of -log P(x_i = x0_i), P the distribution over the sequences consistent
+    with xt with unnormalised log weights `log_weights` [B, N] (per row), float64 [B]."""
+    consistent = ((xt[:, None, :] == dist.mask_id) | (xt[:, None, :] == dist.seqs[None])).all(-1)
+    weights = torch.softmax(log_weights.masked_fill(~consistent, -math.inf), dim=-1)  # [B, N]
+    agrees = dist.seqs[None] == x0[:, None, :]  # [B, N, L]
+    marginal = torch.einsum("bn,bnl->bl", weights, agrees.double())
+    return -(marginal.log() * (xt == dist.mask_id)).sum(-1)

@@ -1,5 +1,6 @@
 """Speed of likelihood evaluation: sequences per second of the MDLM NELBO and of the EDLM
-estimates (`edlm_nelbo`, valid bound and paper estimate) at n proposals per sequence.
+estimators that apply to the energy (`edlm_nelbo`: estimators of the valid bound and the paper's
+estimate) at n proposals per sequence.
 
 Randomly initialised networks of one size preset (the weights do not change the cost): a DiT
 denoiser and, as the energy, an AR transformer of the same size through `AREnergy` (EDLM-AR),
@@ -15,14 +16,50 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
 from edlm_dist.config.schema import MODEL_PRESETS, ModelConfig
 from edlm_dist.diffusion import edlm_nelbo, nelbo
+from edlm_dist.diffusion.likelihood import estimators_for
+from edlm_dist.distributed import autocast, compute_dtype
 from edlm_dist.energy import AREnergy
 from edlm_dist.models import build_model
-from edlm_dist.training.metrics import median_seconds
+from edlm_dist.training.metrics import median_seconds, peak_memory_gib, reset_peak_memory
+
+
+def eval_rows(
+    preset: str, seq_len: int, batch: int, vocab: int, proposals: list[int], repeats: int, device: torch.device,
+    mixed_precision: str = "auto",
+) -> list[dict[str, Any]]:
+    """Median seconds per call, sequences/s, cost against the MDLM NELBO and peak memory of the MDLM
+    NELBO and, at each n, of every EDLM estimator that applies to the AR energy; the networks
+    autocast as `training.mixed_precision` says (auto: bf16 on CUDA). Peak memory: the CUDA
+    allocator's peak during the timed calls; on the CPU the process's max RSS (it cannot be reset)."""
+    config = ModelConfig(preset=preset, **MODEL_PRESETS[preset], dropout=0.0)
+    denoiser = build_model("dit", config, vocab, device, seed=0).eval()
+    ar = build_model("ar", config, vocab, device, seed=1)
+    x0 = torch.randint(0, vocab, (batch, seq_len), device=device, generator=torch.Generator(device).manual_seed(0))
+
+    def timed(estimator: str, n: int | None, call: Callable[[], object]) -> dict[str, Any]:
+        reset_peak_memory(device)
+        seconds = median_seconds(call, device, repeats)
+        return {"estimator": estimator, "n": n, "seconds": seconds, "sequences_per_s": batch / seconds,
+                "peak_memory_gib": peak_memory_gib(device)}
+
+    with torch.no_grad(), autocast(device, compute_dtype(mixed_precision, device)):
+        rows = [timed("mdlm nelbo", None, lambda: nelbo(denoiser, x0, mask_id=vocab,
+                                                           generator=torch.Generator(device).manual_seed(1)))]
+        for n in proposals:
+            energy = AREnergy(ar, max_batch=2 * n * batch)
+            for estimator in estimators_for(energy):
+                rows.append(timed(f"edlm {estimator}", n, lambda: edlm_nelbo(
+                    denoiser, energy, x0, mask_id=vocab, num_proposals=n, estimator=estimator,
+                    generator=torch.Generator(device).manual_seed(1))))
+    for row in rows:
+        row["cost_vs_mdlm"] = row["seconds"] / rows[0]["seconds"]
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,30 +77,13 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("error: --gpu: no CUDA device available")
     device = torch.device("cuda" if args.gpu else "cpu")
     vocab = args.vocab or (50257 if args.gpu else 1024)
-    config = ModelConfig(preset=args.preset, **MODEL_PRESETS[args.preset], dropout=0.0)
-    denoiser = build_model("dit", config, vocab, device, seed=0).eval()
-    ar = build_model("ar", config, vocab, device, seed=1)
-    x0 = torch.randint(0, vocab, (args.batch, args.seq_len), device=device, generator=torch.Generator(device).manual_seed(0))
     proposals = [int(n) for n in args.proposals.split(",")]
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.gpu)
     print(f"[bench] {device.type}, torch {torch.__version__}, preset {args.preset}, vocab {vocab}, "
           f"{args.seq_len} tokens, B = {args.batch}, median of {args.repeats}")
-    rows = []
-    with torch.no_grad(), autocast:
-        mdlm = median_seconds(lambda: nelbo(denoiser, x0, mask_id=vocab, generator=torch.Generator(device).manual_seed(1)),
-                                device, args.repeats)
-        rows.append({"estimator": "mdlm nelbo", "n": None, "seconds": mdlm})
-        for n in proposals:
-            energy = AREnergy(ar, max_batch=2 * n * args.batch)
-            for estimator in ("bound", "paper"):
-                call = lambda: edlm_nelbo(denoiser, energy, x0, mask_id=vocab, num_proposals=n,  # noqa: E731
-                                          estimator=estimator, generator=torch.Generator(device).manual_seed(1))
-                rows.append({"estimator": f"edlm {estimator}", "n": n, "seconds": median_seconds(call, device, args.repeats)})
-    print(f"{'estimator':<14}{'n':>4}{'seq/s':>10}{'vs MDLM':>9}")
+    rows = eval_rows(args.preset, args.seq_len, args.batch, vocab, proposals, args.repeats, device)
+    print(f"{'estimator':<18}{'n':>4}{'seq/s':>10}{'vs MDLM':>9}")
     for row in rows:
-        row["sequences_per_s"] = args.batch / row["seconds"]
-        row["cost_vs_mdlm"] = row["seconds"] / mdlm
-        print(f"{row['estimator']:<14}{row['n'] or '-':>4}{row['sequences_per_s']:>10.2f}{row['cost_vs_mdlm']:>9.1f}")
+        print(f"{row['estimator']:<18}{row['n'] or '-':>4}{row['sequences_per_s']:>10.2f}{row['cost_vs_mdlm']:>9.1f}")
     if args.json:
         settings = {"device": device.type, "torch": torch.__version__, "preset": args.preset, "vocab": vocab,
                     "seq_len": args.seq_len, "batch": args.batch}

@@ -196,7 +196,10 @@ class EvalConfig:
     num_sequences: int = 0  # the first blocks of each set (0 = all)
     batch_size: int = 16  # sequences per forward; the noise of a batch is keyed by (seed, batch)
     num_samples: int = 1  # (t, mask) draws per sequence
-    num_proposals: int = 8  # EDLM: n proposal draws per log Z estimate; also reported at 2n
+    num_proposals: int = 8  # EDLM: n proposal draws per estimate; also reported at 2n
+    # coAR: also the truncated bound on draws from the coAR joint itself ("joint": the AR model
+    # run left to right, much tighter; one AR forward per masked position, so when affordable)
+    coar_joint: bool = False
     # how ranks share EDLM work: different sequences, or the same sequences with n / world size
     # proposals each (large n; the figures then also depend on the world size)
     split: Literal["sequences", "proposals"] = "sequences"

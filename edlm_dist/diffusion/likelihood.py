@@ -1,5 +1,5 @@
-"""Likelihood of EDLM (diffusion model p_theta times residual energy E): log Z estimates and
-the two per-sequence quantities of DESIGN.md, the paper estimate and the valid bound.
+"""Likelihood of EDLM (diffusion model p_theta times residual energy E): log Z estimates, the
+estimators of the valid bound (truncated, coupled, conservative) and the paper's estimate.
 
 The joint is p(x0 | xt) = p_theta(x0 | xt) exp(-E(x0, xt, t)) / Z(xt), with
 Z(xt) = E_{x ~ p_theta(.|xt)} exp(-E(x, xt, t)) estimated from proposal draws (paper Theorem 1).
@@ -8,7 +8,8 @@ Z(xt) = E_{x ~ p_theta(.|xt)} exp(-E(x, xt, t)) estimated from proposal draws (p
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
 
 import torch
 
@@ -18,7 +19,44 @@ from edlm_dist.diffusion.noise import mask_tokens, stratified_times, uniform
 from edlm_dist.diffusion.sampling import CandidatePool, Energy, LocalPool, candidate_energies, draw_candidates
 from edlm_dist.diffusion.schedules import LogLinearSchedule, Schedule
 
-ESTIMATORS = ("bound", "paper")
+ESTIMATORS = ("joint", "truncated", "coupled", "conservative", "paper")
+
+# What each estimator's figure is, by whether the energy is self-normalised (coAR).
+GUARANTEED, CONSISTENT, PAPER = "guaranteed upper bound", "consistent estimate", "paper estimate, not a bound"
+
+
+class SelfNormalisedEnergy(Protocol):
+    """An energy that knows Z(xt) = 1 (coAR) and exposes the AR conditionals behind it."""
+
+    self_normalised: bool
+
+    def prefix_log_probs(self, x: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def draw_joint(self, xt: torch.Tensor, num: int, generator: torch.Generator | None) -> torch.Tensor: ...
+
+
+def is_self_normalised(energy: Energy) -> bool:
+    """Whether `energy` declares log Z(xt) = 0 exactly (coAR); unknown energies do not."""
+    return bool(getattr(energy, "self_normalised", False))
+
+
+def estimators_for(energy: Energy, joint: bool = False) -> tuple[str, ...]:
+    """The estimators that apply to `energy`, tightest valid one first: coAR's truncated bound
+    (with `joint`, first its version on the coAR joint's own draws), else the coupled estimate;
+    then the conservative one and the paper's."""
+    if not is_self_normalised(energy):
+        return "coupled", "conservative", "paper"
+    return (("joint",) if joint else ()) + ("truncated", "conservative", "paper")
+
+
+def estimator_kind(estimator: str, self_normalised: bool) -> str:
+    """What the `estimate` of `estimator` is: a guaranteed upper bound on the EDLM NELBO (at any
+    number of proposals), a consistent estimate of it, or the paper's estimate (not a bound)."""
+    if estimator == "paper":
+        return PAPER
+    if estimator in ("joint", "truncated") or (estimator == "conservative" and self_normalised):
+        return GUARANTEED
+    return CONSISTENT
 
 
 class LogZBounds(NamedTuple):
@@ -30,11 +68,14 @@ class LogZBounds(NamedTuple):
 
 
 class EDLMNelbo(NamedTuple):
-    """Per-sequence estimates in nats, float64 [B]: `high` is the one to report as an upper
-    estimate, `low` the other end; `ess` the mean ESS of the log Z proposal weights."""
+    """Per-sequence figures in nats, float64 [B]: `estimate`, the figure an estimator reports
+    (`estimator_kind` says what it is), and its `companion`: the other end for the conservative
+    and paper estimators (log Z's low side), the jackknife bias-corrected value for the coupled
+    and truncated ones, so estimate - companion is the bias the jackknife sees; `ess`, the mean
+    ESS of the proposals' weights."""
 
-    low: torch.Tensor
-    high: torch.Tensor
+    estimate: torch.Tensor
+    companion: torch.Tensor
     ess: torch.Tensor
 
 
@@ -72,43 +113,139 @@ def _data_log_probs(logits: torch.Tensor, x0: torch.Tensor, masked: torch.Tensor
     return torch.zeros(x0.shape, dtype=torch.float64, device=x0.device).masked_scatter(masked, logp)
 
 
-def _one_draw(
-    denoiser: Denoiser, energy: Energy, x0: torch.Tensor, xt: torch.Tensor, masked: torch.Tensor,
-    t: torch.Tensor, *, mask_id: int, num_proposals: int, estimator: str,
-    generator: torch.Generator | None, pool: CandidatePool, proposal_generator: torch.Generator | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Unweighted (low, high) of the masked-set term for one (t, xt) per sequence, and the ESS."""
-    batch, length = x0.shape
-    logits = denoiser(xt, t)
-    data_logp = _data_log_probs(logits, x0, masked, mask_id)
-    nll = -data_logp.sum(dim=-1)  # -log p_theta(x0_M | xt), the MDLM term
-    local = pool.local_count(num_proposals)
-    if estimator == "paper":
-        candidates, logp = draw_candidates(logits, xt, masked, local, mask_id, proposal_generator)
-        data_energy = energy(x0, xt, t, -nll).double()
-        logz = logz_bounds(pool.gather(candidate_energies(energy, candidates, logp, xt, t)))
-        base = nll + data_energy
-        return base + logz.low, base + logz.high, logz.ess
-    # "bound": one masked position i per sequence, uniformly; its clamped draws share one batch
-    # with the unclamped ones: rows [0, B) draw M, rows [B, 2B) draw M \ {i} with x_i = x0_i.
-    scores = uniform((batch, length), generator=generator, device=x0.device)
-    pick = torch.nn.functional.one_hot(torch.where(masked, scores, -1.0).argmax(-1), length).bool()
-    pick &= masked
-    clamped_xt = torch.where(pick, x0, xt)
+@dataclass
+class _MaskedSet:
+    """One (t, xt) per sequence and what every estimator reads of it: the denoiser's logits,
+    log p_theta(x0_i | xt) at masked positions (0 elsewhere), the MDLM term and |M|."""
+
+    x0: torch.Tensor
+    xt: torch.Tensor
+    masked: torch.Tensor
+    t: torch.Tensor
+    logits: torch.Tensor
+    data_logp: torch.Tensor
+    mask_id: int
+
+    @property
+    def nll(self) -> torch.Tensor:
+        return -self.data_logp.sum(dim=-1)  # -log p_theta(x0_M | xt)
+
+    @property
+    def count(self) -> torch.Tensor:
+        return self.masked.sum(dim=-1).double()
+
+
+def _pick_position(d: _MaskedSet, generator: torch.Generator | None) -> torch.Tensor:
+    """One masked position per sequence, uniformly (none where nothing is masked), bool [B, L]."""
+    scores = uniform(tuple(d.x0.shape), generator=generator, device=d.x0.device)
+    pick = torch.nn.functional.one_hot(torch.where(d.masked, scores, -1.0).argmax(-1), d.x0.shape[1]).bool()
+    return pick & d.masked
+
+
+def _paper(d: _MaskedSet, energy: Energy, n: int, pool: CandidatePool, proposals: torch.Generator | None) -> EDLMNelbo:
+    """-log p_theta(x0_M|xt) + E(x0, xt, t) + log Z(xt); log Z = 0 exactly for a self-normalised
+    energy (then no proposal is drawn), else its high (estimate) and low (companion) sides."""
+    base = d.nll + energy(d.x0, d.xt, d.t, -d.nll).double()
+    if is_self_normalised(energy):
+        return EDLMNelbo(base, base, torch.full_like(base, math.nan))
+    candidates, logp = draw_candidates(d.logits, d.xt, d.masked, pool.local_count(n), d.mask_id, proposals)
+    logz = logz_bounds(pool.gather(candidate_energies(energy, candidates, logp, d.xt, d.t)))
+    return EDLMNelbo(base + logz.high, base + logz.low, logz.ess)
+
+
+def _conservative(d: _MaskedSet, energy: Energy, n: int, generator: torch.Generator | None, pool: CandidatePool,
+                  proposals: torch.Generator | None) -> EDLMNelbo:
+    """sum_{i in M} -log p_joint(x0_i|xt) = nll + sum_i (log Z - log A_i), A_i = E_{x_i = x0_i}
+    exp(-E), at one uniformly drawn i times |M|, from independent clamped and free draws: the
+    low side of log A_i and the high side of log Z push the estimate up (a bound only as n grows,
+    except for a self-normalised energy, where log Z = 0 and Jensen makes it one at any n)."""
+    pick = _pick_position(d, generator)
+    local = pool.local_count(n)
+    normalised = is_self_normalised(energy)
+    # rows [0, B) draw M \ {i} with x_i = x0_i; rows [B, 2B) draw all of M for log Z
+    rows = 1 if normalised else 2
+    clamped_xt = torch.where(pick, d.x0, d.xt)
     candidates, logp = draw_candidates(
-        torch.cat([logits, logits]), torch.cat([xt, clamped_xt]), torch.cat([masked, masked & ~pick]),
-        local, mask_id, proposal_generator,
+        torch.cat([d.logits] * rows), torch.cat([clamped_xt, d.xt][:rows]),
+        torch.cat([d.masked & ~pick, d.masked][:rows]), local, d.mask_id, proposals,
     )
-    logp[batch:] += (data_logp * pick).sum(dim=-1, keepdim=True)  # log p_theta of x over all of M
-    energies = pool.gather(candidate_energies(energy, candidates, logp, torch.cat([xt, xt]), torch.cat([t, t])))
-    logz, middle = logz_bounds(energies[:batch]), logz_bounds(energies[batch:])
-    count = masked.sum(dim=-1).double()
-    # sum_{i in M} -log p_joint(x0_i|xt) = nll + sum_i (log Z - middle_i), the sum over i by |M| x one i
-    return (
-        nll + count * (logz.low - middle.high),
-        nll + count * (logz.high - middle.low),
-        logz.ess,
-    )
+    batch = d.x0.shape[0]
+    logp[:batch] += (d.data_logp * pick).sum(dim=-1, keepdim=True)  # log p_theta of x over all of M
+    energies = pool.gather(candidate_energies(energy, candidates, logp, torch.cat([d.xt] * rows), torch.cat([d.t] * rows)))
+    middle = logz_bounds(energies[:batch])
+    if normalised:
+        return EDLMNelbo(d.nll - d.count * middle.low, d.nll - d.count * middle.high, middle.ess)
+    logz = logz_bounds(energies[batch:])
+    return EDLMNelbo(d.nll + d.count * (logz.high - middle.low), d.nll + d.count * (logz.low - middle.high), logz.ess)
+
+
+def _jackknifed_log_ratio(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """log(sum exp a / sum exp b) over the last dim and its jackknife bias correction
+    n r - (n - 1) mean_j r_{-j}, in float64 log-sum-exp."""
+    n = a.shape[-1]
+    ratio = torch.logsumexp(a, dim=-1) - torch.logsumexp(b, dim=-1)
+    left_out = (_leave_one_out_logsumexp(a) - _leave_one_out_logsumexp(b)).mean(dim=-1)
+    return ratio, n * ratio - (n - 1) * left_out
+
+
+def _coupled(d: _MaskedSet, energy: Energy, n: int, generator: torch.Generator | None, pool: CandidatePool,
+             proposals: torch.Generator | None) -> EDLMNelbo:
+    """The same sum with A_i / Z estimated by common random numbers: each clamped draw is its
+    free twin with position i set to the data, and A_i / Z is the ratio of their sums of
+    exp(-E). Consistent, not a bound; the companion is the jackknife-corrected value."""
+    pick = _pick_position(d, generator)
+    candidates, logp = draw_candidates(d.logits, d.xt, d.masked, pool.local_count(n), d.mask_id, proposals,
+                                       per_position=True)
+    chosen = pick[:, None]
+    twins = torch.where(chosen, d.x0[:, None], candidates)
+    twin_logp = torch.where(chosen, d.data_logp[:, None], logp).sum(dim=-1)
+    free = pool.gather(candidate_energies(energy, candidates, logp.sum(dim=-1), d.xt, d.t))
+    clamped = pool.gather(candidate_energies(energy, twins, twin_logp, d.xt, d.t))
+    ratio, jackknifed = _jackknifed_log_ratio(-clamped, -free)
+    return EDLMNelbo(d.nll - d.count * ratio, d.nll - d.count * jackknifed, effective_sample_size(free))
+
+
+def _truncated(d: _MaskedSet, energy: SelfNormalisedEnergy, n: int, pool: CandidatePool,
+               proposals: torch.Generator | None, joint: bool) -> EDLMNelbo:
+    """coAR: -sum_{i in M} log P_coAR(x_i = x0_i | xt), every masked position scored from the
+    same n draws. P_coAR(x_i = x0_i) = E_x [prod_{j in M, j < i} p_AR(x_j|x_<j) / p_theta(x_j|xt)
+    p_AR(x0_i | x_<i)]: the AR factors after i are left out (their expectation is 1), so the
+    weights stay short. Jensen makes -log of the sample mean an upper bound at any n. With
+    `joint` the draws come from the coAR joint itself (the weights are then 1)."""
+    batch, length = d.x0.shape
+    local = pool.local_count(n)
+    if joint:
+        candidates = energy.draw_joint(d.xt, local, proposals)
+    else:
+        candidates, logq = draw_candidates(d.logits, d.xt, d.masked, local, d.mask_id, proposals, per_position=True)
+    flat = candidates.reshape(batch * local, length)
+    own, data = (lp.view(batch, local, length) for lp in energy.prefix_log_probs(flat, d.x0.repeat_interleave(local, 0)))
+    gain = torch.zeros_like(own) if joint else (own - logq).masked_fill(~d.masked[:, None], 0.0)
+    log_w = pool.gather(gain.cumsum(dim=-1) - gain + data).transpose(1, 2)  # [B, L, n], log weight of x_i = x0_i
+    total = pool.gather(gain.sum(dim=-1))
+    log_p = torch.logsumexp(log_w, dim=-1) - math.log(n)
+    left_out = (_leave_one_out_logsumexp(log_w) - math.log(n - 1)).mean(dim=-1)
+    jackknifed = n * log_p - (n - 1) * left_out
+    return EDLMNelbo(-(log_p * d.masked).sum(dim=-1), -(jackknifed * d.masked).sum(dim=-1),
+                     effective_sample_size(-total))
+
+
+def masked_set_terms(
+    denoiser: Denoiser, energy: Energy, x0: torch.Tensor, xt: torch.Tensor, masked: torch.Tensor, t: torch.Tensor,
+    *, mask_id: int, num_proposals: int, estimator: str, generator: torch.Generator | None, pool: CandidatePool,
+    proposal_generator: torch.Generator | None,
+) -> EDLMNelbo:
+    """Unweighted figures of `estimator` (see `edlm_nelbo`) for the masked set of one (t, xt)
+    per sequence: the term under the NELBO's time integral."""
+    logits = denoiser(xt, t)
+    d = _MaskedSet(x0, xt, masked, t, logits, _data_log_probs(logits, x0, masked, mask_id), mask_id)
+    if estimator == "paper":
+        return _paper(d, energy, num_proposals, pool, proposal_generator)
+    if estimator == "conservative":
+        return _conservative(d, energy, num_proposals, generator, pool, proposal_generator)
+    if estimator == "coupled":
+        return _coupled(d, energy, num_proposals, generator, pool, proposal_generator)
+    return _truncated(d, energy, num_proposals, pool, proposal_generator, joint=estimator == "joint")
 
 
 @torch.no_grad()
@@ -121,30 +258,35 @@ def edlm_nelbo(
     schedule: Schedule | None = None,
     num_samples: int = 1,
     num_proposals: int = 8,
-    estimator: str = "bound",
+    estimator: str = "conservative",
     valid_mask: torch.Tensor | None = None,
     t_min: float = 1e-3,
     generator: torch.Generator | None = None,
     pool: CandidatePool | None = None,
     proposal_generator: torch.Generator | None = None,
 ) -> EDLMNelbo:
-    """Monte-Carlo (low, high) estimates of the EDLM NELBO of each sequence, in nats [B].
+    """Monte-Carlo figures of the EDLM NELBO of each sequence, in nats [B] (docs/likelihood.md).
 
     Same (t, xt) scheme and weight (1 - t_min) w(t) as `nelbo`; all (t, mask) draws are taken
     first, in `nelbo`'s order, so with one generator seed both see the same (t, xt). Then per
-    draw, with `num_proposals` proposals x ~ p_theta(.|xt) (unmasked tokens carried over):
-    - "paper" (eq. 12-13): -log p_theta(x0_M|xt) + E(x0, xt, t) + log Z(xt). Not a bound: below
-      the NLL once the joint captures correlations (docs/likelihood.md).
-    - "bound": sum_{i in M} -log p_joint(x0_i|xt), the valid continuous-time NELBO of the joint;
-      the energy correction log Z - log E_{x_i = x0_i} exp(-E) is estimated at one uniformly
-      drawn masked position and multiplied by |M| (unbiased over i).
-    `high` combines the log Z estimates that push the result up (the reported figure); with
-    E = 0 both estimators equal `nelbo`. A sequence with nothing masked contributes 0.
+    draw, with `num_proposals` proposals x ~ p_theta(.|xt) (unmasked tokens carried over), the
+    valid continuous-time NELBO of the joint, sum_{i in M} -log p_joint(x0_i|xt), by
+    - "truncated" (self-normalised energies, coAR): every masked position from the same draws,
+      the AR factors after i left out; a guaranteed upper bound at any n. "joint": the same on
+      draws from the coAR joint instead of p_theta (sequential AR sampling, much tighter);
+    - "coupled": clamped draws that are the free draws' twins, A_i / Z as a ratio of sums; a
+      consistent estimate, with its jackknife correction as the companion;
+    - "conservative": independent clamped and free draws, log Z's high side; an upper bound
+      only as n grows (at any n for a self-normalised energy, whose log Z is 0);
+    or the paper's eq. 12-13, "paper": -log p_theta(x0_M|xt) + E(x0, xt, t) + log Z(xt), not a
+    bound (below the NLL once the joint captures correlations); exact for coAR (log Z = 0: the
+    AR model's NLL over the masked tokens). With E = 0 every estimator equals `nelbo`. A
+    sequence with nothing masked contributes 0.
 
     With a `pool` over ranks (`edlm_dist.distributed.RankPool`), every rank passes the same x0 and
     `generator` and draws its share of the proposals from its own `proposal_generator`; the
-    energies are gathered, so every rank returns the same estimates. Without one, the proposals
-    come from `generator` too.
+    energies (or weights) are gathered, so every rank returns the same figures. Without one, the
+    proposals come from `generator` too.
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -154,6 +296,8 @@ def edlm_nelbo(
         raise ValueError(f"t_min must be in [0, 1), got {t_min}")
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    if estimator in ("joint", "truncated") and not is_self_normalised(energy):
+        raise ValueError(f"the {estimator} estimator needs a self-normalised energy (coAR)")
     schedule = schedule or LogLinearSchedule()
     pool = pool or LocalPool()
     if proposal_generator is None:
@@ -167,14 +311,13 @@ def edlm_nelbo(
         draws.append((t, xt, masked))
     totals = torch.zeros(3, x0.shape[0], dtype=torch.float64, device=x0.device)
     for t, xt, masked in draws:
-        low, high, ess = _one_draw(
-            denoiser, energy, x0, xt, masked, t, mask_id=mask_id, num_proposals=num_proposals,
-            estimator=estimator, generator=generator, pool=pool, proposal_generator=proposal_generator,
+        figures = masked_set_terms(
+            denoiser, energy, x0, xt, masked, t, mask_id=mask_id, num_proposals=num_proposals, estimator=estimator,
+            generator=generator, pool=pool, proposal_generator=proposal_generator,
         )
         weight = (1.0 - t_min) * schedule.weight(t.double())
         keep = masked.any(dim=-1)
-        totals[0] += torch.where(keep, weight * low, 0.0)
-        totals[1] += torch.where(keep, weight * high, 0.0)
-        totals[2] += ess
-    low, high, ess = totals / num_samples
-    return EDLMNelbo(low, high, ess)
+        totals[0] += torch.where(keep, weight * figures.estimate, 0.0)
+        totals[1] += torch.where(keep, weight * figures.companion, 0.0)
+        totals[2] += figures.ess
+    return EDLMNelbo(*(totals / num_samples))

@@ -127,7 +127,7 @@ CANDIDATE_DRAWS = ("gumbel", "inverse_cdf")
 def draw_candidates(
     logits: torch.Tensor, xt: torch.Tensor, masked: torch.Tensor, num_candidates: int,
     mask_id: int, generator: torch.Generator | None, *, max_noise_elements: int = MAX_NOISE_ELEMENTS,
-    method: str = "gumbel",
+    method: str = "gumbel", per_position: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """k = `num_candidates` independent full denoisings x0^j ~ p_theta(. | xt) per sequence.
 
@@ -135,7 +135,8 @@ def draw_candidates(
     (ids < mask_id) count. Positions where `masked` [B, L] is set are drawn, the others carried
     over from `xt`. Returns the candidates [B, k, L], sample-major (row b holds candidates for
     sequence b only), and log p_theta(x0^j | xt) summed over the masked positions, float64
-    [B, k] (0 for a sequence with nothing masked).
+    [B, k] (0 for a sequence with nothing masked); with `per_position`, per position [B, k, L]
+    (0 at unmasked positions).
 
     Tokens are float64 Gumbel-max draws with noise taken in the order of one [k, n_masked, V]
     draw (candidate, then masked position in row-major order, then token), at most
@@ -162,9 +163,9 @@ def draw_candidates(
     seq, pos = positions // xt.shape[1], positions % xt.shape[1]
     candidates = xt.unsqueeze(1).repeat(1, num_candidates, 1)  # [B, k, L]
     candidates[seq, :, pos] = draws.view(num_candidates, -1).T
-    per_position = torch.zeros(candidates.shape, dtype=torch.float64, device=xt.device)
-    per_position[seq, :, pos] = draw_logp.T
-    return candidates, per_position.sum(-1)
+    logp = torch.zeros(candidates.shape, dtype=torch.float64, device=xt.device)
+    logp[seq, :, pos] = draw_logp.T
+    return candidates, logp if per_position else logp.sum(-1)
 
 
 class CandidatePool(Protocol):

@@ -6,6 +6,10 @@
         token (they contribute 0), E = -sum_{i masked} log p_AR(x0_i | x0_<i) + log p_theta,
         so sum_x0 p_theta(x0 | xt) exp(-E) = 1 exactly (self-normalised). This needs position
         0 scored as well, which the AR does by reading a start token.
+
+The energy says what it knows, for the likelihood estimators: `self_normalised` (coAR: log Z =
+0, not estimated), the AR conditionals along a proposal's prefix (`prefix_log_probs`) and draws
+from the coAR joint itself (`draw_joint`).
 """
 
 from __future__ import annotations
@@ -16,14 +20,22 @@ import torch
 from torch import Tensor
 
 from edlm_dist.diffusion.loss import Denoiser, masked_token_nll
+from edlm_dist.diffusion.noise import gumbel_argmax
 
 
 class TokenScorer(Protocol):
-    """An AR model: per-position log p(x0_i | x0_<i) [N, L] over `vocab_size` data tokens."""
+    """An AR model: per-position log p(x0_i | x0_<i) [N, L] over `vocab_size` data tokens, and
+    log p(target_i | x0_<i) for other targets from the same forward."""
 
     vocab_size: int
 
     def token_log_probs(self, x0: Tensor) -> Tensor: ...
+
+    def conditional_log_probs(self, x0: Tensor, *targets: Tensor) -> list[Tensor]: ...
+
+    def __call__(self, x0: Tensor) -> Tensor:
+        """Logits [N, L, >= vocab_size], position i predicting x0_i from x0_<i."""
+        ...
 
 
 class AREnergy:
@@ -58,6 +70,31 @@ class AREnergy:
     @property
     def kind(self) -> Literal["ar", "coar"]:
         return "coar" if self.carry_over else "ar"
+
+    @property
+    def self_normalised(self) -> bool:
+        """coAR: sum_x0 p_theta(x0 | xt) exp(-E) = 1, so log Z(xt) = 0 exactly (not estimated)."""
+        return self.carry_over
+
+    @torch.no_grad()
+    def prefix_log_probs(self, x: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """log p_AR(x_i | x_<i) and log p_AR(targets_i | x_<i), float64 [N, L] each, from one AR
+        forward over each chunk of x: what the coAR estimators weigh a proposal's prefix with."""
+        pairs = [self.ar_model.conditional_log_probs(a, a, b) for a, b in zip(x.split(self.max_batch), targets.split(self.max_batch))]
+        return torch.cat([p[0] for p in pairs]).double(), torch.cat([p[1] for p in pairs]).double()
+
+    @torch.no_grad()
+    def draw_joint(self, xt: Tensor, num: int, generator: torch.Generator | None) -> Tensor:
+        """`num` draws per sequence from the coAR joint itself, [B, num, L]: the AR model run left
+        to right over xt's masked positions (float64 Gumbel-max), the unmasked tokens kept. One
+        AR forward per masked column: sequential, so for when that is affordable."""
+        x = xt.repeat_interleave(num, dim=0)
+        masked = x == self.mask_id
+        for column in masked.any(dim=0).nonzero().flatten().tolist():
+            rows = masked[:, column]
+            logits = torch.cat([self.ar_model(chunk)[:, column, : self.mask_id] for chunk in x[rows].split(self.max_batch)])
+            x[rows, column] = gumbel_argmax(logits.double(), generator=generator)
+        return x.view(xt.shape[0], num, -1)
 
     def _check(self, x0: Tensor, xt: Tensor, t: Tensor, proposal_logp: Tensor | None) -> None:
         if proposal_logp is None and self.denoiser is None:

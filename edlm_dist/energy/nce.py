@@ -14,6 +14,7 @@ class NCEEnergy:
     the residual directly) and is ignored; t is read only if the network reads it."""
 
     kind = "nce"
+    self_normalised = False  # Z(xt) must be estimated from proposals
 
     def __init__(self, model: EnergyNet, *, max_batch: int = 256) -> None:
         if max_batch < 1:

@@ -32,7 +32,14 @@ from edlm_dist.config import Config, ConfigError
 from edlm_dist.data import Tokenizer, run_tokenizer
 from edlm_dist.data.eval_sets import EvalSet, EvalSetSpec, FixedBlocks, load_eval_set, parse_eval_sets
 from edlm_dist.diffusion import Schedule, build_schedule, edlm_nelbo, keyed_generator, nelbo
-from edlm_dist.diffusion.likelihood import ESTIMATORS
+from edlm_dist.diffusion.likelihood import (
+    CONSISTENT,
+    GUARANTEED,
+    PAPER,
+    estimator_kind,
+    estimators_for,
+    is_self_normalised,
+)
 from edlm_dist.distributed import DistEnv, RankPool, all_gather_object, autocast, compute_dtype, on_main_rank
 from edlm_dist.energy import Energy
 from edlm_dist.evaluation.outputs import check_output, refuse_training_run
@@ -48,12 +55,13 @@ from edlm_dist.training.loading import (
 )
 from edlm_dist.training.metrics import MetricsLogger
 
-# What each figure is, for readers of the JSON (docs/evaluation.md explains them).
-KINDS = {
-    "nelbo": "upper bound", "nll": "exact", "mdlm_nelbo": "upper bound (the denoiser alone)",
-    "bound": "upper bound (valid as n grows)", "bound_low": "lower estimate of the bound",
-    "paper": "paper eq. 13 estimate: not a bound", "paper_low": "paper eq. 13, low log Z",
-}
+# What each figure is, for readers of the JSON (docs/evaluation.md explains them); the EDLM
+# estimators' own kinds come from `estimator_kind`.
+KINDS = {"nelbo": "upper bound", "nll": "exact", "mdlm_nelbo": "upper bound (the denoiser alone)"}
+COMPANIONS = {"conservative": "low", "paper": "low", "coupled": "jackknife", "truncated": "jackknife", "joint": "jackknife"}
+COMPANION_KINDS = {"low": "the low side of log Z (not a bound)",
+                   "jackknife": f"{CONSISTENT} (jackknife bias-corrected)"}
+Z = 2.0  # standard errors for a difference to count
 
 
 @dataclass
@@ -101,9 +109,11 @@ def build_eval_model(ckpt: Checkpoint, cfg: Config, device: torch.device) -> Eva
 def sequence_figures(
     em: EvalModel, x0: torch.Tensor, key: tuple[object, ...], cfg: Config, pool: RankPool | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Per-sequence estimates in nats, float64 [B], of one batch; every estimate restarts the
-    generator of `key`, so all of them see the same (t, xt). With a `pool`, this rank draws its
-    share of the EDLM proposals from a generator keyed by `key` and its rank."""
+    """Per-sequence figures in nats, float64 [B], of one batch: `<estimator>_n<n>`, its companion
+    `<estimator>_<low|jackknife>_n<n>` and `ess_<estimator>_n<n>` for every estimator of the
+    energy at n and 2n proposals. Every figure restarts the generator of `key`, so all see the
+    same (t, xt). With a `pool`, this rank draws its share of the EDLM proposals from a
+    generator keyed by `key` and its rank."""
     if em.label == "ar":
         return {"nll": -em.model.log_prob(x0).double()}
     e = cfg.eval
@@ -117,49 +127,93 @@ def sequence_figures(
         return {"nelbo": plain}
     out = {"mdlm_nelbo": plain}
     for n in (e.num_proposals, 2 * e.num_proposals):
-        for estimator in ESTIMATORS:
+        for estimator in estimators_for(em.energy, joint=e.coar_joint):
             proposals = keyed_generator(*key, "proposals", pool.rank, device=x0.device) if pool else None
-            low, high, ess = edlm_nelbo(em.model, em.energy, x0, estimator=estimator, num_proposals=n,
-                                        generator=generator(), pool=pool, proposal_generator=proposals, **common)
-            out[f"{estimator}_n{n}"], out[f"{estimator}_low_n{n}"] = high, low
-            if estimator == "bound":
-                out[f"ess_n{n}"] = ess
+            estimate, companion, ess = edlm_nelbo(
+                em.model, em.energy, x0, estimator=estimator, num_proposals=n, generator=generator(),
+                pool=pool, proposal_generator=proposals, **common)
+            out[f"{estimator}_n{n}"], out[f"{estimator}_{COMPANIONS[estimator]}_n{n}"] = estimate, companion
+            if not ess.isnan().any():  # the exact coAR paper figure draws no proposals
+                out[f"ess_{estimator}_n{n}"] = ess
     return out
 
 
-def summarize(values: dict[str, torch.Tensor], seq_len: int, num_proposals: int) -> dict[str, Any]:
-    """Per-token means, standard errors (over sequences: the Monte-Carlo noise plus the spread of
-    the data, so an upper bound on the MC error) and perplexities of per-sequence values; for
-    EDLM also the paired differences to MDLM and from n to 2n proposals."""
+def _stats(per_sequence: torch.Tensor, seq_len: int) -> dict[str, float]:
+    """Per-token mean, standard error over sequences (Monte-Carlo noise plus the spread of the
+    data, so an upper bound on the MC error), perplexity and bits of per-sequence nats."""
+    n = per_sequence.numel()
+    per_token = per_sequence / seq_len
+    mean = float(per_token.mean())
+    stderr = float(per_token.std() / math.sqrt(n)) if n > 1 else math.nan
+    return {"nats_per_token": mean, "stderr": stderr, "ppl": math.exp(mean), "bits_per_token": mean / math.log(2)}
 
-    def stats(per_sequence: torch.Tensor) -> dict[str, float]:
-        n = per_sequence.numel()
-        per_token = per_sequence / seq_len
-        mean = float(per_token.mean())
-        stderr = float(per_token.std() / math.sqrt(n)) if n > 1 else math.nan
-        return {"nats_per_token": mean, "stderr": stderr, "ppl": math.exp(mean), "bits_per_token": mean / math.log(2)}
 
-    figures, ess = {}, {}
-    for name, per_sequence in values.items():
-        if name.startswith("ess_"):
-            ess[name] = float(per_sequence.mean())
-            continue
-        figures[name] = {**stats(per_sequence), "kind": KINDS[re.sub(r"_n\d+$", "", name)]}
+def figure_kind(name: str, self_normalised: bool) -> str:
+    """What the figure `name` (e.g. `coupled_jackknife_n16`) is."""
+    base = re.sub(r"_n\d+$", "", name)
+    if base in KINDS:
+        return KINDS[base]
+    estimator, _, companion = base.partition("_")
+    if companion == "low" and estimator == "paper":
+        return PAPER
+    return COMPANION_KINDS[companion] if companion else estimator_kind(estimator, self_normalised)
+
+
+def judge(kind: str, versus_mdlm: dict[str, float], movement: dict[str, float]) -> dict[str, Any]:
+    """Whether a figure decides against MDLM's NELBO at its standard error, why, and otherwise
+    what keeps it from deciding (`limited_by`: "kind", "noise" or "estimator").
+
+    A guaranteed upper bound decides only when it lies below MDLM's NELBO beyond Z s.e. (above
+    it, the bound may be loose); a consistent estimate when it differs beyond Z s.e. and moved
+    less than half that difference from n to 2n proposals; the paper's estimate never (not a bound).
+    """
+    diff, se, moved = versus_mdlm["nats_per_token"], versus_mdlm["stderr"], movement["nats_per_token"]
+
+    def undecided(limited_by: str, reason: str) -> dict[str, Any]:
+        return {"decides": False, "verdict": "undecided", "limited_by": limited_by, "reason": reason}
+
+    if kind == PAPER:
+        return undecided("kind", "the paper's estimate is not a bound")
+    if kind == GUARANTEED:
+        if diff + Z * se < 0:
+            return {"decides": True, "verdict": "below MDLM", "limited_by": None,
+                    "reason": f"an upper bound {-diff:.4f} nats/token below"}
+        return undecided("estimator", "an upper bound not below MDLM's NELBO beyond 2 s.e. says nothing against EDLM")
+    if abs(diff) <= Z * se:
+        return undecided("noise", "within 2 s.e. of MDLM's NELBO")
+    if abs(moved) > abs(diff) / 2:
+        return undecided("estimator", f"still moving: {moved:+.4f} nats/token from n to 2n proposals")
+    return {"decides": True, "verdict": "below MDLM" if diff < 0 else "above MDLM", "limited_by": None,
+            "reason": f"{diff:+.4f} ± {se:.4f} nats/token, moved {moved:+.4f} from n to 2n"}
+
+
+def summarize(values: dict[str, torch.Tensor], seq_len: int, num_proposals: int,
+              self_normalised: bool = False) -> dict[str, Any]:
+    """Per-token means, standard errors and perplexities of per-sequence values, each with its
+    kind; for EDLM also, per estimator at 2n proposals, the mean ESS, the paired difference to
+    MDLM, the movement from n to 2n and whether the figure decides against MDLM (`judge`)."""
+    figures = {name: {**_stats(v, seq_len), "kind": figure_kind(name, self_normalised)}
+               for name, v in values.items() if not name.startswith("ess_")}
+    ess = {name: float(v.mean()) for name, v in values.items() if name.startswith("ess_")}
     summary: dict[str, Any] = {"figures": figures}
     if "nll" in values or "nelbo" in values:
         summary["headline"] = "nll" if "nll" in values else "nelbo"
         return summary
     n, n2 = num_proposals, 2 * num_proposals
-    summary["headline"] = f"bound_n{n2}"
+    estimators = [name[: -len(f"_n{n2}")] for name in values if name.endswith(f"_n{n2}") and name[:-len(f"_n{n2}")] in COMPANIONS]
+    summary["headline"] = f"{estimators[0]}_n{n2}"  # the tightest valid one: joint, truncated or coupled
     summary["mean_ess"] = ess
-    differences = {f"bound_n{n2} - mdlm_nelbo": values[f"bound_n{n2}"] - values["mdlm_nelbo"],
-                   f"paper_n{n2} - mdlm_nelbo": values[f"paper_n{n2}"] - values["mdlm_nelbo"]}
-    for estimator in ESTIMATORS:
-        for side in ("", "_low"):
-            differences[f"{estimator}{side}_n{n2} - {estimator}{side}_n{n}"] = (
-                values[f"{estimator}{side}_n{n2}"] - values[f"{estimator}{side}_n{n}"])
-    summary["differences"] = {name: {k: v for k, v in stats(d).items() if k in ("nats_per_token", "stderr")}
-                              for name, d in differences.items()}
+    differences, judgements = {}, {}
+    for estimator in estimators:
+        name = f"{estimator}_n{n2}"
+        versus = _stats(values[name] - values["mdlm_nelbo"], seq_len)
+        moved = _stats(values[name] - values[f"{estimator}_n{n}"], seq_len)
+        differences[f"{name} - mdlm_nelbo"] = {k: versus[k] for k in ("nats_per_token", "stderr")}
+        differences[f"{name} - {estimator}_n{n}"] = {k: moved[k] for k in ("nats_per_token", "stderr")}
+        judgements[name] = {"kind": figures[name]["kind"], "ess": ess.get(f"ess_{estimator}_n{n2}"),
+                            **judge(figures[name]["kind"], versus, moved)}
+    summary["differences"] = differences
+    summary["judgements"] = judgements
     return summary
 
 
@@ -280,7 +334,7 @@ class LikelihoodEvaluator:
             "documents": blocks.documents, "seed": cfg.job.seed, "batch_size": size,
             "num_samples": cfg.eval.num_samples, "world_size": env.world_size, "split": "proposals" if pool else "sequences",
             **({"num_proposals": [cfg.eval.num_proposals, 2 * cfg.eval.num_proposals]} if em.energy is not None else {}),
-            **summarize(values, blocks.seq_len, cfg.eval.num_proposals),
+            **summarize(values, blocks.seq_len, cfg.eval.num_proposals, is_self_normalised(em.energy)),
             "wall_time_s": wall, "sequences_per_s": total / wall if wall > 0 else math.nan,
         }
         self._write(em, spec, result)
@@ -321,7 +375,9 @@ def format_result(result: dict[str, Any]) -> str:
         lines.append(f" {mark}{name:<16}{f['nats_per_token']:>9.4f} ± {f['stderr']:.4f} nats/token"
                      f"   ppl {f['ppl']:>10.2f}   ({f['kind']})")
     for name, value in result.get("mean_ess", {}).items():
-        lines.append(f"  {name:<16}{value:>9.2f} (mean effective sample size of the log Z draws)")
+        lines.append(f"  {name:<16}{value:>9.2f} (mean effective sample size of the proposals' weights)")
     for name, d in result.get("differences", {}).items():
         lines.append(f"  {name:<32}{d['nats_per_token']:>+9.4f} ± {d['stderr']:.4f}")
+    for name, j in result.get("judgements", {}).items():
+        lines.append(f"  {name} against MDLM: {j['verdict']} ({j['reason']})")
     return "\n".join(lines)

@@ -208,10 +208,15 @@ class ARTransformer(Transformer):
     def token_log_probs(self, x0: Tensor) -> Tensor:
         """log p_AR(x0_i | x0_<i) [B, L], float32: log-softmax over the V data columns only
         (computed with autocast off), so each position is a normalised conditional."""
+        return self.conditional_log_probs(x0, x0)[0]
+
+    def conditional_log_probs(self, x0: Tensor, *targets: Tensor) -> list[Tensor]:
+        """For each of `targets` [B, L]: log p_AR(targets_i | x0_<i) [B, L] float32, from one
+        forward over x0 (e.g. the data token at i after a proposal's prefix)."""
         logits = self(x0)
         with torch.autocast(device_type=x0.device.type, enabled=False):
             log_probs = torch.log_softmax(logits[..., : self.vocab_size].float(), dim=-1)
-            return log_probs.gather(-1, x0[..., None]).squeeze(-1)
+            return [log_probs.gather(-1, target[..., None]).squeeze(-1) for target in targets]
 
     def log_prob(self, x0: Tensor, valid_mask: Tensor | None = None) -> Tensor:
         """log p_AR(x0) [B]: sum over (valid) positions of `token_log_probs`, so it is a
