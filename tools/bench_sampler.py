@@ -58,7 +58,7 @@ import torch.multiprocessing as mp
 from edlm_dist.config.schema import MODEL_PRESETS, ModelConfig
 from edlm_dist.diffusion import SamplingStats, draw_candidates, sample
 from edlm_dist.diffusion.sampling import CANDIDATE_DRAWS
-from edlm_dist.distributed import RankPool, init_distributed, shutdown
+from edlm_dist.distributed import RankPool, autocast, compute_dtype, init_distributed, shutdown
 from edlm_dist.energy import AREnergy
 from edlm_dist.models import build_model
 from edlm_dist.training.metrics import median_seconds, peak_memory_gib, reset_peak_memory, synchronize
@@ -73,7 +73,7 @@ MEMORY_TARGET = 0.6
 
 def _forward_costs(
     denoiser: torch.nn.Module, energy: AREnergy, k: int, spec: dict[str, Any], device: torch.device,
-    autocast: Callable[[], contextlib.AbstractContextManager],
+    dtype: torch.dtype,
 ) -> dict[str, float]:
     """Isolated denoiser forward over B, energy call and candidate draw over k*B, at half masking."""
     batch, seq_len, vocab = spec["batch"], spec["seq_len"], spec["vocab"]
@@ -83,7 +83,7 @@ def _forward_costs(
     xt[masked] = vocab
     t = torch.full((batch,), 0.5, device=device)
     reps = 20 if device.type == "cuda" else 5
-    with torch.no_grad(), autocast():
+    with torch.no_grad(), autocast(device, dtype):
         denoiser_s = median_seconds(lambda: denoiser(xt, t), device, reps)
         logits = denoiser(xt, t)
         draw = lambda: draw_candidates(logits, xt, masked, k, vocab, gen, method=spec["draw"])  # noqa: E731
@@ -116,10 +116,10 @@ def measure(rank: int, spec: dict[str, Any]) -> dict[str, Any]:
         if energy is not None:
             energy.ar_model.compile()
     pool = RankPool() if world > 1 else None
-    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=gpu)  # noqa: E731
+    dtype = compute_dtype(spec["mixed_precision"], device)
 
     def run(window: float, n_steps: int, stats: SamplingStats) -> None:
-        with autocast():
+        with autocast(device, dtype):
             sample(denoiser, batch_size=batch, seq_len=spec["seq_len"], mask_id=spec["vocab"], steps=n_steps,
                    energy=energy, num_candidates=k, window=window,
                    generator=torch.Generator(device).manual_seed(0),
@@ -152,7 +152,7 @@ def measure(rank: int, spec: dict[str, Any]) -> dict[str, Any]:
         "memory_mib": 1024 * (peak if gpu else peak - before),
     }
     if spec["forwards"] and energy is not None:
-        result.update(_forward_costs(denoiser, energy, k, spec, device, autocast))
+        result.update(_forward_costs(denoiser, energy, k, spec, device, dtype))
         say(f"isolated: denoiser over B {1e3 * result['denoiser_forward_s']:.1f} ms, energy over k*B "
             f"{1e3 * result['energy_call_s']:.1f} ms, draw of k {1e3 * result['draw_s']:.1f} ms -> "
             f"c = {result['c']:.3f}, d = {result['d']:.3f}")
@@ -248,7 +248,8 @@ def main(argv: list[str] | None = None) -> None:
     repeats = args.repeats or (3 if args.gpu else 1)
     threads = args.threads  # split between the ranks of candidates mode
     base = {"preset": args.preset, "seq_len": args.seq_len, "steps": args.steps, "batch": args.batch, "vocab": vocab,
-            "repeats": repeats, "gpu": args.gpu, "compile": args.compile, "threads": threads, "draw": args.draw}
+            "repeats": repeats, "gpu": args.gpu, "compile": args.compile, "threads": threads, "draw": args.draw,
+            "mixed_precision": "auto"}
     mem = "CUDA allocator peak" if args.gpu else "growth of the max RSS during sampling"
     print(f"[bench] {device_name(args.gpu)}, torch {torch.__version__}, {'bf16 autocast' if args.gpu else 'fp32'}"
           f"{', compiled' if args.compile else ''}; preset {args.preset}, vocab {vocab}, seq_len {args.seq_len}, "

@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from edlm_dist.config import load_config
-from edlm_dist.distributed import shutdown
+from edlm_dist.distributed import autocast, compute_dtype, shutdown
 from edlm_dist.distributed.parallelize import apply_compile
 from edlm_dist.models import build_model
 from edlm_dist.training import Trainer, build_optimizer, build_task
@@ -136,11 +136,12 @@ def bench_trainer(name: str, config: str, overrides: list[str], warmup: int, ste
 
 def bench_direct(
     name: str, preset: str, vocab: int, seq_len: int, batch: int, compiled: bool, warmup: int, steps: int,
-    device: torch.device, dropout: float = 0.1,
+    device: torch.device, dropout: float = 0.1, mixed_precision: str = "auto",
 ) -> dict[str, Any]:
     """Time forward + MDLM loss + backward + clip + AdamW on random tokens (no data, EMA or trainer).
 
-    bf16 autocast on CUDA (fp32 elsewhere); `compiled` compiles each block, as the trainer does.
+    Autocast as `training.mixed_precision` says (auto: bf16 on CUDA, fp32 elsewhere); `compiled`
+    compiles each block, as the trainer does.
     """
     cfg = load_config(None, [f"--model.preset={preset}", f"--model.dropout={dropout}", f"--data.seq_len={seq_len}"])
     prepare = (lambda m: apply_compile(m.blocks)) if compiled else None
@@ -151,12 +152,12 @@ def bench_direct(
     x0s = [torch.randint(0, vocab, (batch, seq_len), device=device, generator=generator) for _ in range(4)]
     noises = [task.draw_noise(batch, seq_len, i) for i in range(4)]
     noises = [dataclasses.replace(n, t=n.t.to(device), uniforms=n.uniforms.to(device)) for n in noises]
-    bf16 = device.type == "cuda"
+    dtype = compute_dtype(mixed_precision, device)
     count = iter(range(10**9))
 
     def step() -> None:
         i = next(count) % len(x0s)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with autocast(device, dtype):
             nll = task.sequence_nll(model, x0s[i], noises[i])
         (nll.sum() / (batch * seq_len)).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.training.max_grad_norm)
@@ -166,8 +167,9 @@ def bench_direct(
     model.train()
     warmup_s, times = time_steps(step, device, warmup, steps)
     return step_record(
-        name, device, 1, preset, vocab, seq_len, batch, compiled, "bf16" if bf16 else "fp32", warmup, warmup_s, times,
-        model.flops_per_token(seq_len), param_and_optimizer_bytes(model, optimizer), path="direct", dropout=dropout,
+        name, device, 1, preset, vocab, seq_len, batch, compiled, "bf16" if dtype == torch.bfloat16 else "fp32", warmup,
+        warmup_s, times, model.flops_per_token(seq_len), param_and_optimizer_bytes(model, optimizer), path="direct",
+        dropout=dropout,
     )
 
 

@@ -25,10 +25,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-import zstandard
 
 from edlm_dist.data.errors import DataError, SkipCounter
-from edlm_dist.data.sources import filesystem, open_binary
+from edlm_dist.data.sources import filesystem, open_binary, zstandard_module
 from edlm_dist.data.tokenizers import Tokenizer
 from edlm_dist.fileio import atomic_output, atomic_write_text
 
@@ -454,14 +453,15 @@ class CorpusWriter:
             raise ValueError(f"completed shards of {split} are not numbered 0..{len(self.records) - 1}")
         self.token_shards = [r["token_shard"] for r in self.records if r["token_shard"]]
         self.raw_shards = [r["raw_shard"] for r in self.records if r["raw_shard"]]
-        self._compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True)
+        self._compressor = (zstandard_module().ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True)
+                            if write_raw else None)
         self._start_shard()
 
     def _start_shard(self) -> None:
         self._tokens = array(self._typecode)
         self._offsets = [0]
         self._count = 0
-        self._raw = self._compressor.compressobj()
+        self._raw = self._compressor.compressobj() if self._compressor is not None else None
         self._raw_chunks: list[bytes] = []
 
     def add(self, text: str, ids: list[int] | None = None) -> None:

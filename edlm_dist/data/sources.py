@@ -16,10 +16,10 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
+from types import ModuleType
 from typing import Any, BinaryIO, Literal
 
 import fsspec
-import zstandard
 from fsspec.implementations.local import LocalFileSystem
 
 from edlm_dist.data.errors import DataError, SkipCounter
@@ -30,6 +30,16 @@ PARQUET_BATCH_ROWS = 1024
 GLOB_CHARS = "*?["
 
 log = logging.getLogger(__name__)
+
+
+def zstandard_module() -> ModuleType:
+    """The zstandard package, imported only where compressed data is read or written: it is
+    compiled, and a machine that never touches .zst files may lack it."""
+    try:
+        import zstandard
+    except ImportError as e:
+        raise DataError("reading or writing .jsonl.zst needs the zstandard package (pip install zstandard)") from e
+    return zstandard
 
 
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str, bool]:
@@ -231,6 +241,7 @@ class _ZstdLines:
         self.failed = False
 
     def __iter__(self) -> Iterator[bytes]:
+        zstandard = zstandard_module()
         decompressor = zstandard.ZstdDecompressor()
         frame: Any = None  # the decompression object of the frame in progress
         frame_start = offset = lines = 0

@@ -39,14 +39,17 @@ def init_distributed(
 ) -> DistEnv:
     """Join the process group that torchrun describes (backend "auto": NCCL on CUDA, gloo on CPU).
 
-    Without torchrun's variables this is world size 1 and no process group is created. A
-    collective that waits longer than `timeout_s` fails instead of hanging the job.
+    Under torchrun this happens at any world size, one rank included (the cluster path on one
+    device: FSDP2 on a 1-rank mesh); without torchrun's variables it is world size 1 and no
+    process group is created. A collective that waits longer than `timeout_s` fails instead of
+    hanging the job.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_preference, local_rank)
-    if world_size > 1 and not dist.is_initialized():
+    under_torchrun = "TORCHELASTIC_RUN_ID" in os.environ and "MASTER_ADDR" in os.environ
+    if (world_size > 1 or under_torchrun) and not dist.is_initialized():
         if backend == "auto":
             backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(

@@ -12,6 +12,7 @@ import warnings
 from typing import Callable
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
@@ -21,12 +22,14 @@ from edlm_dist.config import ConfigError, ParallelConfig
 
 
 def build_mesh(cfg: ParallelConfig, world_size: int, device_type: str) -> DeviceMesh | None:
-    """The data-parallel mesh `dp_replicate x dp_shard` (None in a single process).
+    """The data-parallel mesh `dp_replicate x dp_shard` (None in a single process without a
+    process group; a process group of one rank, as torchrun at one process makes, gets a 1-rank
+    mesh: the cluster path on one device).
 
     One replica of `world_size` shards is plain FSDP; `dp_shard = 1` replicates only (DDP-like);
     anything in between is HSDP.
     """
-    if world_size == 1:
+    if world_size == 1 and not dist.is_initialized():
         return None
     shard = cfg.dp_shard if cfg.dp_shard != -1 else world_size // cfg.dp_replicate
     if cfg.dp_replicate * shard != world_size:
