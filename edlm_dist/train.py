@@ -13,9 +13,10 @@ from pathlib import Path
 
 from edlm_dist.config import config_to_toml, exit_on_user_error, parse_cli
 from edlm_dist.distributed import shutdown
-from edlm_dist.training import CheckpointManager, RunFolder, Trainer
-from edlm_dist.training.checkpoint import checkpoint_folder
-from edlm_dist.training.loading import resolve_model_config
+from edlm_dist.runs import CheckpointManager, RunFolder
+from edlm_dist.training import Trainer
+from edlm_dist.runs.checkpoint import checkpoint_folder
+from edlm_dist.energy.loading import resolve_model_config
 from edlm_dist.training.preflight import check_command
 
 CHECK = "--check"
@@ -29,8 +30,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.print_config:
         print(config_to_toml(args.config), end="")
         return
+    cfg = resolve_model_config(args.config)  # an NCE run's [model] is its denoiser's: final before anything is built
     if CHECK in args.switches:
-        cfg = resolve_model_config(args.config)
         run_folder = RunFolder(Path(cfg.job.dump_folder, cfg.job.name).resolve())
         run_folder.lock.check_free()
         check_command(cfg, run_folder, CheckpointManager(checkpoint_folder(run_folder.path, cfg.checkpoint.folder),
@@ -38,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(run_folder.path)
         return
     try:
-        Trainer(args.config).run()
+        Trainer(cfg).run()
     finally:
         shutdown()
 

@@ -11,14 +11,16 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from edlm_dist.config import Config, load_config
+from edlm_dist.energy.loading import resolve_model_config
 
 REPO = Path(__file__).resolve().parents[1]
 DEBUG_CONFIG = REPO / "configs" / "debug.toml"
 
 
 def debug_config(folder: Path, *overrides: str) -> Config:
-    """The debug config writing its run under `folder` (run folder `folder/debug`), with overrides."""
-    return load_config(DEBUG_CONFIG, [f"--job.dump_folder={folder}", *overrides])
+    """The debug config writing its run under `folder` (run folder `folder/debug`), with overrides,
+    resolved as the train entry point resolves it (an NCE run takes its denoiser's [model])."""
+    return resolve_model_config(load_config(DEBUG_CONFIG, [f"--job.dump_folder={folder}", *overrides]))
 
 
 def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:

@@ -20,7 +20,7 @@ from torch.distributed.tensor import DTensor
 from cluster_utils import RUN_STEPS, TORCHRUN, WORKER_ENV, losses_logged, torchrun_standalone, train_args
 from distributed_utils import run_distributed
 from edlm_dist.training import Trainer
-from edlm_dist.training.metrics import param_and_optimizer_bytes
+from edlm_dist.runs.device_stats import param_and_optimizer_bytes
 from run_utils import debug_config
 
 STEPS = 3

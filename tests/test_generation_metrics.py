@@ -22,7 +22,8 @@ from edlm_dist.evaluation import (
     unigram_entropy,
 )
 from edlm_dist.models import build_model
-from edlm_dist.training import Trainer, find_checkpoint
+from edlm_dist.runs import find_checkpoint
+from edlm_dist.training import Trainer
 from run_utils import debug_config
 
 TINY = ModelConfig(n_layers=2, hidden_size=32, n_heads=2, cond_dim=16, dropout=0.0)

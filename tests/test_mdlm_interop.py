@@ -18,9 +18,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from edlm_dist.config import load_config, save_config
+from edlm_dist.energy.loading import resolve_model_config
 from edlm_dist.models import build_model
-from edlm_dist.training.checkpoint import CheckpointManager
-from edlm_dist.training.loading import find_checkpoint, load_weights
+from edlm_dist.runs.checkpoint import CheckpointManager
+from edlm_dist.runs.weights import find_checkpoint, load_weights
 from mdlm_reference import random_backbone
 from run_utils import DEBUG_CONFIG, folder_digest, one_line_error
 
@@ -438,7 +439,7 @@ def test_nce_fine_tunes_from_an_imported_denoiser(imported, data_dir, monkeypatc
         f"--data.seq_len={LENGTH}", "--training.steps=2", "--training.global_batch_size=4", "--energy.ess_candidates=0",
         "--metrics.eval_batch_size=4", "--metrics.eval_batches=1", "--sample.num_samples=1", "--sample.steps=2",
     ])
-    Trainer(cfg).run()
+    Trainer(resolve_model_config(cfg)).run()
     nce = find_checkpoint(imported / "runs" / "nce")
     assert nce.step == 2 and nce.config.model.hidden_size == SIZES["hidden"]
     energy, _ = load_weights(nce)

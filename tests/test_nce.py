@@ -17,8 +17,9 @@ from edlm_dist.config import ConfigError, EnergyConfig, ModelConfig
 from edlm_dist.diffusion import effective_sample_size, nce_loss, pairwise_accuracy
 from edlm_dist.energy import AREnergy, NCEEnergy
 from edlm_dist.models import build_model
-from edlm_dist.training import Trainer, WeightsError, find_checkpoint
-from edlm_dist.training.loading import load_denoiser, load_energy
+from edlm_dist.runs import WeightsError, find_checkpoint
+from edlm_dist.training import Trainer
+from edlm_dist.energy.loading import load_denoiser, load_energy
 from distributed_utils import run_distributed
 from run_utils import debug_config, read_scalars
 

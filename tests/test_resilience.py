@@ -14,7 +14,8 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
-from edlm_dist.training import CheckpointError, CheckpointManager, Trainer, TrainingError
+from edlm_dist.runs import CheckpointError, CheckpointManager
+from edlm_dist.training import Trainer, TrainingError
 from run_utils import debug_config
 
 

@@ -20,13 +20,13 @@ from pathlib import Path
 import pytest
 import torch.distributed.checkpoint as dcp
 
-import edlm_dist.training.metrics as metrics
+import edlm_dist.runs.tensorboard as tensorboard
 from edlm_dist.data.shards import write_corpus
 from edlm_dist.data.tokenizers import build_tokenizer
 from edlm_dist.train import main as train
 from edlm_dist.training import Trainer
 from edlm_dist.training.faults import FaultInjector
-from edlm_dist.training.run_folder import RunFolderLocked, RunLock
+from edlm_dist.runs.folder import RunFolderLocked, RunLock
 from run_utils import DEBUG_CONFIG, REPO, debug_config, folder_digest, one_line_error, read_scalars, wait_for
 
 STEPS = 6  # configs/debug.toml: checkpoints at steps 3 and 6
@@ -253,7 +253,7 @@ def test_a_full_disk_behind_torch_save_is_named_and_marked_failed(tmp_path, caps
         return OSError(28, "No space left on device")
 
     monkeypatch.setattr(dcp, "save", full_disk)
-    monkeypatch.setattr("edlm_dist.training.checkpoint.write_problem", probe)
+    monkeypatch.setattr("edlm_dist.runs.checkpoint.write_problem", probe)
     err = one_line_error(capsys, train, command(tmp_path))
     ckpt = tmp_path / "debug" / "checkpoints"
     assert err == f"error: cannot write checkpoint {ckpt / 'step_00000006'}: [Errno 28] No space left on device"
@@ -270,7 +270,7 @@ def test_tensorboard_storage_turning_read_only_mid_run_fails_in_one_line(tmp_pat
         opened.append(path)
         return open(path, mode, *args, **kwargs)
 
-    monkeypatch.setattr(metrics, "open", read_only_after_four_writes, raising=False)
+    monkeypatch.setattr(tensorboard, "open", read_only_after_four_writes, raising=False)
     err = one_line_error(capsys, train, command(tmp_path))
     events = next((tmp_path / "debug" / "tb").iterdir())
     assert err == f"error: cannot write {events}: [Errno 30] Read-only file system"

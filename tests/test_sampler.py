@@ -140,7 +140,7 @@ def test_sampler_errors_are_one_line(runs, tmp_path, capsys, extra, match):
 def test_prompts_are_continued_in_one_process(runs, tmp_path):
     from edlm_dist.data import build_dataset
     from edlm_dist.sample import main
-    from edlm_dist.training import find_checkpoint
+    from edlm_dist.runs import find_checkpoint
 
     tokenizer = build_dataset(find_checkpoint(runs / "mdlm").config.data).tokenizer
     first, second = [tokenizer.decode(ids) for ids in ([1, 2, 3], [4, 4])]

@@ -14,7 +14,8 @@ import torch
 from edlm_dist.config import config_to_toml, load_config
 from edlm_dist.data import DataError, build_dataset
 from edlm_dist.train import main
-from edlm_dist.training import CheckpointError, CheckpointManager, Trainer
+from edlm_dist.runs import CheckpointError, CheckpointManager
+from edlm_dist.training import Trainer
 from run_utils import REPO, debug_config, read_scalars
 
 

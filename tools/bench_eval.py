@@ -26,7 +26,7 @@ from edlm_dist.diffusion.likelihood import estimators_for
 from edlm_dist.distributed import autocast, compute_dtype
 from edlm_dist.energy import AREnergy
 from edlm_dist.models import build_model
-from edlm_dist.training.metrics import median_seconds, peak_memory_gib, reset_peak_memory
+from edlm_dist.runs.device_stats import median_seconds, peak_memory_gib, reset_peak_memory
 
 
 def eval_rows(

@@ -61,7 +61,7 @@ from edlm_dist.diffusion.sampling import CANDIDATE_DRAWS
 from edlm_dist.distributed import RankPool, autocast, compute_dtype, init_distributed, shutdown
 from edlm_dist.energy import AREnergy
 from edlm_dist.models import build_model
-from edlm_dist.training.metrics import median_seconds, peak_memory_gib, reset_peak_memory, synchronize
+from edlm_dist.runs.device_stats import median_seconds, peak_memory_gib, reset_peak_memory, synchronize
 
 CANDIDATES_K = 16
 GPT2_VOCAB = 50257

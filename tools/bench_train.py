@@ -33,7 +33,7 @@ from edlm_dist.distributed import autocast, compute_dtype, shutdown
 from edlm_dist.distributed.parallelize import apply_compile
 from edlm_dist.models import build_model
 from edlm_dist.training import Trainer, build_optimizer, build_task
-from edlm_dist.training.metrics import (
+from edlm_dist.runs.device_stats import (
     device_peak_flops,
     param_and_optimizer_bytes,
     peak_memory_gib,

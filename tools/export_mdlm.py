@@ -12,7 +12,7 @@ from typing import Sequence
 
 from edlm_dist.config import exit_on_user_error
 from edlm_dist.interop.mdlm_runs import export_mdlm
-from edlm_dist.training.loading import find_checkpoint
+from edlm_dist.runs.weights import find_checkpoint
 
 
 @exit_on_user_error

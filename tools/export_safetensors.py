@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from edlm_dist.config import config_to_toml, exit_on_user_error, save_config
 from edlm_dist.fileio import atomic_output
 from edlm_dist.models import Transformer
-from edlm_dist.training.loading import Checkpoint, WeightsError, find_checkpoint, load_weights
+from edlm_dist.runs.weights import Checkpoint, WeightsError, find_checkpoint, load_weights
 
 FORMAT = "edlm_dist-v1"
 def default_output(ckpt: Checkpoint, weights: str) -> Path:

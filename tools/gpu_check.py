@@ -243,7 +243,7 @@ def train_and_save(ctx: Context, cfg: Config) -> tuple[dict[str, Any], list[floa
     from torch.distributed.fsdp import FSDPModule
 
     from edlm_dist.training import Trainer
-    from edlm_dist.training.metrics import param_and_optimizer_bytes
+    from edlm_dist.runs.device_stats import param_and_optimizer_bytes
 
     bench, s = tool("bench_train"), ctx.sizes
     trainer = Trainer(cfg)

@@ -1,6 +1,7 @@
 """Data: tokenizers, the embedded synthetic Markov corpus, and block sources by name."""
 
-from edlm_dist.data.datasets import BlockSource, Dataset, build_dataset, run_tokenizer
+from edlm_dist.data.dataset import BlockSource, Dataset
+from edlm_dist.data.datasets import build_dataset, run_tokenizer
 from edlm_dist.data.errors import DataError, SkipCounter
 from edlm_dist.data.pipeline import TrainStream, build_train_stream
 

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import torch
 
 from edlm_dist.config import DataConfig
 from edlm_dist.data.errors import DataError
-from edlm_dist.data.integrity import ShardFile
+from edlm_dist.data.dataset import Dataset
+from edlm_dist.data.prepared import prepared_dataset
 from edlm_dist.data.synthetic import MarkovSource, SyntheticBlocks, SyntheticTokenizer
 from edlm_dist.data.text import TextBlocks
 from edlm_dist.data.tokenizers import Tokenizer, build_tokenizer
@@ -39,26 +38,6 @@ NAMED_FILES: dict[str, dict[str, str]] = {
 TEXT8_SPLIT = (90_000_000, 95_000_000)  # the standard text8 split: 90M / 5M / 5M characters
 
 
-class BlockSource(Protocol):
-    """Batches of fixed-length blocks, a pure function of (split, index, batch_size)."""
-
-    seq_len: int
-
-    def batch(self, split: str, index: int, batch_size: int) -> torch.Tensor: ...
-
-    def entropy_per_token(self) -> float: ...
-
-    def unigram_nll_per_token(self) -> float: ...
-
-
-@dataclass
-class Dataset:
-    tokenizer: Tokenizer
-    blocks: BlockSource
-    fingerprint: str  # identifies the data, so a resumed run can tell it is reading the same
-    shards: tuple[ShardFile, ...] = ()  # a prepared corpus's shards read by training, with their manifest sha256
-
-
 def build_dataset(cfg: DataConfig) -> Dataset:
     """The tokenizer and block source that `cfg` names."""
     if cfg.dataset == "synthetic":
@@ -72,8 +51,6 @@ def build_dataset(cfg: DataConfig) -> Dataset:
     if cfg.tokenizer == "synthetic":
         raise DataError("data.tokenizer = 'synthetic' only works with data.dataset = 'synthetic'")
     if cfg.dataset in ("files", "openwebtext"):
-        from edlm_dist.data.prepared import prepared_dataset
-
         return prepared_dataset(cfg)
     texts = _split_texts(cfg)
     # a word vocabulary comes from the training split alone (PTB's own 10k words, <unk> included)

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from edlm_dist.config import Config
-from edlm_dist.data.datasets import NAMED_FILES, BlockSource, build_dataset, named_file
+from edlm_dist.data.dataset import BlockSource
+from edlm_dist.data.datasets import NAMED_FILES, build_dataset, named_file
 from edlm_dist.data.errors import DataError
 from edlm_dist.data.shards import TokenCorpus
 from edlm_dist.data.text import TextBlocks

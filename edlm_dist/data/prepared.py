@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from edlm_dist.config import DataConfig
+from edlm_dist.data.dataset import Dataset
 from edlm_dist.data.errors import DataError, SkipCounter
 from edlm_dist.data.integrity import ShardFile
 from edlm_dist.data.pipeline import TrainStream, check_fingerprint
@@ -25,10 +26,8 @@ from edlm_dist.data.stream import PackedBlocks, build_loader
 from edlm_dist.data.tokenizers import Tokenizer, build_tokenizer, tokenizer_from_dict
 
 
-def prepared_dataset(cfg: DataConfig) -> Any:
+def prepared_dataset(cfg: DataConfig) -> Dataset:
     """The `Dataset` of a prepared corpus folder (`data.path`)."""
-    from edlm_dist.data.datasets import Dataset
-
     if not cfg.path:
         raise DataError(
             f"data.dataset = {cfg.dataset!r} needs data.path: a folder made by tools/prepare_data.py "

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from edlm_dist.data.tokenizers import Tokenizer, TokenizerError
+from edlm_dist.data.tokenizers import Tokenizer, TokenizerError, register_tokenizer
 from edlm_dist.diffusion.noise import seed_from_key
 
 MAX_PRIMITIVE_DRAWS = 100
@@ -273,3 +273,6 @@ class SyntheticBlocks:
     def unigram_nll_per_token(self) -> float:
         """The best context-free (position-aware) model: every inner position costs H(pi)."""
         return (self.seq_len - 2) * self.source.stationary_entropy / self.seq_len
+
+
+register_tokenizer("synthetic", SyntheticTokenizer.from_dict)

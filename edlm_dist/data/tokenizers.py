@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -382,8 +382,15 @@ def tokenizer_from_dict(d: dict[str, Any]) -> Tokenizer:
         return CharTokenizer(d["chars"])
     if name == "word":
         return WordTokenizer(d["words"])
-    if name == "synthetic":
-        from edlm_dist.data.synthetic import SyntheticTokenizer  # synthetic imports this module
-
-        return SyntheticTokenizer.from_dict(d)
+    if name in _REBUILDERS:
+        return _REBUILDERS[name](d)
     raise TokenizerError(f"cannot rebuild tokenizer from {d!r}: unknown name {name!r}")
+
+
+_REBUILDERS: dict[str, Callable[[dict[str, Any]], Tokenizer]] = {}
+
+
+def register_tokenizer(name: str, from_dict: Callable[[dict[str, Any]], Tokenizer]) -> None:
+    """Let `tokenizer_from_dict` rebuild the tokenizers stored under `name` (a tokenizer defined
+    outside this module, e.g. the synthetic one, registers itself where it is defined)."""
+    _REBUILDERS[name] = from_dict

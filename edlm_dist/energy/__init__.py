@@ -9,7 +9,7 @@ steps where xt did not change.
 
 `AREnergy` uses a pretrained autoregressive model (EDLM-AR and the carry-over variant),
 `NCEEnergy` the energy network trained by noise-contrastive estimation (EDLM-NCE).
-`edlm_dist.training.loading.load_energy` builds either from an `[energy]` config section.
+`edlm_dist.energy.loading.load_energy` builds either from an `[energy]` config section.
 """
 
 from edlm_dist.energy.autoregressive import AREnergy

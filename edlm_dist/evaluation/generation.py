@@ -29,7 +29,7 @@ from torch import Tensor
 
 from edlm_dist.data.tokenizers import Tokenizer
 from edlm_dist.models.transformer import ARTransformer
-from edlm_dist.training.loading import checkpoint_vocab_size, find_checkpoint, load_weights
+from edlm_dist.runs.weights import checkpoint_vocab_size, find_checkpoint, load_weights
 
 HF_PREFIX = "hf:"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from edlm_dist.config import ConfigError
 from edlm_dist.fileio import check_writable, storage_errors
-from edlm_dist.training.run_folder import is_training_run
+from edlm_dist.runs.folder import is_training_run
 
 
 def refuse_training_run(folder: Path, what: str) -> None:

@@ -45,15 +45,9 @@ from edlm_dist.energy import Energy
 from edlm_dist.evaluation.outputs import check_output, refuse_training_run
 from edlm_dist.fileio import atomic_write_text
 from edlm_dist.models import Transformer
-from edlm_dist.training.loading import (
-    Checkpoint,
-    checkpoint_vocab_size,
-    find_checkpoint,
-    load_denoiser,
-    load_energy,
-    load_weights,
-)
-from edlm_dist.training.metrics import MetricsLogger
+from edlm_dist.energy.loading import load_denoiser, load_energy
+from edlm_dist.runs.weights import Checkpoint, checkpoint_vocab_size, find_checkpoint, load_weights
+from edlm_dist.runs.tensorboard import MetricsLogger
 
 # What each figure is, for readers of the JSON (docs/evaluation.md explains them); the EDLM
 # estimators' own kinds come from `estimator_kind`.

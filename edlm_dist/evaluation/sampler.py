@@ -35,8 +35,10 @@ from edlm_dist.distributed import RankPool, all_gather_object, autocast, compute
 from edlm_dist.evaluation.generation import Oracle, build_oracle, gen_ppl, unigram_entropy
 from edlm_dist.evaluation.outputs import check_output, clear_tensorboard
 from edlm_dist.fileio import atomic_write_text
-from edlm_dist.training.loading import Checkpoint, find_checkpoint, load_denoiser, load_energy
-from edlm_dist.training.metrics import MetricsLogger, peak_memory_gib, reset_peak_memory
+from edlm_dist.energy.loading import load_denoiser, load_energy
+from edlm_dist.runs.weights import Checkpoint, find_checkpoint
+from edlm_dist.runs.device_stats import peak_memory_gib, reset_peak_memory
+from edlm_dist.runs.tensorboard import MetricsLogger
 
 RESULTS = ("samples.jsonl", "summary.json")  # what a sampling run leaves, written in this order
 

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from edlm_dist.config import Config, load_config
 from edlm_dist.distributed import DistEnv, PreemptionWatcher, all_gather_object
 from edlm_dist.evaluation.perplexity import LikelihoodEvaluator, format_result, model_label
-from edlm_dist.training.loading import Checkpoint, WeightsError, run_checkpoints
+from edlm_dist.runs.weights import Checkpoint, WeightsError, run_checkpoints
 
 FINAL_MARKERS = ("finished", "failed")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)

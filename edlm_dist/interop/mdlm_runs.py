@@ -27,9 +27,9 @@ from edlm_dist.data.tokenizers import GPT2_EOS_ID
 from edlm_dist.fileio import atomic_folder
 from edlm_dist.interop.mdlm_layout import MDLMArchitecture, MDLMFormatError, architecture_of, to_mdlm, to_ours
 from edlm_dist.interop.mdlm_sources import MDLMWeights
-from edlm_dist.training.checkpoint import CheckpointManager
-from edlm_dist.training.loading import Checkpoint, load_weights
-from edlm_dist.training.run_folder import CONFIG_NAME, IMPORTED_NAME, RunFolder
+from edlm_dist.runs.checkpoint import CheckpointManager
+from edlm_dist.runs.weights import Checkpoint, load_weights
+from edlm_dist.runs.folder import CONFIG_NAME, IMPORTED_NAME, RunFolder
 
 _TASKS = {"dit": "mdlm", "ar": "ar"}
 _KINDS = {task: kind for kind, task in _TASKS.items()}

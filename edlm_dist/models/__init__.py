@@ -4,6 +4,7 @@ network, sharing one backbone."""
 from edlm_dist.models.attention import attention
 from edlm_dist.models.layers import LayerNorm, TimestepEmbedder, apply_rotary, modulate, rotary_tables
 from edlm_dist.models.transformer import (
+    MODEL_KINDS,
     ARTransformer,
     DiT,
     DiTBlock,
@@ -16,6 +17,7 @@ from edlm_dist.models.transformer import (
 )
 
 __all__ = [
+    "MODEL_KINDS",
     "ARTransformer",
     "DiT",
     "DiTBlock",

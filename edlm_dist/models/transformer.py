@@ -286,6 +286,7 @@ class EnergyNet(Transformer):
 
 
 _MODELS: dict[str, type[Transformer]] = {"dit": DiT, "ar": ARTransformer, "energy": EnergyNet}
+MODEL_KINDS = {"mdlm": "dit", "ar": "ar", "nce": "energy"}  # training.task -> the kind of model it trains
 
 
 def build_model(

@@ -16,7 +16,7 @@ from edlm_dist.reproduce.results import generation_points, likelihood_rows, refe
 from edlm_dist.reproduce.scoring import score_setting, scores_done
 from edlm_dist.reproduce.setting import Setting, SettingError, load_setting
 from edlm_dist.reproduce.stages import Stage, Timings, plan, run_stages, sample_name, sample_points
-from edlm_dist.training.loading import find_checkpoint
+from edlm_dist.runs.weights import find_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 CPU_SETTINGS = "shakespeare,ptb"

@@ -16,7 +16,7 @@ from edlm_dist.data import build_dataset
 from edlm_dist.data.eval_sets import load_eval_set, parse_eval_sets
 from edlm_dist.evaluation.generation import build_oracle, unigram_entropy
 from edlm_dist.fileio import atomic_write_text
-from edlm_dist.training.loading import find_checkpoint
+from edlm_dist.runs.weights import find_checkpoint
 
 
 def corpus_figures(nll: torch.Tensor, counts: torch.Tensor, tokens: torch.Tensor) -> dict[str, float]:

@@ -8,9 +8,9 @@ from typing import Any
 
 from edlm_dist.config import Config, ConfigError, check_resume, config_changes
 from edlm_dist.fileio import check_writable
-from edlm_dist.training.checkpoint import CheckpointManager
-from edlm_dist.training.loading import run_checkpoints
-from edlm_dist.training.run_folder import IMPORTED_NAME, RunFolder
+from edlm_dist.runs.checkpoint import CheckpointManager
+from edlm_dist.runs.weights import run_checkpoints
+from edlm_dist.runs.folder import IMPORTED_NAME, RunFolder
 
 
 def check_command(cfg: Config, run_folder: RunFolder, checkpoints: CheckpointManager) -> list[tuple[str, Any, Any]]:

@@ -32,9 +32,8 @@ from edlm_dist.diffusion import (
     weighted_nelbo_terms,
 )
 from edlm_dist.energy import NCEEnergy
-from edlm_dist.models import ARTransformer, DiT, EnergyNet, Transformer
+from edlm_dist.models import MODEL_KINDS, ARTransformer, DiT, EnergyNet, Transformer
 
-MODEL_KINDS = {"mdlm": "dit", "ar": "ar", "nce": "energy"}  # training.task -> the model it trains
 
 Terms = dict[str, torch.Tensor]  # name -> per-example values [B] (NaN: not applicable)
 

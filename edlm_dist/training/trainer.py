@@ -49,22 +49,17 @@ from edlm_dist.distributed import (
     set_gradient_sync,
 )
 from edlm_dist.models import build_model
-from edlm_dist.training.checkpoint import CheckpointManager, checkpoint_folder
+from edlm_dist.runs.checkpoint import CheckpointManager, checkpoint_folder
 from edlm_dist.training.ema import EMA
 from edlm_dist.training.faults import FaultInjector
-from edlm_dist.training.loading import (
-    Checkpoint,
-    WeightsError,
-    check_same_data,
-    load_weights,
-    read_weights,
-    resolve_model_config,
-    run_of_task,
-)
-from edlm_dist.training.metrics import MetricsLogger, device_peak_flops, peak_memory_gib, reset_peak_memory
+from edlm_dist.energy.loading import nce_model_config
+from edlm_dist.runs.weights import Checkpoint, WeightsError, check_same_data, load_weights, read_weights, run_of_task
+from edlm_dist.runs.device_stats import device_peak_flops, peak_memory_gib, reset_peak_memory
+from edlm_dist.runs.tensorboard import MetricsLogger
 from edlm_dist.training.optim import build_lr_scheduler, build_optimizer, follow_config
 from edlm_dist.training.preflight import check_command
-from edlm_dist.training.run_folder import RunFolder
+from edlm_dist.training.report import format_report, run_summary
+from edlm_dist.runs.folder import RunFolder
 from edlm_dist.training.tasks import build_task
 
 
@@ -140,7 +135,7 @@ class Trainer:
     """Builds every component from a `Config`, then `run()` trains, evaluates and reports."""
 
     def __init__(self, cfg: Config) -> None:
-        self.cfg = cfg = resolve_model_config(cfg)
+        self.cfg = cfg
         par = cfg.parallel
         self.env = init_distributed(cfg.training.device, par.backend, par.collective_timeout_s)
         configure_determinism(cfg.debug.deterministic)
@@ -197,6 +192,9 @@ class Trainer:
                             "this run's data")
         except WeightsError as err:
             raise ConfigError(str(err)) from None
+        if cfg.model != nce_model_config(cfg, ckpt.config):
+            raise ConfigError(f"[model] of this NCE run is not its energy.denoiser's ({ckpt.run_dir}): resolve the "
+                              "config first (edlm_dist.energy.loading.resolve_model_config, as the train entry point does)")
         denoiser, _ = load_weights(ckpt, self._denoiser_weights(), device=self.env.device, prepare=prepare)
         return denoiser.requires_grad_(False), ckpt
 
@@ -530,40 +528,12 @@ class Trainer:
         """Final validation figure against the data's reference figures, plus samples."""
         val = self.evaluate()
         self.logger.scalars(self.step, {f"val/{name}": value for name, value in val.items()})
-        summary: dict[str, Any] = {"step": self.step, "task": self.cfg.training.task, "val": val}
-        if self.task.model_kind != "energy":
-            blocks = self.data.blocks
-            nll, floor, unigram = val[self.task.headline], blocks.entropy_per_token(), blocks.unigram_nll_per_token()
-            summary.update({
-                "val_nll_per_token": nll,
-                "entropy_floor_per_token": floor,
-                "unigram_nll_per_token": unigram,
-                "gap_closed": (unigram - nll) / (unigram - floor) if math.isfinite(floor) else None,
-            })
-        summary["skipped_steps"] = self.skipped_steps
-        summary["samples"] = self.generate(self.cfg.sample.num_samples)
+        reference = self.data.blocks if self.task.model_kind != "energy" else None
+        summary = run_summary(self.step, self.cfg.training.task, val, self.task.headline, reference,
+                              self.skipped_steps, self.generate(self.cfg.sample.num_samples))
         if self.env.is_main:
             self.logger.text("samples", "\n\n".join(summary["samples"]), self.step)
             self.run_folder.write_json("summary.json", summary)
             self.run_folder.mark("finished", step=self.step)
             print(format_report(summary))
         return summary
-
-
-def format_report(summary: dict[str, Any]) -> str:
-    """The end-of-run figures and samples, as printed on the console."""
-    if "val_nll_per_token" in summary:
-        bound = "validation NELBO" if summary["task"] == "mdlm" else "validation NLL"
-        figures = [
-            (bound, summary["val_nll_per_token"]),
-            ("entropy floor", summary["entropy_floor_per_token"]),
-            ("unigram (context-free)", summary["unigram_nll_per_token"]),
-        ]
-        lines = [f"{name + ':':<26}{value:.4f} nats/token" for name, value in figures if math.isfinite(value)]
-    else:
-        lines = [f"{'validation ' + name + ':':<36}{value:.4f}" for name, value in summary["val"].items()]
-    if summary.get("gap_closed") is not None:
-        lines.append(f"{'gap closed:':<26}{100 * summary['gap_closed']:.1f}% of unigram -> floor")
-    lines.append("samples:")
-    lines += [f"  [{i}] " + text.strip().replace("\n", " | ") for i, text in enumerate(summary["samples"])]
-    return "\n".join(lines)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -19,10 +19,9 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
 from torch.distributed.tensor import DTensor
 
-from edlm_dist.config import Config, ConfigError, EnergyConfig, load_config
-from edlm_dist.energy import AREnergy, Energy, NCEEnergy
-from edlm_dist.models import Transformer, build_model
-from edlm_dist.training.checkpoint import (
+from edlm_dist.config import Config, load_config
+from edlm_dist.models import MODEL_KINDS, Transformer, build_model
+from edlm_dist.runs.checkpoint import (
     MARKER,
     STEP_DIR,
     CheckpointManager,
@@ -30,7 +29,6 @@ from edlm_dist.training.checkpoint import (
     describe_load_error,
     stored_shapes,
 )
-from edlm_dist.training.tasks import MODEL_KINDS
 
 _PREFIXES = {"model": "model.", "ema": "ema.weights."}  # where each kind of weights sits in the DCP state dict
 
@@ -185,41 +183,3 @@ def run_of_task(path: str, task: str, key: str) -> Checkpoint:
     if ckpt.config.training.task != task:
         raise WeightsError(f"{key} = {path} is a {ckpt.config.training.task!r} run; expected a {task!r} run")
     return ckpt
-
-
-def resolve_model_config(cfg: Config) -> Config:
-    """The config a run trains with: for an NCE run, its energy network takes the architecture of
-    its denoiser (`energy.denoiser`, whose backbone it starts from) and only dropout and time
-    conditioning are its own; other runs as given."""
-    if cfg.training.task != "nce":
-        return cfg
-    try:
-        denoiser = run_of_task(cfg.energy.denoiser, "mdlm", "energy.denoiser").config.model
-    except WeightsError as err:
-        raise ConfigError(str(err)) from None
-    model = replace(denoiser, dropout=cfg.model.dropout, time_conditioning=cfg.energy.time_conditioning)
-    return replace(cfg, model=model)
-
-
-def load_denoiser(cfg: EnergyConfig, device: torch.device | str = "cpu") -> tuple[Transformer, Checkpoint]:
-    """The MDLM of `energy.denoiser` (for an NCE energy left empty: the one the energy was trained
-    against), in eval mode on `device`."""
-    path = cfg.denoiser
-    if not path and cfg.kind == "nce" and cfg.checkpoint:
-        path = run_of_task(cfg.checkpoint, "nce", "energy.checkpoint").config.energy.denoiser
-    ckpt = run_of_task(path, "mdlm", "energy.denoiser")
-    model, _ = load_weights(ckpt, None if cfg.weights == "auto" else cfg.weights, device=device)
-    return model, ckpt
-
-
-def load_energy(cfg: EnergyConfig, denoiser: Checkpoint, device: torch.device | str = "cpu") -> Energy:
-    """The energy callable `energy.kind` names, built from `energy.checkpoint` (the AR run for
-    ar/coar, the NCE run for nce) and checked against the `denoiser` run it will correct."""
-    task = "nce" if cfg.kind == "nce" else "ar"
-    ckpt = run_of_task(cfg.checkpoint, task, "energy.checkpoint")
-    check_same_data(ckpt, ckpt.path, checkpoint_vocab_size(denoiser), denoiser.config.data.seq_len,
-                    f"the denoiser {denoiser.path}")
-    model, _ = load_weights(ckpt, None if cfg.weights == "auto" else cfg.weights, device=device)
-    if cfg.kind == "nce":
-        return NCEEnergy(model, max_batch=cfg.max_batch)
-    return AREnergy(model, carry_over=cfg.kind == "coar", max_batch=cfg.max_batch)
