@@ -168,16 +168,19 @@ def test_summary_means_errors_and_paired_differences():
                                                    "reason": "within 2 s.e. of MDLM's NELBO"}
 
 
-@pytest.mark.parametrize("kind, versus, moved, verdict", [
-    (GUARANTEED, (-1.0, 0.1), 0.5, "below MDLM"),  # an upper bound below MDLM decides at once
-    (GUARANTEED, (+1.0, 0.1), 0.0, "undecided"),  # above MDLM a bound may just be loose
-    (CONSISTENT, (+1.0, 0.1), 0.1, "above MDLM"),
-    (CONSISTENT, (+1.0, 0.1), 0.8, "undecided"),  # still moving with n
-    (CONSISTENT, (-0.1, 0.1), 0.0, "undecided"),  # within the noise
-    (PAPER, (-5.0, 0.1), 0.0, "undecided"),
+@pytest.mark.parametrize("kind, versus, moved, companion, verdict", [
+    (GUARANTEED, (-1.0, 0.1), 0.5, None, "below MDLM"),  # an upper bound below MDLM decides at once
+    (GUARANTEED, (+1.0, 0.1), 0.0, None, "undecided"),  # above MDLM a bound may just be loose
+    (CONSISTENT, (+1.0, 0.1), 0.1, (+0.9, 0.1), "above MDLM"),
+    (CONSISTENT, (+1.0, 0.1), 0.8, (+0.9, 0.1), "undecided"),  # still moving with n
+    (CONSISTENT, (-0.1, 0.1), 0.0, (-0.1, 0.1), "undecided"),  # within the noise
+    (CONSISTENT, (+22.4, 3.4), 3.8, (-22.6, 3.3), "undecided"),  # its other side is below MDLM
+    (PAPER, (-5.0, 0.1), 0.0, None, "undecided"),
 ])
-def test_each_kind_of_figure_decides_against_mdlm_by_its_own_rule(kind, versus, moved, verdict):
-    result = judge(kind, {"nats_per_token": versus[0], "stderr": versus[1]}, {"nats_per_token": moved, "stderr": 0.0})
+def test_each_kind_of_figure_decides_against_mdlm_by_its_own_rule(kind, versus, moved, companion, verdict):
+    companion = None if companion is None else {"nats_per_token": companion[0], "stderr": companion[1]}
+    result = judge(kind, {"nats_per_token": versus[0], "stderr": versus[1]}, {"nats_per_token": moved, "stderr": 0.0},
+                   companion)
     assert result["verdict"] == verdict and result["decides"] == (verdict != "undecided") and result["reason"]
 
 

@@ -153,13 +153,17 @@ def figure_kind(name: str, self_normalised: bool) -> str:
     return COMPANION_KINDS[companion] if companion else estimator_kind(estimator, self_normalised)
 
 
-def judge(kind: str, versus_mdlm: dict[str, float], movement: dict[str, float]) -> dict[str, Any]:
+def judge(kind: str, versus_mdlm: dict[str, float], movement: dict[str, float],
+          companion_versus_mdlm: dict[str, float] | None = None) -> dict[str, Any]:
     """Whether a figure decides against MDLM's NELBO at its standard error, why, and otherwise
     what keeps it from deciding (`limited_by`: "kind", "noise" or "estimator").
 
     A guaranteed upper bound decides only when it lies below MDLM's NELBO beyond Z s.e. (above
-    it, the bound may be loose); a consistent estimate when it differs beyond Z s.e. and moved
-    less than half that difference from n to 2n proposals; the paper's estimate never (not a bound).
+    it, the bound may be loose). A consistent estimate decides when it differs beyond Z s.e.,
+    moved less than half that difference from n to 2n proposals, and its companion (the
+    jackknife correction, or log Z's other side) lies on the same side of MDLM's NELBO beyond Z
+    s.e. too: with a tiny ESS an estimate can still be far from its limit while barely moving.
+    The paper's estimate never decides (not a bound).
     """
     diff, se, moved = versus_mdlm["nats_per_token"], versus_mdlm["stderr"], movement["nats_per_token"]
 
@@ -177,6 +181,11 @@ def judge(kind: str, versus_mdlm: dict[str, float], movement: dict[str, float]) 
         return undecided("noise", "within 2 s.e. of MDLM's NELBO")
     if abs(moved) > abs(diff) / 2:
         return undecided("estimator", f"still moving: {moved:+.4f} nats/token from n to 2n proposals")
+    if companion_versus_mdlm is not None:
+        other = companion_versus_mdlm["nats_per_token"]
+        if other * diff <= 0 or abs(other) <= Z * companion_versus_mdlm["stderr"]:
+            return undecided("estimator", f"its companion is at {other:+.4f} nats/token from MDLM's NELBO, "
+                                          "not on the same side beyond 2 s.e.")
     return {"decides": True, "verdict": "below MDLM" if diff < 0 else "above MDLM", "limited_by": None,
             "reason": f"{diff:+.4f} ± {se:.4f} nats/token, moved {moved:+.4f} from n to 2n"}
 
@@ -202,10 +211,11 @@ def summarize(values: dict[str, torch.Tensor], seq_len: int, num_proposals: int,
         name = f"{estimator}_n{n2}"
         versus = _stats(values[name] - values["mdlm_nelbo"], seq_len)
         moved = _stats(values[name] - values[f"{estimator}_n{n}"], seq_len)
+        companion = _stats(values[f"{estimator}_{COMPANIONS[estimator]}_n{n2}"] - values["mdlm_nelbo"], seq_len)
         differences[f"{name} - mdlm_nelbo"] = {k: versus[k] for k in ("nats_per_token", "stderr")}
         differences[f"{name} - {estimator}_n{n}"] = {k: moved[k] for k in ("nats_per_token", "stderr")}
         judgements[name] = {"kind": figures[name]["kind"], "ess": ess.get(f"ess_{estimator}_n{n2}"),
-                            **judge(figures[name]["kind"], versus, moved)}
+                            **judge(figures[name]["kind"], versus, moved, companion)}
     summary["differences"] = differences
     summary["judgements"] = judgements
     return summary
