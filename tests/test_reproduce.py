@@ -99,12 +99,13 @@ def test_claim_likelihood_judges_the_tightest_guaranteed_bound_and_says_when_the
     def figure(nats: float, se: float = 0.01) -> dict[str, float]:
         return {"nats_per_token": nats, "stderr": se}
 
-    def edlm(figures: dict[str, tuple[float, str, str]], paper: float) -> dict[str, object]:
-        """figures: estimator -> (value, kind, verdict) at 2n = 16; MDLM's NELBO is 2.0."""
+    def edlm(figures: dict[str, tuple[float, str, str]], paper: float, exact: bool = False) -> dict[str, object]:
+        """figures: estimator -> (value, kind, verdict) at 2n = 16; MDLM's NELBO is 2.0; `exact`:
+        the paper figure of a self-normalised energy (no proposals, no ESS)."""
         judged = {f"{e}_n16": {"kind": kind, "ess": 3.0, "decides": verdict != "undecided", "verdict": verdict,
                                "limited_by": None if verdict != "undecided" else "estimator", "reason": "a reason"}
                   for e, (_, kind, verdict) in figures.items()}
-        judged["paper_n16"] = {"kind": PAPER, "ess": None, "decides": False, "verdict": "undecided",
+        judged["paper_n16"] = {"kind": PAPER, "ess": None if exact else 3.0, "decides": False, "verdict": "undecided",
                                "limited_by": "kind", "reason": "r"}
         values = {**{f"{e}_n16": v for e, (v, _, _) in figures.items()}, "paper_n16": paper}
         return {"num_proposals": [8, 16], "judgements": judged,
@@ -125,8 +126,10 @@ def test_claim_likelihood_judges_the_tightest_guaranteed_bound_and_says_when_the
     assert "EDLM-AR: no guaranteed bound" in detail and "the estimator, not the model, decides here" in detail
     assert "the estimate itself below the AR model's exact NLL" in detail
     assert "the estimate itself below zero, impossible for a likelihood" in detail
-    rows["edlm_coar"] = edlm({"truncated": (2.5, GUARANTEED, "undecided")}, 1.9)
+    rows["edlm_coar"] = edlm({"truncated": (2.5, GUARANTEED, "undecided")}, 1.45, exact=True)
     status, detail = claim_likelihood(rows)
+    coar = detail.split("EDLM-coAR: ")[1]
+    assert "exact here: the AR model's NLL of the masked tokens" in coar and "below the AR model's exact NLL" not in coar
     assert status == "not shown" and "its gap above MDLM is the coAR joint's" in detail
     for label in ("edlm_nce", "edlm_ar", "edlm_coar"):
         rows[label] = edlm({"coupled": (2.5, CONSISTENT, "above MDLM")}, 1.9)

@@ -138,8 +138,10 @@ def claim_likelihood(rows: dict[str, dict[str, Any]]) -> tuple[str, str]:
         if not decided and by_estimator:
             texts.append("the estimator, not the model, decides here")
         estimate = r["figures"][paper]["nats_per_token"]
+        exact = judged[paper]["ess"] is None  # coAR: log Z = 0, so the estimate is the AR NLL of the masked tokens
         flags = [text for text, hit in (("below zero, impossible for a likelihood", estimate < 0),
-                                        ("below the AR model's exact NLL", 0 <= estimate < ar)) if hit]
+                                        ("below the AR model's exact NLL", 0 <= estimate < ar and not exact),
+                                        ("exact here: the AR model's NLL of the masked tokens (log Z = 0)", exact)) if hit]
         d = r["differences"][f"{paper} - mdlm_nelbo"]
         texts.append(f"the paper's estimate (not a bound) - MDLM = {d['nats_per_token']:+.4f} ± {d['stderr']:.4f}"
                      + (f", the estimate itself {' and '.join(flags)}" if flags else ""))
