@@ -88,6 +88,13 @@ def _leave_one_out_logsumexp(x: torch.Tensor) -> torch.Tensor:
     return torch.logaddexp(prefix, suffix)
 
 
+def _logmeanexp_and_left_out(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """logmeanexp over the last dim of x, and the mean of its n leave-one-out logmeanexps."""
+    n = x.shape[-1]
+    return (torch.logsumexp(x, dim=-1) - math.log(n),
+            (_leave_one_out_logsumexp(x) - math.log(n - 1)).mean(dim=-1))
+
+
 def logz_bounds(energies: torch.Tensor) -> LogZBounds:
     """Low and high estimates of log Z = log E exp(-E) from n draws `energies` [..., n] (paper
     Theorem 1, leave-one-out form of Nowozin 2018), all in float64 log-sum-exp.
@@ -99,9 +106,7 @@ def logz_bounds(energies: torch.Tensor) -> LogZBounds:
     n = energies.shape[-1]
     if n < 2:
         raise ValueError(f"logz_bounds needs n >= 2 energies in the last dim, got {n}")
-    neg = -energies.double()
-    low = torch.logsumexp(neg, dim=-1) - math.log(n)
-    loo = (_leave_one_out_logsumexp(neg) - math.log(n - 1)).mean(dim=-1)
+    low, loo = _logmeanexp_and_left_out(-energies.double())
     high = (2 * n - 1) * low - 2 * (n - 1) * loo
     return LogZBounds(low, high, effective_sample_size(energies))
 
@@ -223,8 +228,7 @@ def _truncated(d: _MaskedSet, energy: SelfNormalisedEnergy, n: int, pool: Candid
     gain = torch.zeros_like(own) if joint else (own - logq).masked_fill(~d.masked[:, None], 0.0)
     log_w = pool.gather(gain.cumsum(dim=-1) - gain + data).transpose(1, 2)  # [B, L, n], log weight of x_i = x0_i
     total = pool.gather(gain.sum(dim=-1))
-    log_p = torch.logsumexp(log_w, dim=-1) - math.log(n)
-    left_out = (_leave_one_out_logsumexp(log_w) - math.log(n - 1)).mean(dim=-1)
+    log_p, left_out = _logmeanexp_and_left_out(log_w)
     jackknifed = n * log_p - (n - 1) * left_out
     return EDLMNelbo(-(log_p * d.masked).sum(dim=-1), -(jackknifed * d.masked).sum(dim=-1),
                      effective_sample_size(-total))
