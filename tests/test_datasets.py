@@ -88,7 +88,7 @@ def test_resuming_on_other_data_is_refused(tmp_path, data_dir, monkeypatch):
     allowed = Trainer(debug_config(tmp_path, "--training.steps=4", "--data.synthetic_concentration=0.7",
                                    "--data.allow_fingerprint_mismatch=true"))
     assert allowed.resume() and allowed.step == 2
-    assert isinstance(allowed.stream.next_batch(), torch.Tensor)
+    assert isinstance(allowed.loader.next_batch().tokens, torch.Tensor)
 
 
 @pytest.mark.parametrize("name", ["wikitext2", "ptb"])

@@ -20,14 +20,8 @@ import torch
 
 from edlm_dist.config import load_config
 from edlm_dist.data import DataError, build_tokenizer
-from edlm_dist.data.eval_sets import (
-    EvalSet,
-    lambada_detokenize,
-    load_eval_set,
-    parse_eval_sets,
-    ptb_detokenize,
-    wikitext_detokenize,
-)
+from edlm_dist.data.detokenizers import lambada_detokenize, ptb_detokenize, wikitext_detokenize
+from edlm_dist.data.eval_sets import EvalSet, load_eval_set, parse_eval_sets
 from edlm_dist.distributed import init_distributed
 from edlm_dist.eval import main
 from edlm_dist.evaluation import EvalService, LikelihoodEvaluator

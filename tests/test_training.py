@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from edlm_dist.config import config_to_toml, load_config
-from edlm_dist.data import DataError, build_dataset
+from edlm_dist.data import Batch, DataError, build_dataset
 from edlm_dist.train import main
 from edlm_dist.runs import CheckpointError, CheckpointManager
 from edlm_dist.training import Trainer
@@ -76,11 +76,15 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
+def global_batch(rows: int, seq_len: int, step: int) -> Batch:
+    return Batch(torch.zeros(rows, seq_len, dtype=torch.long), range(rows), step, rows)
+
+
 def test_training_noise_depends_only_on_seed_and_step(tmp_path):
     task = Trainer(small_config(tmp_path)).task
-    a, b = task.draw_noise(8, 16, step=5), task.draw_noise(8, 16, step=5)
+    a, b = task.draw_noise(global_batch(8, 16, step=5)), task.draw_noise(global_batch(8, 16, step=5))
     assert torch.equal(a.t, b.t) and torch.equal(a.uniforms, b.uniforms)
-    assert not torch.equal(a.t, task.draw_noise(8, 16, step=6).t)
+    assert not torch.equal(a.t, task.draw_noise(global_batch(8, 16, step=6)).t)
 
 
 def test_uncommitted_checkpoints_are_never_latest(tmp_path):

@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from edlm_dist.config import load_config
+from edlm_dist.data import Batch
 from edlm_dist.distributed import autocast, compute_dtype, shutdown
 from edlm_dist.distributed.parallelize import apply_compile
 from edlm_dist.models import build_model
@@ -150,7 +151,7 @@ def bench_direct(
     task = build_task(cfg, mask_id=vocab)
     generator = torch.Generator(device=device).manual_seed(0)
     x0s = [torch.randint(0, vocab, (batch, seq_len), device=device, generator=generator) for _ in range(4)]
-    noises = [task.draw_noise(batch, seq_len, i) for i in range(4)]
+    noises = [task.draw_noise(Batch(x0, range(batch), i, batch)) for i, x0 in enumerate(x0s)]
     noises = [dataclasses.replace(n, t=n.t.to(device), uniforms=n.uniforms.to(device)) for n in noises]
     dtype = compute_dtype(mixed_precision, device)
     count = iter(range(10**9))

@@ -46,17 +46,13 @@ class DiffusionConfig:
     t_min: float = 1e-3  # the NELBO integral runs over [t_min, 1]
 
 
-DATASETS = ("synthetic", "text", "files", "openwebtext", "wikitext2", "ptb", "lambada", "tiny_shakespeare", "text8")
-
-
 @dataclass
 class DataConfig:
-    # synthetic: the embedded Markov corpus; text: one UTF-8 file (data.path) held in memory;
-    # files / openwebtext: a corpus prepared by tools/prepare_data.py (data.path, a folder or URL);
-    # wikitext2, ptb, lambada, tiny_shakespeare, text8: the files under $EDLM_DATA_DIR (or data.path)
-    dataset: Literal[
-        "synthetic", "text", "files", "openwebtext", "wikitext2", "ptb", "lambada", "tiny_shakespeare", "text8"
-    ] = "synthetic"
+    # a name of edlm_dist.data.DATASETS: synthetic (the embedded Markov corpus); text (one UTF-8
+    # file, data.path, held in memory); files / openwebtext (a corpus prepared by
+    # tools/prepare_data.py: data.path, a folder or URL); wikitext2, ptb, tiny_shakespeare, text8
+    # (the files under $EDLM_DATA_DIR or data.path)
+    dataset: str = "synthetic"
     seq_len: int = 64
     tokenizer: Literal["synthetic", "gpt2", "char", "word"] = "synthetic"
     tokenizer_path: str = ""  # folder with GPT-2 BPE files; empty = $EDLM_DATA_DIR/gpt2_tokenizer or tiktoken's cache
