@@ -11,6 +11,8 @@ from typing import Any, Callable, TypeVar
 import torch
 import torch.distributed as dist
 
+from edlm_dist.config import RuntimeConfig
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -58,6 +60,11 @@ def init_distributed(
             device_id=device if device.type == "cuda" else None,
         )
     return DistEnv(rank, world_size, local_rank, device)
+
+
+def init_runtime(runtime: RuntimeConfig) -> DistEnv:
+    """`init_distributed` as a program's [runtime] says: how train, sample and eval all start."""
+    return init_distributed(runtime.device, runtime.backend, runtime.collective_timeout_s)
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
