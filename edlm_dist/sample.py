@@ -4,8 +4,9 @@ several ranks.
 
 `--checkpoint PATH`, as in `edlm_dist.eval`, names the run whose model is read: here the MDLM
 run (or a step_<8-digit step> folder) sampled from, `energy.denoiser`. Writes samples.jsonl,
-summary.json (cost, ESS, Gen PPL, entropy), the resolved config.toml and TensorBoard (tb/) to the output folder: `--out FOLDER` (sample.output),
-else <denoiser run>/samples/<sampler>_T<steps>_seed<seed>_step<denoiser step>, e.g.
+summary.json (cost, ESS, Gen PPL, entropy), the resolved config.toml and TensorBoard (tb/) to the
+output folder: `--out FOLDER` (sample.output), else
+<denoiser run>/samples/<sampler>_T<steps>_seed<seed>_step<denoiser step>, e.g.
 runs/tiny/samples/edlm-ar_k4_w0.5_T8_seed0_step00000004. A training run folder is refused, and
 earlier results there are replaced only with --overwrite.
 """
