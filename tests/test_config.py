@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -412,3 +413,100 @@ def test_exit_on_user_error_passes_results_and_bugs_through() -> None:
     assert ok.__name__ == "ok"
     with pytest.raises(KeyError):
         buggy()
+
+
+# --- one root per program, and the keys from before ------------------------------------------
+
+PROGRAM_ROOTS = (TrainProgram, SampleProgram, EvalProgram)
+FOREIGN = {TrainProgram: "eval.datasets", SampleProgram: "training.steps", EvalProgram: "sample.steps"}
+
+
+@pytest.mark.parametrize("root", PROGRAM_ROOTS)
+def test_a_program_refuses_the_keys_of_another_in_one_line(root: type, tmp_path: Path) -> None:
+    name = FOREIGN[root]
+    section, key = name.split(".")
+    for args in [(None, [f"--{name}=1"]), (write(tmp_path, f"[{section}]\n{key} = 1\n"),)]:
+        with pytest.raises(ConfigError) as info:
+            load_config(root, *args)
+        message = str(info.value)
+        assert "\n" not in message and message.startswith(f"unknown config key '{name}'")
+        assert f"not of {root.PROGRAM}" in message and "valid: job, runtime" in message
+    assert "did you mean 'eval'?" in str(pytest.raises(ConfigError, load_config, EvalProgram, None, ["--evl.datasets=x"]).value)
+
+
+def test_old_keys_in_a_file_or_on_the_command_line_are_read_at_their_new_places(tmp_path: Path) -> None:
+    old = write(tmp_path, '[training]\ndevice = "cpu"\nmixed_precision = "bf16"\ntask = "nce"\n'
+                          '[parallel]\nbackend = "gloo"\ncollective_timeout_s = 30\n'
+                          '[energy]\ndenoiser = "runs/tiny"\ntime_conditioning = true\nnum_negatives = 2\n'
+                          'ess_candidates = 4\nmax_batch = 8\n')
+    cfg = load_config(TrainProgram, old, ["--energy.ess_sequences=3", "--parallel.backend=nccl"])
+    assert (cfg.runtime.device, cfg.runtime.mixed_precision, cfg.runtime.backend) == ("cpu", "bf16", "nccl")
+    assert cfg.runtime.collective_timeout_s == 30 and cfg.training.task == "nce"
+    assert (cfg.nce.denoiser, cfg.nce.time_conditioning, cfg.nce.num_negatives) == ("runs/tiny", True, 2)
+    assert (cfg.nce.ess_candidates, cfg.nce.ess_sequences, cfg.nce.max_batch) == (4, 3, 8)
+    sample = load_config(SampleProgram, write(tmp_path, '[training]\ndevice = "cpu"\n[energy]\nkind = "ar"\n'
+                                                         'denoiser = "runs/tiny"\n', "sample.toml"))
+    assert (sample.runtime.device, sample.energy.kind, sample.energy.denoiser) == ("cpu", "ar", "runs/tiny")
+    message = str(pytest.raises(ConfigError, load_config, EvalProgram, None, ["--energy.num_negatives=2"]).value)
+    assert message == ("config key energy.num_negatives on the command line is now nce.num_negatives, which "
+                       "edlm_dist.eval does not read (a key of edlm_dist.train)")
+
+
+def old_run_config(cfg: TrainProgram) -> str:
+    """`cfg` as the config.toml of a run folder written before each program had its own root."""
+    tables = config_to_dict(cfg)
+    runtime, nce = tables.pop("runtime"), tables.pop("nce")
+    tables["training"].update(device=runtime["device"], mixed_precision=runtime["mixed_precision"])
+    tables["parallel"].update(backend=runtime["backend"], collective_timeout_s=runtime["collective_timeout_s"])
+    tables["energy"] = {"kind": "nce", "checkpoint": "", **nce}
+    tables["eval"] = {"checkpoint": "", "datasets": "val", "num_proposals": 8}
+    return "\n".join(f"[{section}]\n" + "".join(f"{k} = {v!r}\n".replace("'", '"').replace("True", "true")
+                                                .replace("False", "false") for k, v in table.items())
+                     for section, table in tables.items())
+
+
+def test_an_old_run_folder_config_loads_and_resumes_without_changes(tmp_path: Path) -> None:
+    from edlm_dist.config import check_resume, load_run_config
+    from edlm_dist.runs import RunFolder
+
+    cfg = load_config(TrainProgram, None, ["--training.task=nce", "--nce.denoiser=runs/tiny", "--runtime.device=cpu",
+                                           "--nce.time_conditioning=true", "--runtime.collective_timeout_s=60"])
+    (tmp_path / "config.toml").write_text(old_run_config(cfg))
+    assert load_run_config(tmp_path / "config.toml") == cfg
+    assert RunFolder(tmp_path).stored_config() == cfg
+    assert check_resume(RunFolder(tmp_path).stored_config(), cfg, str(tmp_path)) == []
+    with pytest.raises(ConfigError, match="nce.time_conditioning cannot change"):
+        check_resume(load_run_config(tmp_path / "config.toml"), load_config(TrainProgram, None, [
+            "--training.task=nce", "--nce.denoiser=runs/tiny"]), str(tmp_path))
+    with pytest.raises(ConfigError, match="unknown config key 'energy.kind' .*: a key of edlm_dist.sample and "
+                                          "edlm_dist.eval, not of edlm_dist.train"):
+        load_config(TrainProgram, tmp_path / "config.toml")  # given as --config: what training never read is refused
+
+
+def entry_point_output(main: object, argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) if "--help" in argv else contextlib.nullcontext():
+        main(argv)  # type: ignore[operator]
+    return capsys.readouterr().out
+
+
+def test_checkpoint_names_the_runs_whose_models_sample_and_eval_read(capsys: pytest.CaptureFixture[str]) -> None:
+    from edlm_dist.eval import main as evaluate
+    from edlm_dist.sample import main as sample
+
+    printed = tomllib.loads(entry_point_output(sample, ["--checkpoint", "runs/tiny", "--print-config"], capsys))
+    assert printed["energy"]["denoiser"] == "runs/tiny"
+    printed = tomllib.loads(entry_point_output(evaluate, ["--checkpoint=runs/a,runs/b", "--print-config"], capsys))
+    assert printed["eval"]["checkpoint"] == "runs/a,runs/b"
+    for main in (sample, evaluate):
+        line = next(l for l in entry_point_output(main, ["--help"], capsys).splitlines() if "--checkpoint VALUE" in l)
+        assert "whose model" in line
+
+
+@pytest.mark.parametrize("root", PROGRAM_ROOTS)
+def test_help_of_each_program_lists_only_its_sections(root: type, capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib
+
+    main = importlib.import_module(root.PROGRAM).main
+    keys = entry_point_output(main, ["--help"], capsys).split("config keys (default, type):\n")[1]
+    sections = {line.split()[0][2:].split(".")[0] for line in keys.splitlines() if line.startswith("  --")}
+    assert sections == set(config_to_dict(root()))
