@@ -29,7 +29,7 @@ from edlm_dist.config.schema import (
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
-_P_co = TypeVar("_P_co", bound=Program)
+_Root = TypeVar("_Root", bound=Program)
 _Key = tuple[str, str]  # (section, key)
 _CLI = "on the command line"
 
@@ -318,8 +318,7 @@ def validate_config(cfg: Program) -> None:
     """Raise ConfigError for values that type-check but cannot make a run (bounds on the keys of
     the program, and the cross-field rules of training)."""
     for name, (wording, ok) in _BOUNDS.items():
-        value = _get(cfg, name) if _has_key(type(cfg), name) else None
-        if value is not None and not ok(value):  # NaN fails every bound, as it should
+        if _has_key(type(cfg), name) and not ok(value := _get(cfg, name)):  # NaN fails every bound, as it should
             raise ConfigError(f"config key {name} must be {wording}, got {value!r}")
     if isinstance(cfg, TrainProgram):
         _validate_training(cfg)
@@ -348,7 +347,7 @@ def _validate_training(cfg: TrainProgram) -> None:
 # Loading
 
 
-def load_config(root: type[_P_co], path: str | os.PathLike[str] | None, overrides: Sequence[str] = ()) -> _P_co:
+def load_config(root: type[_Root], path: str | os.PathLike[str] | None, overrides: Sequence[str] = ()) -> _Root:
     """Build the validated config of a program (its root class `root`) from defaults,
     `model.preset`, the TOML file at `path` (None: no file) and `--section.key=value` /
     `--section.key value` overrides, in increasing precedence."""
@@ -361,7 +360,8 @@ def load_run_config(path: str | os.PathLike[str]) -> TrainProgram:
     return _build(TrainProgram, _read_toml(TrainProgram, path, drop=UNREAD_BY_TRAINING), ())
 
 
-def _build(root: type[_P_co], values: dict[_Key, Any], overrides: Sequence[str]) -> _P_co:
+def _build(root: type[_Root], values: dict[_Key, Any], overrides: Sequence[str]) -> _Root:
+    """The validated config of `root` from the values of a file and then `overrides` over them."""
     values = {**values, **_read_overrides(root, overrides)}
     cfg = root()
     preset = values.get(("model", "preset"), "")
