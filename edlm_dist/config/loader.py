@@ -67,13 +67,22 @@ def _suggest(name: str, known: Sequence[str], prefix: str = "") -> str:
     return "; valid: " + ", ".join(prefix + k for k in known)
 
 
+def _has_key(root: type[Program], name: str) -> bool:
+    section, _, key = name.partition(".")
+    return section in _sections(root) and key in _field_types(_sections(root)[section])
+
+
+def _readers(section: str, key: str | None = None) -> str:
+    """The programs that read a section (or `section.key`), joined by 'and'; empty for none."""
+    return " and ".join(p.PROGRAM for p in PROGRAMS
+                        if (section in _sections(p) if key is None else _has_key(p, f"{section}.{key}")))
+
+
 def _not_read(root: type[Program], section: str, key: str | None = None) -> str:
     """`: a key of edlm_dist.eval, not of edlm_dist.train` for a section (or key) that other
     programs read, or nothing."""
-    readers = [p.PROGRAM for p in PROGRAMS if section in _sections(p)
-               and (key is None or key in _field_types(_sections(p)[section]))]
-    what = "section" if key is None else "key"
-    return f": a {what} of {' and '.join(readers)}, not of {root.PROGRAM}" if readers else ""
+    readers = _readers(section, key)
+    return f": a {'section' if key is None else 'key'} of {readers}, not of {root.PROGRAM}" if readers else ""
 
 
 def _section_class(root: type[Program], section: str, where: str) -> type:
@@ -96,23 +105,16 @@ def _field_type(root: type[Program], section: str, key: str, where: str) -> Any:
     return types[key]
 
 
-def _has_key(root: type[Program], name: str) -> bool:
-    section, _, key = name.partition(".")
-    return section in _sections(root) and key in _field_types(_sections(root)[section])
-
-
 def _new_key(root: type[Program], section: str, key: str, where: str) -> _Key:
     """`(section, key)` as the program reads it: an old key (`MOVED_KEYS`) that the program lacks
     becomes its new key; one whose new key is another program's is a ConfigError naming it."""
     old = f"{section}.{key}"
     if _has_key(root, old) or old not in MOVED_KEYS:
         return section, key
-    new = MOVED_KEYS[old]
-    if not _has_key(root, new):
-        readers = " and ".join(p.PROGRAM for p in PROGRAMS if _has_key(p, new))
-        raise ConfigError(f"config key {old} {where} is now {new}, which {root.PROGRAM} does not read "
-                          f"(a key of {readers})")
-    new_section, _, new_key = new.partition(".")
+    new_section, _, new_key = MOVED_KEYS[old].partition(".")
+    if not _has_key(root, MOVED_KEYS[old]):
+        raise ConfigError(f"config key {old} {where} is now {MOVED_KEYS[old]}, which {root.PROGRAM} does not read "
+                          f"(a key of {_readers(new_section, new_key)})")
     return new_section, new_key
 
 
