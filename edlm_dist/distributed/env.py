@@ -30,7 +30,7 @@ def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
     """"auto" picks this rank's CUDA device when there is one, else the CPU."""
     if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise RuntimeError("training.device = 'cuda' but no CUDA device is available")
+            raise RuntimeError("runtime.device = 'cuda' but no CUDA device is available")
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
