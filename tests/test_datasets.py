@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edlm_dist.config import load_config
+from edlm_dist.config import TrainProgram, load_config
 from edlm_dist.data import DataError, build_dataset
 from run_utils import DEBUG_CONFIG
 
 
 def data_config(*overrides: str):
-    return load_config(DEBUG_CONFIG, list(overrides)).data
+    return load_config(TrainProgram, DEBUG_CONFIG, list(overrides)).data
 
 
 @pytest.mark.parametrize(
@@ -109,7 +109,7 @@ def test_eval_sets_take_the_data_root_or_the_set_folder(data_dir, monkeypatch):
     from edlm_dist.data.eval_sets import load_eval_set, parse_eval_sets
 
     monkeypatch.setenv("EDLM_DATA_DIR", str(data_dir))
-    run = load_config(DEBUG_CONFIG, ["--data.dataset=ptb", "--data.tokenizer=word"])
+    run = load_config(TrainProgram, DEBUG_CONFIG, ["--data.dataset=ptb", "--data.tokenizer=word"])
     tokenizer = build_dataset(run.data).tokenizer
     default = load_eval_set(parse_eval_sets("ptb:test")[0], tokenizer, run).stream
     for folder in (data_dir, data_dir / "ptb"):

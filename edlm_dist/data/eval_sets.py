@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edlm_dist.config import Config
+from edlm_dist.config import TrainProgram
 from edlm_dist.data.dataset import BlockSource
 from edlm_dist.data.datasets import DATASETS, build_dataset, named_file
 from edlm_dist.data.errors import DataError
@@ -140,7 +140,7 @@ def named_stream(spec: EvalSetSpec, tokenizer: Tokenizer, folder: Path | None) -
 
 
 def load_eval_set(
-    spec: EvalSetSpec, tokenizer: Tokenizer, run: Config, blocks: BlockSource | None = None, sequences: int = 0,
+    spec: EvalSetSpec, tokenizer: Tokenizer, run: TrainProgram, blocks: BlockSource | None = None, sequences: int = 0,
 ) -> EvalSet | FixedBlocks:
     """The blocks of `spec` for a model of the run `run` (its tokenizer and sequence length);
     `blocks` is the run's own block source when the caller has built it already (for `val`).
@@ -166,7 +166,7 @@ def load_eval_set(
     return synthetic_val(spec.label, blocks, run, sequences)
 
 
-def synthetic_val(label: str, blocks: BlockSource, run: Config, sequences: int) -> FixedBlocks:
+def synthetic_val(label: str, blocks: BlockSource, run: TrainProgram, sequences: int) -> FixedBlocks:
     """The synthetic source's validation blocks: the eval_batches x eval_batch_size blocks its
     trainer validates on, followed by as many further validation batches as `sequences` needs
     (the first blocks, and so the figures of fewer sequences, never change)."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from edlm_dist.config import Config
+from edlm_dist.config import TrainProgram
 from edlm_dist.data import Batch
 from edlm_dist.diffusion import (
     Schedule,
@@ -258,7 +258,7 @@ class NCETask(MDLMTask):
 Task = MDLMTask | ARTask | NCETask
 
 
-def build_task(cfg: Config, mask_id: int, denoiser: DiT | None = None) -> Task:
+def build_task(cfg: TrainProgram, mask_id: int, denoiser: DiT | None = None) -> Task:
     """The task `training.task` names; `nce` needs the frozen `denoiser` that draws its negatives."""
     if cfg.training.task == "ar":
         return ARTask()
@@ -266,7 +266,7 @@ def build_task(cfg: Config, mask_id: int, denoiser: DiT | None = None) -> Task:
     if cfg.training.task == "nce":
         if denoiser is None:
             raise ValueError("the nce task needs the frozen denoiser")
-        e = cfg.energy
+        e = cfg.nce
         return NCETask(schedule, mask_id, cfg.diffusion.t_min, cfg.job.seed, denoiser,
                        num_negatives=e.num_negatives, ess_candidates=e.ess_candidates,
                        ess_sequences=e.ess_sequences, max_batch=e.max_batch,

@@ -25,7 +25,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
-from edlm_dist.config import Config, ConfigError, config_to_toml
+from edlm_dist.config import ConfigError, TrainProgram, config_to_toml
 from edlm_dist.data import BatchPlan, DataError, build_dataset
 from edlm_dist.data.integrity import verify_shards
 from edlm_dist.diffusion import keyed_generator, seed_from_key
@@ -40,7 +40,7 @@ from edlm_dist.distributed import (
     barrier,
     build_mesh,
     compute_dtype,
-    init_distributed,
+    init_runtime,
     is_collective_failure,
     on_main_rank,
     parallelize_transformer,
@@ -105,19 +105,19 @@ def _full_value(tensor: torch.Tensor) -> torch.Tensor:
 
 
 class Trainer:
-    """Builds every component from a `Config`, then `run()` trains, evaluates and reports."""
+    """Builds every component from a `TrainProgram`, then `run()` trains, evaluates and reports."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: TrainProgram) -> None:
         self.cfg = cfg
         par = cfg.parallel
-        self.env = init_distributed(cfg.training.device, par.backend, par.collective_timeout_s)
+        self.env = init_runtime(cfg.runtime)
         configure_determinism(cfg.debug.deterministic)
         self.run_folder = RunFolder(Path(cfg.job.dump_folder) / cfg.job.name)
         self.faults = FaultInjector(cfg.debug, self.env.rank, self.env.world_size, self.run_folder.path)
         self.heartbeat: Heartbeat | None = None  # from run(), once every rank has joined
         self.plan = BatchPlan.from_config(cfg.training, self.env.world_size, self.env.rank)
         self.mesh = build_mesh(par, self.env.world_size, self.env.device.type)
-        self.compute_dtype = compute_dtype(cfg.training.mixed_precision, self.env.device)
+        self.compute_dtype = compute_dtype(cfg.runtime.mixed_precision, self.env.device)
         # FSDP2 casts the parameters itself; one process autocasts
         self.autocast_dtype = self.compute_dtype if self.mesh is None else torch.float32
         self.data = build_dataset(cfg.data)
@@ -149,21 +149,21 @@ class Trainer:
         self.skipped_steps = 0
 
     def _denoiser_weights(self) -> str | None:
-        weights = self.cfg.energy.weights
+        weights = self.cfg.nce.weights
         return None if weights == "auto" else weights
 
     def _frozen_denoiser(self, prepare: Callable[[torch.nn.Module], None]) -> tuple[torch.nn.Module, Checkpoint]:
-        """NCE's proposal: the MDLM of `energy.denoiser`, parallelised like the trained model and
+        """NCE's proposal: the MDLM of `nce.denoiser`, parallelised like the trained model and
         frozen; checked against the data it will see."""
         cfg = self.cfg
         try:
-            ckpt = run_of_task(cfg.energy.denoiser, "mdlm", "energy.denoiser")
-            check_same_data(ckpt, f"energy.denoiser {ckpt.path}", self.data.tokenizer.vocab_size, cfg.data.seq_len,
+            ckpt = run_of_task(cfg.nce.denoiser, "mdlm", "nce.denoiser")
+            check_same_data(ckpt, f"nce.denoiser {ckpt.path}", self.data.tokenizer.vocab_size, cfg.data.seq_len,
                             "this run's data")
         except WeightsError as err:
             raise ConfigError(str(err)) from None
         if cfg.model != nce_model_config(cfg, ckpt.config):
-            raise ConfigError(f"[model] of this NCE run is not its energy.denoiser's ({ckpt.run_dir}): resolve the "
+            raise ConfigError(f"[model] of this NCE run is not its nce.denoiser's ({ckpt.run_dir}): resolve the "
                               "config first (edlm_dist.energy.loading.resolve_model_config, as the train entry point does)")
         denoiser, _ = load_weights(ckpt, self._denoiser_weights(), device=self.env.device, prepare=prepare)
         return denoiser.requires_grad_(False), ckpt
@@ -205,7 +205,7 @@ class Trainer:
         if state["trainer"]["denoiser_step"] != self._denoiser_step():
             raise ConfigError(
                 f"checkpoint {self.checkpoints.path(latest)} was trained against the denoiser's step "
-                f"{state['trainer']['denoiser_step']}, but energy.denoiser now gives step {self._denoiser_step()}"
+                f"{state['trainer']['denoiser_step']}, but nce.denoiser now gives step {self._denoiser_step()}"
             )
         self.step = int(state["trainer"]["step"])
         self.skipped_steps = int(state["trainer"]["skipped_steps"])
@@ -422,7 +422,7 @@ class Trainer:
         watcher = PreemptionWatcher()
         self.heartbeat = Heartbeat.of_process_group()
         self._beat(self.step, "start")
-        watchdog = Watchdog(self.heartbeat, cfg.parallel.collective_timeout_s / 2) if self.heartbeat else None
+        watchdog = Watchdog(self.heartbeat, cfg.runtime.collective_timeout_s / 2) if self.heartbeat else None
         try:
             preempted = self._train_loop(watcher)
             self.checkpoints.wait()  # an async last save fails here, with the marker, not in close()
