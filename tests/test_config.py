@@ -510,3 +510,20 @@ def test_help_of_each_program_lists_only_its_sections(root: type, capsys: pytest
     keys = entry_point_output(main, ["--help"], capsys).split("config keys (default, type):\n")[1]
     sections = {line.split()[0][2:].split(".")[0] for line in keys.splitlines() if line.startswith("  --")}
     assert sections == set(config_to_dict(root()))
+
+
+@pytest.mark.parametrize("root", (SampleProgram, EvalProgram))
+def test_only_training_names_a_run_and_sets_intervals(root: type) -> None:
+    """[job] and [metrics] of sampling and evaluation hold only what they read: a run is named by
+    training's job.dump_folder/job.name, their results by --out."""
+    output = f"{root.PROGRAM.split('.')[1]}.output (--out)"
+    for name, hint in (("job.name", f"{root.PROGRAM} uses {output} instead"),
+                       ("job.dump_folder", f"{root.PROGRAM} uses {output} instead"),
+                       ("metrics.log_interval", "valid: metrics.tensorboard, metrics.progress")):
+        message = str(pytest.raises(ConfigError, load_config, root, None, [f"--{name}=1"]).value)
+        assert message.startswith(f"unknown config key '{name}'") and "a key of edlm_dist.train" in message
+        assert message.endswith(hint)
+    cfg = load_config(root, None, ["--job.seed=3", "--metrics.progress=false"])
+    assert (cfg.job.seed, cfg.metrics.progress) == (3, False)
+    trained = load_config(TrainProgram, None, ["--job.name=x", "--metrics.log_interval=3"])
+    assert (trained.job.name, trained.metrics.log_interval) == ("x", 3)

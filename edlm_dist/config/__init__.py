@@ -16,6 +16,7 @@ from edlm_dist.config.loader import (
 from edlm_dist.config.resume import FIXED_ON_RESUME, check_resume, config_changes
 from edlm_dist.config.schema import (
     MODEL_PRESETS,
+    MOVED_KEYS,
     CheckpointConfig,
     DataConfig,
     DebugConfig,
@@ -24,18 +25,19 @@ from edlm_dist.config.schema import (
     EvalConfig,
     EvalProgram,
     JobConfig,
-    MOVED_KEYS,
     MetricsConfig,
     ModelConfig,
     NCEConfig,
     OptimConfig,
     ParallelConfig,
     Program,
+    ProgressConfig,
+    RunJobConfig,
     RuntimeConfig,
     SampleConfig,
     SampleProgram,
-    TrainingConfig,
     TrainProgram,
+    TrainingConfig,
 )
 
 __all__ = [
@@ -58,6 +60,8 @@ __all__ = [
     "OptimConfig",
     "ParallelConfig",
     "Program",
+    "ProgressConfig",
+    "RunJobConfig",
     "RuntimeConfig",
     "SampleConfig",
     "SampleProgram",

@@ -24,7 +24,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 from edlm_dist.fileio import atomic_write_text
 from edlm_dist.config.schema import (
-    MODEL_PRESETS, MOVED_KEYS, PROGRAMS, UNREAD_BY_TRAINING, Program, TrainProgram,
+    INSTEAD, MODEL_PRESETS, MOVED_KEYS, PROGRAMS, UNREAD_BY_TRAINING, Program, TrainProgram,
 )
 
 _P = ParamSpec("_P")
@@ -101,7 +101,9 @@ def _field_type(root: type[Program], section: str, key: str, where: str) -> Any:
         raise ConfigError(f"unknown config key '{section}.{key}' {where}{other}{_suggest(section, list(_sections(root)))}")
     types = _field_types(_section_class(root, section, where))
     if key not in types:
-        raise ConfigError(f"unknown config key '{section}.{key}' {where}{_suggest(key, list(types), section + '.')}")
+        instead = INSTEAD.get((root.PROGRAM, f"{section}.{key}"))
+        hint = f"; {root.PROGRAM} uses {instead} instead" if instead else _suggest(key, list(types), section + ".")
+        raise ConfigError(f"unknown config key '{section}.{key}' {where}{_not_read(root, section, key)}{hint}")
     return types[key]
 
 

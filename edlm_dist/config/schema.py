@@ -14,10 +14,20 @@ from typing import ClassVar, Literal
 
 @dataclass
 class JobConfig:
-    name: str = "run"
-    dump_folder: str = "runs"  # the run folder is <dump_folder>/<name>
+    """What every program keys its randomness by, and a note for the record."""
+
     seed: int = 0
     description: str = ""
+
+
+@dataclass
+class RunJobConfig(JobConfig):
+    """Training's [job] also names the run: its folder is <dump_folder>/<name>. That folder is the
+    one name of a run everywhere: sampling and evaluation read runs by it (--checkpoint, the
+    energy's runs) and write their results inside it, or to --out."""
+
+    name: str = "run"
+    dump_folder: str = "runs"
 
 
 @dataclass
@@ -130,13 +140,21 @@ class CheckpointConfig:
 
 
 @dataclass
-class MetricsConfig:
+class ProgressConfig:
+    """How every program shows and records its work."""
+
+    tensorboard: bool = True
+    progress: bool = True  # tqdm progress bars
+
+
+@dataclass
+class MetricsConfig(ProgressConfig):
+    """Training's [metrics] also sets how often it logs and validates."""
+
     log_interval: int = 10
     eval_interval: int = 500
     eval_batches: int = 8
     eval_batch_size: int = 64
-    tensorboard: bool = True
-    progress: bool = True
 
 
 @dataclass
@@ -239,7 +257,7 @@ class TrainProgram:
     """The config of `python -m edlm_dist.train`, and the config.toml of every run folder."""
 
     PROGRAM: ClassVar[str] = "edlm_dist.train"
-    job: JobConfig = field(default_factory=JobConfig)
+    job: RunJobConfig = field(default_factory=RunJobConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
@@ -261,7 +279,7 @@ class SampleProgram:
     PROGRAM: ClassVar[str] = "edlm_dist.sample"
     job: JobConfig = field(default_factory=JobConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    metrics: ProgressConfig = field(default_factory=ProgressConfig)
     energy: EnergyConfig = field(default_factory=EnergyConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
 
@@ -273,7 +291,7 @@ class EvalProgram:
     PROGRAM: ClassVar[str] = "edlm_dist.eval"
     job: JobConfig = field(default_factory=JobConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    metrics: ProgressConfig = field(default_factory=ProgressConfig)
     energy: EnergyConfig = field(default_factory=EnergyConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -290,6 +308,13 @@ MOVED_KEYS: dict[str, str] = {
     "parallel.collective_timeout_s": "runtime.collective_timeout_s",
     **{f"energy.{key}": f"nce.{key}" for key in ("denoiser", "weights", "time_conditioning", "num_negatives",
                                                  "max_batch", "ess_candidates", "ess_sequences")},
+}
+# Keys of one program that another answers with a key of its own: a training run's folder name
+# (job.name, job.dump_folder) is, for sampling and evaluation, the folder of their results.
+INSTEAD: dict[tuple[str, str], str] = {
+    (program, f"job.{key}"): f"{section}.output (--out)"
+    for program, section in (("edlm_dist.sample", "sample"), ("edlm_dist.eval", "eval"))
+    for key in ("name", "dump_folder")
 }
 # What the config.toml of a run folder written before then holds that training never read: dropped.
 UNREAD_BY_TRAINING = ("energy.kind", "energy.checkpoint", "eval.*")

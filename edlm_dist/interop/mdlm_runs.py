@@ -22,7 +22,7 @@ from typing import Any
 from safetensors.torch import save_file
 
 from edlm_dist.config import TrainProgram, config_to_toml
-from edlm_dist.config.schema import CheckpointConfig, DataConfig, JobConfig, TrainingConfig
+from edlm_dist.config.schema import CheckpointConfig, DataConfig, RunJobConfig, TrainingConfig
 from edlm_dist.data.tokenizers import GPT2_EOS_ID
 from edlm_dist.fileio import atomic_folder
 from edlm_dist.interop.mdlm_layout import MDLMArchitecture, MDLMFormatError, architecture_of, to_mdlm, to_ours
@@ -42,7 +42,7 @@ def imported_config(weights: MDLMWeights, out: Path, data_path: str = "") -> Tra
     when the source has EMA weights."""
     arch = weights.arch
     return TrainProgram(
-        job=JobConfig(name=out.name, dump_folder=str(out.parent), description=f"MDLM weights imported from {weights.source['source']}"),
+        job=RunJobConfig(name=out.name, dump_folder=str(out.parent), description=f"MDLM weights imported from {weights.source['source']}"),
         model=arch.model_config(start_token=GPT2_EOS_ID),
         data=DataConfig(dataset="openwebtext", tokenizer="gpt2", seq_len=arch.length, path=data_path),
         training=TrainingConfig(task=_TASKS[arch.kind], steps=max(weights.step, 1),
