@@ -98,7 +98,8 @@ def _field_type(root: type[Program], section: str, key: str, where: str) -> Any:
     """The declared type of `section.key`, or a ConfigError suggesting the nearest real name."""
     other = _not_read(root, section, key) if section not in _sections(root) else ""
     if other:
-        raise ConfigError(f"unknown config key '{section}.{key}' {where}{other}{_suggest(section, list(_sections(root)))}")
+        raise ConfigError(f"unknown config key '{section}.{key}' {where}{other}"
+                          f"{_suggest(section, list(_sections(root)))}")
     types = _field_types(_section_class(root, section, where))
     if key not in types:
         instead = INSTEAD.get((root.PROGRAM, f"{section}.{key}"))

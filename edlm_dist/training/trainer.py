@@ -239,9 +239,10 @@ class Trainer:
         self.model.train()
         sums = TermSums(env.device)
         for m, micro in enumerate(batch.split(plan.micro)):
+            micro_noise = noise.select(micro.rows) if noise is not None else None
             set_gradient_sync(self.model, m == plan.accum_steps - 1)
             with self.autocast():
-                terms = self.task.train_terms(self.model, micro.tokens, noise.select(micro.rows) if noise is not None else None)
+                terms = self.task.train_terms(self.model, micro.tokens, micro_noise)
             (terms["loss"].sum() / plan.local_batch).backward()
             sums.add(terms)
         self.faults.mid_step(self.step + 1)
