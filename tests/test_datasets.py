@@ -62,6 +62,8 @@ def test_fingerprint_identifies_the_data(data_dir, monkeypatch):
         (["--data.dataset=files", "--data.tokenizer=gpt2", "--data.path=/nowhere/corpus"], "/nowhere/corpus"),
         (["--data.dataset=openwebtext", "--data.tokenizer=gpt2"], "tools/prepare_data.py"),
         (["--data.dataset=ptb", "--data.tokenizer=synthetic"], "synthetic"),
+        (["--data.dataset=ptbb", "--data.tokenizer=char"], "unknown dataset 'ptbb'; did you mean 'ptb'?"),
+        (["--data.dataset=owt", "--data.tokenizer=gpt2"], "unknown dataset 'owt'; known: synthetic, text, files"),
     ],
 )
 def test_bad_dataset_settings_name_the_problem(overrides, needle, data_dir, monkeypatch):

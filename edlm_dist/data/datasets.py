@@ -13,6 +13,7 @@ for a named text dataset, where its files are and how a zero-shot evaluation rea
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 from collections.abc import Callable, Mapping
@@ -62,7 +63,9 @@ class DatasetEntry:
 def build_dataset(cfg: DataConfig) -> Dataset:
     """The tokenizer and block source that `cfg` names."""
     if cfg.dataset not in DATASETS:
-        raise DataError(f"data.dataset: unknown dataset {cfg.dataset!r} (known: {', '.join(DATASETS)})")
+        close = difflib.get_close_matches(cfg.dataset, DATASETS, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(DATASETS)}"
+        raise DataError(f"data.dataset: unknown dataset {cfg.dataset!r}; {hint}")
     if cfg.tokenizer == "synthetic" and cfg.dataset != "synthetic":
         raise DataError("data.tokenizer = 'synthetic' only works with data.dataset = 'synthetic'")
     return DATASETS[cfg.dataset].build(cfg)
