@@ -49,7 +49,7 @@ def _manifest_tokenizer(manifest: Manifest, cfg: DataConfig) -> Tokenizer:
 
 
 class PreparedCorpus:
-    """Validation batches and training streams of one prepared corpus."""
+    """Validation batches and the training loader of one prepared corpus."""
 
     def __init__(
         self, folder: str, manifest: Manifest, tokenizer: Tokenizer, cfg: DataConfig, skipped: SkipCounter
