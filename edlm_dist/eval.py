@@ -1,6 +1,7 @@
 """Likelihood evaluation: `python -m edlm_dist.eval --config configs/eval/zero_shot.toml
 --checkpoint RUN[,RUN...] [--out FOLDER] [--overwrite]` (under torchrun for several ranks), or as a
-service beside a training job: `--watch RUN_FOLDER`.
+service beside a training job: `--watch RUN_FOLDER`. `--checkpoint`, as in `edlm_dist.sample`,
+names the runs whose models are read: here the runs (or step_<8-digit step> folders) scored.
 
 Each checkpoint is scored as the model its run trained: mdlm (NELBO), ar (exact NLL), nce (EDLM
 with its denoiser: the valid bound and the paper's estimate), and an mdlm run as EDLM when
@@ -15,8 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from edlm_dist.config import ConfigError, config_to_toml, exit_on_user_error, parse_cli
-from edlm_dist.distributed import init_distributed, shutdown
+from edlm_dist.config import ConfigError, EvalProgram, config_to_toml, exit_on_user_error, parse_cli
+from edlm_dist.distributed import init_runtime, shutdown
 from edlm_dist.evaluation import EvalService, LikelihoodEvaluator, checkpoints_to_evaluate, format_result
 
 OVERWRITE = "--overwrite"
@@ -24,9 +25,11 @@ OVERWRITE = "--overwrite"
 
 @exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_cli(argv, description=__doc__,
-                     aliases={"--checkpoint": "eval.checkpoint", "--watch": "eval.watch", "--out": "eval.output"},
-                     switches={OVERWRITE: "one-shot mode: replace results that exist already"})
+    args = parse_cli(EvalProgram, argv, description=__doc__, aliases={
+        "--checkpoint": ("eval.checkpoint", "the runs whose models are read: those scored (comma-separated)"),
+        "--watch": ("eval.watch", "a training run folder: score each checkpoint it commits"),
+        "--out": ("eval.output", "the folder of the results")},
+        switches={OVERWRITE: "one-shot mode: replace results that exist already"})
     cfg = args.config
     if args.print_config:
         print(config_to_toml(cfg), end="")
@@ -38,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise ConfigError("--overwrite does not go with --watch: the service keeps the results it finds as its "
                           "record of what is done (delete them to score those checkpoints again)")
     try:
-        env = init_distributed(cfg.training.device, cfg.parallel.backend, cfg.parallel.collective_timeout_s)
+        env = init_runtime(cfg.runtime)
         evaluator = LikelihoodEvaluator(cfg, env)
         if cfg.eval.watch:
             EvalService(cfg, env, evaluator).run()

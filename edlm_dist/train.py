@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from edlm_dist.config import config_to_toml, exit_on_user_error, parse_cli
+from edlm_dist.config import TrainProgram, config_to_toml, exit_on_user_error, parse_cli
 from edlm_dist.distributed import shutdown
 from edlm_dist.runs import CheckpointManager, RunFolder
 from edlm_dist.training import Trainer
@@ -24,7 +24,7 @@ CHECK = "--check"
 
 @exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_cli(argv, description=__doc__, switches={
+    args = parse_cli(TrainProgram, argv, description=__doc__, switches={
         CHECK: "check the command against its run folder (not in use, keys fixed on resume, steps, writable storage), "
                "print the run folder and exit without training (launchers run it before they start a job)"})
     if args.print_config:

@@ -10,17 +10,19 @@ from typing import Any, Callable
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from edlm_dist.config import Config, load_config
+from edlm_dist.config import TrainProgram, load_config
 from edlm_dist.energy.loading import resolve_model_config
 
 REPO = Path(__file__).resolve().parents[1]
 DEBUG_CONFIG = REPO / "configs" / "debug.toml"
+DEBUG_SAMPLE = REPO / "configs" / "debug_sample.toml"  # sampling and scoring the debug runs
+DEBUG_EVAL = REPO / "configs" / "debug_eval.toml"
 
 
-def debug_config(folder: Path, *overrides: str) -> Config:
+def debug_config(folder: Path, *overrides: str) -> TrainProgram:
     """The debug config writing its run under `folder` (run folder `folder/debug`), with overrides,
     resolved as the train entry point resolves it (an NCE run takes its denoiser's [model])."""
-    return resolve_model_config(load_config(DEBUG_CONFIG, [f"--job.dump_folder={folder}", *overrides]))
+    return resolve_model_config(load_config(TrainProgram, DEBUG_CONFIG, [f"--job.dump_folder={folder}", *overrides]))
 
 
 def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:

@@ -23,6 +23,17 @@ LAYERS = (
     ("train", "eval", "sample"),
 )
 LAYER = {unit: level for level, units in enumerate(LAYERS) for unit in units}
+# the layers inside `data`, lowest first (its __init__ sits above them all)
+DATA_LAYERS = (
+    ("errors",),
+    ("tokenizers", "sources", "detokenizers"),
+    ("corpus_format", "corpus_reader", "corpus_writer", "integrity"),
+    ("batches", "loaders", "packed", "raw_stream"),
+    ("dataset", "text", "synthetic", "prepared"),
+    ("datasets",),
+    ("eval_sets",),
+)
+DATA_LAYER = {name: level for level, names in enumerate(DATA_LAYERS) for name in names}
 
 
 def module_name(path: Path) -> str:
@@ -55,6 +66,16 @@ def test_every_unit_has_a_layer_and_imports_only_below_it():
     wrong = sorted(f"{m} imports {d}" for m, deps in graph.items() if unit(m) for d in deps
                    if unit(d) != unit(m) and LAYER[unit(d)] >= LAYER[unit(m)])
     assert wrong == []
+
+
+def test_data_modules_import_only_their_layer_and_below():
+    graph = {m: deps for m, deps in imports().items() if unit(m) == "data" and m != "edlm_dist.data"}
+    names = {m.split(".")[2] for m in graph}
+    assert names == set(DATA_LAYER), f"data modules without a layer: {sorted(names - set(DATA_LAYER))}"
+    wrong = sorted(f"{m} imports {d}" for m, deps in graph.items() for d in deps if unit(d) == "data"
+                   and d != "edlm_dist.data" and DATA_LAYER[d.split(".")[2]] > DATA_LAYER[m.split(".")[2]])
+    assert wrong == []
+    assert not any("edlm_dist.data" in deps for deps in graph.values()), "a data module imports the data package"
 
 
 def test_only_the_train_entry_point_imports_training():

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edlm_dist.config import load_config
+from edlm_dist.config import TrainProgram, load_config
 from edlm_dist.data import DataError, build_dataset
 from run_utils import DEBUG_CONFIG
 
 
 def data_config(*overrides: str):
-    return load_config(DEBUG_CONFIG, list(overrides)).data
+    return load_config(TrainProgram, DEBUG_CONFIG, list(overrides)).data
 
 
 @pytest.mark.parametrize(
@@ -62,6 +62,8 @@ def test_fingerprint_identifies_the_data(data_dir, monkeypatch):
         (["--data.dataset=files", "--data.tokenizer=gpt2", "--data.path=/nowhere/corpus"], "/nowhere/corpus"),
         (["--data.dataset=openwebtext", "--data.tokenizer=gpt2"], "tools/prepare_data.py"),
         (["--data.dataset=ptb", "--data.tokenizer=synthetic"], "synthetic"),
+        (["--data.dataset=ptbb", "--data.tokenizer=char"], "unknown dataset 'ptbb'; did you mean 'ptb'?"),
+        (["--data.dataset=owt", "--data.tokenizer=gpt2"], "unknown dataset 'owt'; known: synthetic, text, files"),
     ],
 )
 def test_bad_dataset_settings_name_the_problem(overrides, needle, data_dir, monkeypatch):
@@ -88,7 +90,7 @@ def test_resuming_on_other_data_is_refused(tmp_path, data_dir, monkeypatch):
     allowed = Trainer(debug_config(tmp_path, "--training.steps=4", "--data.synthetic_concentration=0.7",
                                    "--data.allow_fingerprint_mismatch=true"))
     assert allowed.resume() and allowed.step == 2
-    assert isinstance(allowed.stream.next_batch(), torch.Tensor)
+    assert isinstance(allowed.loader.next_batch().tokens, torch.Tensor)
 
 
 @pytest.mark.parametrize("name", ["wikitext2", "ptb"])
@@ -109,7 +111,7 @@ def test_eval_sets_take_the_data_root_or_the_set_folder(data_dir, monkeypatch):
     from edlm_dist.data.eval_sets import load_eval_set, parse_eval_sets
 
     monkeypatch.setenv("EDLM_DATA_DIR", str(data_dir))
-    run = load_config(DEBUG_CONFIG, ["--data.dataset=ptb", "--data.tokenizer=word"])
+    run = load_config(TrainProgram, DEBUG_CONFIG, ["--data.dataset=ptb", "--data.tokenizer=word"])
     tokenizer = build_dataset(run.data).tokenizer
     default = load_eval_set(parse_eval_sets("ptb:test")[0], tokenizer, run).stream
     for folder in (data_dir, data_dir / "ptb"):

@@ -18,22 +18,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from edlm_dist.config import load_config
+from edlm_dist.config import EvalProgram, TrainProgram, load_config
 from edlm_dist.data import DataError, build_tokenizer
-from edlm_dist.data.eval_sets import (
-    EvalSet,
-    lambada_detokenize,
-    load_eval_set,
-    parse_eval_sets,
-    ptb_detokenize,
-    wikitext_detokenize,
-)
+from edlm_dist.data.detokenizers import lambada_detokenize, ptb_detokenize, wikitext_detokenize
+from edlm_dist.data.eval_sets import EvalSet, load_eval_set, parse_eval_sets
 from edlm_dist.distributed import init_distributed
 from edlm_dist.eval import main
 from edlm_dist.evaluation import EvalService, LikelihoodEvaluator
 from edlm_dist.diffusion.likelihood import CONSISTENT, GUARANTEED, PAPER
 from edlm_dist.evaluation.perplexity import judge, summarize
-from run_utils import DEBUG_CONFIG, debug_config, read_scalars, wait_for
+from run_utils import DEBUG_CONFIG, DEBUG_EVAL, debug_config, read_scalars, wait_for
 
 SETS = "wikitext2:val, ptb:test"
 EVAL_ARGS = ["--eval.num_sequences=6", "--eval.batch_size=4", "--eval.num_proposals=2", "--job.seed=3"]
@@ -60,7 +54,7 @@ def test_set_names_and_splits_are_checked():
 
 def test_blocks_wrap_documents_with_eos_and_drop_the_tail(data_dir):
     tokenizer = build_tokenizer("gpt2", str(data_dir / "gpt2_tokenizer"))
-    run = load_config(DEBUG_CONFIG, ["--data.tokenizer=gpt2", "--data.seq_len=64"])
+    run = load_config(TrainProgram, DEBUG_CONFIG, ["--data.tokenizer=gpt2", "--data.seq_len=64"])
     ptb = load_eval_set(parse_eval_sets("ptb:test")[0], tokenizer, run)
     assert ptb.documents == 3761  # one per sentence, each followed by EOS
     assert int((ptb.stream == tokenizer.eos_id).sum()) == 3761
@@ -84,13 +78,13 @@ def runs(tmp_path_factory, data_dir):
     root = tmp_path_factory.mktemp("eval_runs")
     data = ["--data.dataset=ptb", "--data.tokenizer=gpt2", "--data.seq_len=32", "--training.steps=2"]
     for name, extra in {"mdlm": [], "ar": ["--training.task=ar"],
-                        "nce": ["--training.task=nce", f"--energy.denoiser={root / 'mdlm'}", "--energy.ess_candidates=0"]}.items():
+                        "nce": ["--training.task=nce", f"--nce.denoiser={root / 'mdlm'}", "--nce.ess_candidates=0"]}.items():
         Trainer(debug_config(root, f"--job.name={name}", *data, *extra)).run()
     return root
 
 
 def eval_argv(runs: Path, out: Path, *extra: str) -> list[str]:
-    return ["--config", str(DEBUG_CONFIG), "--checkpoint", ",".join(str(runs / m) for m in ("mdlm", "ar", "nce")),
+    return ["--config", str(DEBUG_EVAL), "--checkpoint", ",".join(str(runs / m) for m in ("mdlm", "ar", "nce")),
             "--eval.datasets", SETS, f"--eval.output={out}", *EVAL_ARGS, *extra]
 
 
@@ -200,7 +194,7 @@ def test_bad_arguments_are_one_line_errors(runs, tmp_path, capsys):
     shutil.copy(runs / "mdlm" / "config.toml", tmp_path / "half" / "config.toml")
     (half / "COMMITTED").unlink()
     with pytest.raises(SystemExit):
-        main(["--config", str(DEBUG_CONFIG), "--checkpoint", str(half)])
+        main(["--config", str(DEBUG_EVAL), "--checkpoint", str(half)])
     assert "not committed" in capsys.readouterr().err
 
 
@@ -231,8 +225,8 @@ class FakeTraining:
 
 
 def service(folder: Path) -> EvalService:
-    cfg = load_config(DEBUG_CONFIG, ["--eval.datasets=ptb:test", "--eval.num_sequences=4", "--eval.batch_size=4",
-                                     "--eval.poll_interval_s=0.05", f"--eval.watch={folder}"])
+    cfg = load_config(EvalProgram, DEBUG_EVAL, ["--eval.datasets=ptb:test", "--eval.num_sequences=4", "--eval.batch_size=4",
+                                                  "--eval.poll_interval_s=0.05", f"--eval.watch={folder}"])
     env = init_distributed("cpu")
     return EvalService(cfg, env, LikelihoodEvaluator(cfg, env))
 
@@ -279,7 +273,7 @@ def test_service_reads_checkpoints_from_an_fsspec_url(runs, tmp_path):
     fs.put(str(runs / "mdlm" / "checkpoints" / "step_00000002"), f"{url}/step_00000005", recursive=True)
     run = tmp_path / "run"
     run.mkdir()
-    cfg = load_config(runs / "mdlm" / "config.toml")
+    cfg = load_config(TrainProgram, runs / "mdlm" / "config.toml")
     cfg.checkpoint.folder = url
     save_config(cfg, run / "config.toml")
     (run / "finished").write_text("{}\n")

@@ -12,7 +12,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from edlm_dist.config import load_config, save_config
+from edlm_dist.config import TrainProgram, load_config, save_config
 from edlm_dist.models import build_model
 from edlm_dist.training import Trainer
 from run_utils import REPO, debug_config
@@ -94,14 +94,14 @@ def test_metadata_and_sidecar_hold_the_resolved_config(mdlm, capsys):
     }
     sidecar = path.with_suffix(".toml")
     assert sidecar.read_text() == metadata["config"]
-    assert load_config(sidecar) == mdlm.cfg
+    assert load_config(TrainProgram, sidecar) == mdlm.cfg
 
 
 @pytest.mark.parametrize("kind", ["mdlm", "ar"])
 def test_model_rebuilt_from_the_export_gives_the_trained_logits(kind, request, capsys):
     trainer = request.getfixturevalue(kind)
     run_main([str(run_dir(trainer)), "--weights", "model", "--out", str(run_dir(trainer) / "w.safetensors")], capsys)
-    cfg = load_config(run_dir(trainer) / "w.toml")
+    cfg = load_config(TrainProgram, run_dir(trainer) / "w.toml")
     with safe_open(run_dir(trainer) / "w.safetensors", "pt") as f:
         vocab_size = int(f.metadata()["vocab_size"])
     model = build_model(trainer.task.model_kind, cfg.model, vocab_size, seed=cfg.job.seed + 1)
@@ -147,7 +147,7 @@ def test_user_errors_are_one_line_and_exit_2(mdlm, tmp_path, capsys):
     (run / "checkpoints/step_00000001/COMMITTED").unlink()
     assert "no committed checkpoint" in fails([str(run)], capsys)
 
-    cfg = load_config(run / "config.toml")
+    cfg = load_config(TrainProgram, run / "config.toml")
     cfg.checkpoint.folder = "s3://bucket/ckpts"
     save_config(cfg, run / "config.toml")
     assert "s3://bucket/ckpts" in fails([str(run)], capsys)

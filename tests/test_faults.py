@@ -18,7 +18,7 @@ from edlm_dist.config import ConfigError, DebugConfig
 from edlm_dist.distributed import CollectiveError, Heartbeat
 from edlm_dist.training.faults import FaultInjector
 
-TIMEOUT_S = 6  # parallel.collective_timeout_s of the stall case
+TIMEOUT_S = 6  # runtime.collective_timeout_s of the stall case
 STALL_S = 9
 
 
@@ -44,7 +44,7 @@ def assert_resumed_like_uninterrupted(stdout: str, folder: Path, at: int, uninte
 def test_a_lost_rank_restarts_the_group_which_resumes_from_the_latest_checkpoint(
         uninterrupted_run, tmp_path, name, step, rank, cause):
     start = time.monotonic()
-    proc = torchrun_standalone(tmp_path, *fault(name, step, rank), f"--parallel.collective_timeout_s={TIMEOUT_S}",
+    proc = torchrun_standalone(tmp_path, *fault(name, step, rank), f"--runtime.collective_timeout_s={TIMEOUT_S}",
                                f"--debug.stall_s={STALL_S}", max_restarts=1)
     elapsed = time.monotonic() - start
     output = proc.stdout + proc.stderr

@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from edlm_dist.config import load_config, save_config
+from edlm_dist.config import TrainProgram, load_config, load_run_config, save_config
 from edlm_dist.energy.loading import resolve_model_config
 from edlm_dist.models import build_model
 from edlm_dist.runs.checkpoint import CheckpointManager
@@ -168,7 +168,7 @@ def test_a_hugging_face_folder_imports_exactly_and_exports_back(tmp_path, dit_re
     run = tmp_path / "runs" / "mdlm-owt"
     import_main([str(src), "--out", str(run)])
     assert f"wrote {run}" in capsys.readouterr().out
-    cfg = load_config(run / "config.toml")
+    cfg = load_run_config(run / "config.toml")
     assert (cfg.training.task, cfg.data.tokenizer, cfg.data.seq_len, cfg.model.n_layers) == ("mdlm", "gpt2", LENGTH, 2)
     assert (run / "finished").is_file() and json.loads((run / "imported.json").read_text())["source"] == str(src)
     assert_dit_logits_match(run, dit_ref)
@@ -190,7 +190,7 @@ def test_a_lightning_checkpoint_loads_without_its_packages_and_keeps_both_weight
         monkeypatch.setitem(sys.modules, name, None)  # any import of them fails
     run = tmp_path / "runs" / "owt"
     import_main([str(path), "--out", str(run)])
-    cfg = load_config(run / "config.toml")
+    cfg = load_run_config(run / "config.toml")
     assert cfg.training.ema_decay == 0.9999 and find_checkpoint(run).step == 1234
 
     ema_ref = random_backbone(causal=False, seed=0, **SIZES)
@@ -223,7 +223,7 @@ def test_the_ar_reads_bos_and_imports_exactly(tmp_path, ar_ref, lightning_module
     path = write_ckpt(tmp_path / "ar.ckpt", ar_ref, "ar", lightning_module)
     run = tmp_path / "runs" / "ar"
     import_main([str(path), "--out", str(run)])
-    cfg = load_config(run / "config.toml")
+    cfg = load_run_config(run / "config.toml")
     assert cfg.training.task == "ar" and cfg.model.start_token == BOS
     model, _ = load_weights(find_checkpoint(run), "model")
     y = ids(vocab=VOCAB - 1)
@@ -244,11 +244,11 @@ def test_the_ar_reads_bos_and_imports_exactly(tmp_path, ar_ref, lightning_module
 
 
 def test_the_ar_start_token_defaults_to_the_mask_id():
-    cfg = load_config(DEBUG_CONFIG, ["--training.task=ar"])
+    cfg = load_config(TrainProgram, DEBUG_CONFIG, ["--training.task=ar"])
     model = build_model("ar", cfg.model, 9)
     assert model.start_token == 9
     with pytest.raises(ValueError, match="model.start_token 10 is not an input id"):
-        build_model("ar", load_config(DEBUG_CONFIG, ["--model.start_token=10"]).model, 9)
+        build_model("ar", load_config(TrainProgram, DEBUG_CONFIG, ["--model.start_token=10"]).model, 9)
 
 
 # ---- bad input -------------------------------------------------------------------------------
@@ -338,7 +338,7 @@ def test_hf_ids_need_the_hub_and_a_network(tmp_path, monkeypatch, capsys):
 
 def save_run(folder: Path, *overrides: str) -> Path:
     """A run folder of this project with freshly initialised weights (no training needed)."""
-    cfg = load_config(DEBUG_CONFIG, [f"--job.dump_folder={folder.parent}", f"--job.name={folder.name}", *overrides])
+    cfg = load_config(TrainProgram, DEBUG_CONFIG, [f"--job.dump_folder={folder.parent}", f"--job.name={folder.name}", *overrides])
     folder.mkdir(parents=True)
     save_config(cfg, folder / "config.toml")
     model = build_model("ar" if cfg.training.task == "ar" else "dit", cfg.model, 9)
@@ -399,7 +399,7 @@ def test_an_imported_run_samples_evaluates_and_exports(imported, data_dir, monke
 
     monkeypatch.setenv("EDLM_DATA_DIR", str(data_dir))
     monkeypatch.chdir(imported)
-    common = ["--training.device=cpu", "--metrics.progress=false"]
+    common = ["--runtime.device=cpu", "--metrics.progress=false"]
     edlm = ["--checkpoint", "runs/mdlm", "--sample.num_samples=2", "--sample.steps=4", "--sample.num_candidates=2",
             "--energy.kind=ar", "--energy.checkpoint=runs/ar", "--sample.batch_size=2", *common,
             f"--sample.oracle=hf:{tiny_gpt2(imported / 'gpt2', data_dir)}"]
@@ -433,10 +433,10 @@ def test_nce_fine_tunes_from_an_imported_denoiser(imported, data_dir, monkeypatc
     from edlm_dist.training import Trainer
 
     monkeypatch.setenv("EDLM_DATA_DIR", str(data_dir))
-    cfg = load_config(DEBUG_CONFIG, [
+    cfg = load_config(TrainProgram, DEBUG_CONFIG, [
         f"--job.dump_folder={imported / 'runs'}", "--job.name=nce", "--training.task=nce",
-        f"--energy.denoiser={imported / 'runs' / 'mdlm'}", "--data.dataset=tiny_shakespeare", "--data.tokenizer=gpt2",
-        f"--data.seq_len={LENGTH}", "--training.steps=2", "--training.global_batch_size=4", "--energy.ess_candidates=0",
+        f"--nce.denoiser={imported / 'runs' / 'mdlm'}", "--data.dataset=tiny_shakespeare", "--data.tokenizer=gpt2",
+        f"--data.seq_len={LENGTH}", "--training.steps=2", "--training.global_batch_size=4", "--nce.ess_candidates=0",
         "--metrics.eval_batch_size=4", "--metrics.eval_batches=1", "--sample.num_samples=1", "--sample.steps=2",
     ])
     Trainer(resolve_model_config(cfg)).run()

@@ -126,8 +126,8 @@ def runs(tmp_path_factory):
     for name, overrides in specs.items():
         trainer = Trainer(debug_config(root, f"--job.name={name}", "--training.steps=2", *overrides))
         trainer.run()
-    nce = Trainer(debug_config(root, "--job.name=nce", "--training.task=nce", f"--energy.denoiser={root / 'mdlm'}",
-                               "--training.steps=2", "--energy.ess_candidates=4", "--energy.ess_sequences=2"))
+    nce = Trainer(debug_config(root, "--job.name=nce", "--training.task=nce", f"--nce.denoiser={root / 'mdlm'}",
+                               "--training.steps=2", "--nce.ess_candidates=4", "--nce.ess_sequences=2"))
     nce.run()
     return root
 
@@ -146,7 +146,7 @@ def test_nce_run_logs_its_diagnostics(runs):
 
 def test_nce_training_starts_from_the_mdlm_backbone(runs):
     trainer = Trainer(debug_config(runs, "--job.name=fresh_nce", "--training.task=nce",
-                                   f"--energy.denoiser={runs / 'mdlm'}"))
+                                   f"--nce.denoiser={runs / 'mdlm'}"))
     denoiser, _ = load_denoiser(EnergyConfig(denoiser=str(runs / "mdlm")))
     mdlm = denoiser.state_dict()
     energy = trainer.model.state_dict()
@@ -189,19 +189,19 @@ def test_mismatched_energies_are_refused(runs, checkpoint, match):
 
 
 @pytest.mark.parametrize("overrides,match", [
-    (["--data.synthetic_states=12"], "vocabulary size of energy.denoiser .* \\(9\\) does not match this run's data \\(13\\)"),
-    (["--data.seq_len=32"], "data.seq_len of energy.denoiser .* \\(16\\) does not match this run's data \\(32\\)"),
+    (["--data.synthetic_states=12"], "vocabulary size of nce.denoiser .* \\(9\\) does not match this run's data \\(13\\)"),
+    (["--data.seq_len=32"], "data.seq_len of nce.denoiser .* \\(16\\) does not match this run's data \\(32\\)"),
 ])
 def test_nce_training_refuses_a_denoiser_of_other_data(runs, tmp_path, overrides, match):
-    cfg = debug_config(tmp_path, "--training.task=nce", f"--energy.denoiser={runs / 'mdlm'}", *overrides)
+    cfg = debug_config(tmp_path, "--training.task=nce", f"--nce.denoiser={runs / 'mdlm'}", *overrides)
     with pytest.raises(ConfigError, match=match):
         Trainer(cfg)
 
 
 def test_nce_training_needs_an_mdlm_denoiser(runs, tmp_path):
     with pytest.raises(ConfigError, match="is a 'ar' run; expected a 'mdlm' run"):
-        Trainer(debug_config(tmp_path, "--training.task=nce", f"--energy.denoiser={runs / 'ar'}"))
-    with pytest.raises(ConfigError, match="requires energy.denoiser"):
+        Trainer(debug_config(tmp_path, "--training.task=nce", f"--nce.denoiser={runs / 'ar'}"))
+    with pytest.raises(ConfigError, match="requires nce.denoiser"):
         debug_config(tmp_path, "--training.task=nce")
 
 
@@ -211,8 +211,8 @@ NCE_STEPS, NCE_HALF = 16, 8
 
 
 def nce_overrides(runs) -> list[str]:
-    return ["--job.name=nce2", "--training.task=nce", f"--energy.denoiser={runs / 'mdlm'}", "--optim.lr=1e-2",
-            "--optim.warmup_steps=0", "--training.global_batch_size=16", "--energy.ess_candidates=0",
+    return ["--job.name=nce2", "--training.task=nce", f"--nce.denoiser={runs / 'mdlm'}", "--optim.lr=1e-2",
+            "--optim.warmup_steps=0", "--training.global_batch_size=16", "--nce.ess_candidates=0",
             "--model.dropout=0"]  # dropout masks are drawn per rank
 
 

@@ -10,19 +10,19 @@ from pathlib import Path
 
 import pytest
 
-from edlm_dist.config import load_config
+from edlm_dist.config import SampleProgram, TrainProgram, load_config
 from edlm_dist.data import build_dataset
 from edlm_dist.data.eval_sets import FixedBlocks, load_eval_set, parse_eval_sets
 from edlm_dist.eval import main as evaluate
 from edlm_dist.evaluation import LikelihoodEvaluator, Sampler
 from edlm_dist.evaluation.sampler import sample_name
 from edlm_dist.sample import main as sample
-from run_utils import DEBUG_CONFIG, debug_config, folder_digest, one_line_error, read_scalars
+from run_utils import DEBUG_CONFIG, DEBUG_EVAL, DEBUG_SAMPLE, debug_config, folder_digest, one_line_error, read_scalars
 
 STEP = 3  # the tiny runs' last checkpoint
-SAMPLE = ["--config", str(DEBUG_CONFIG), "--checkpoint", "runs/tiny", "--sample.num_candidates=1",
+SAMPLE = ["--config", str(DEBUG_SAMPLE), "--checkpoint", "runs/tiny", "--sample.num_candidates=1",
           "--sample.num_samples=2"]
-EVAL = ["--config", str(DEBUG_CONFIG), "--checkpoint", "runs/tiny", "--eval.datasets=val", "--eval.batch_size=16"]
+EVAL = ["--config", str(DEBUG_EVAL), "--checkpoint", "runs/tiny", "--eval.datasets=val", "--eval.batch_size=16"]
 SAMPLES = Path("runs/tiny/samples") / f"mdlm_T8_seed0_step{STEP:08d}"  # the debug config samples 8 steps
 RESULT = Path("runs/tiny/eval/mdlm/val_val") / f"step_{STEP:08d}.json"
 
@@ -64,9 +64,9 @@ def no_work(monkeypatch):
 # ---- sampling --------------------------------------------------------------------------------
 
 def test_sample_names_follow_the_settings():
-    cfg = load_config(DEBUG_CONFIG, ["--sample.num_candidates=1", "--sample.steps=64"])
+    cfg = load_config(SampleProgram, DEBUG_SAMPLE, ["--sample.num_candidates=1", "--sample.steps=64"])
     assert sample_name(cfg, 6) == "mdlm_T64_seed0_step00000006"
-    cfg = load_config(DEBUG_CONFIG, ["--energy.kind=ar", "--sample.num_candidates=4", "--sample.window=0.5"])
+    cfg = load_config(SampleProgram, DEBUG_SAMPLE, ["--energy.kind=ar", "--sample.num_candidates=4", "--sample.window=0.5"])
     assert sample_name(cfg, 4) == "edlm-ar_k4_w0.5_T8_seed0_step00000004"
 
 
@@ -77,7 +77,7 @@ def test_sampling_writes_its_own_folder_and_replaces_it_only_with_overwrite(here
     assert f"outputs: {SAMPLES}" in capsys.readouterr().out
     assert len((SAMPLES / "samples.jsonl").read_text().splitlines()) == 2
     assert json.loads((SAMPLES / "summary.json").read_text())["num_samples"] == 2
-    assert load_config(SAMPLES / "config.toml").sample.output == str(SAMPLES)
+    assert load_config(SampleProgram, SAMPLES / "config.toml").sample.output == str(SAMPLES)
     assert len(list((SAMPLES / "tb").glob("events.out.tfevents.*"))) == 1
 
     outputs = folder_digest(SAMPLES)
@@ -131,7 +131,7 @@ def test_evaluation_writes_under_the_run_eval_folder_and_replaces_only_with_over
 
 
 def test_the_service_refuses_overwrite(here, capsys, no_work):
-    err = one_line_error(capsys, evaluate, ["--config", str(DEBUG_CONFIG), "--watch", "runs/tiny", "--overwrite"])
+    err = one_line_error(capsys, evaluate, ["--config", str(DEBUG_EVAL), "--watch", "runs/tiny", "--overwrite"])
     assert "--overwrite does not go with --watch" in err
 
 
@@ -148,7 +148,7 @@ def test_evaluation_refuses_bad_output_folders_before_scoring(here, capsys, no_w
 
 
 def test_several_runs_share_an_output_folder_by_run_name(here, tmp_path):
-    evaluate(["--config", str(DEBUG_CONFIG), "--checkpoint", "runs/tiny,runs/debug", "--eval.num_sequences=4",
+    evaluate(["--config", str(DEBUG_EVAL), "--checkpoint", "runs/tiny,runs/debug", "--eval.num_sequences=4",
           "--out", str(tmp_path)])
     for run in ("tiny", "debug"):
         assert json.loads((tmp_path / run / "mdlm/val_val" / f"step_{STEP:08d}.json").read_text())["sequences"] == 4
@@ -167,7 +167,7 @@ def test_a_finite_set_is_scored_whole_and_says_so(here, capsys, monkeypatch, tmp
 
 
 def test_more_synthetic_validation_blocks_keep_the_first_ones():
-    run = load_config(DEBUG_CONFIG)
+    run = load_config(TrainProgram, DEBUG_CONFIG)
     tokenizer = build_dataset(run.data).tokenizer
     spec = parse_eval_sets("val")[0]
     usual, more = load_eval_set(spec, tokenizer, run), load_eval_set(spec, tokenizer, run, sequences=40)

@@ -1,4 +1,4 @@
-"""The cluster precision path on the CPU: `training.mixed_precision = "bf16"` runs FSDP2 with bf16
+"""The cluster precision path on the CPU: `runtime.mixed_precision = "bf16"` runs FSDP2 with bf16
 compute and fp32 master weights and gradient reduction on 2 gloo ranks, bf16 autocast in one
 process, compiled or eager, resumes bit for bit after SIGKILL, and leaves what must stay exact
 (optimizer state, EMA, master weights, energies, log Z, sampling noise) in float32/float64.
@@ -28,7 +28,7 @@ from edlm_dist.models import build_model
 from edlm_dist.training import Trainer
 from run_utils import debug_config
 
-BF16 = "--training.mixed_precision=bf16"
+BF16 = "--runtime.mixed_precision=bf16"
 STEPS = 3
 BF16_REL = 5e-3
 BF16_VS_FP32_REL = 1e-2
@@ -86,7 +86,7 @@ def test_bf16_follows_fp32_over_20_steps_and_learns(tmp_path):
     steps = ["--training.steps=20", "--optim.lr=3e-3"]
     runs = {}
     for precision in ("fp32", "bf16"):
-        trainer = Trainer(debug_config(tmp_path / precision, *steps, f"--training.mixed_precision={precision}"))
+        trainer = Trainer(debug_config(tmp_path / precision, *steps, f"--runtime.mixed_precision={precision}"))
         before = trainer.evaluate()["nelbo_per_token"]
         losses = [trainer.train_step()["train/loss"] for _ in range(20)]
         runs[precision] = (before, losses, trainer.evaluate()["nelbo_per_token"])

@@ -1,4 +1,4 @@
-"""The prepared-corpus format (edlm_dist.data.shards) and tools/prepare_data.py: shards read back
+"""The prepared-corpus format (edlm_dist.data.corpus_format, _reader, _writer) and tools/prepare_data.py: shards read back
 exactly, corruption and missing files are named, fingerprints follow the data, and preparation
 matches a direct GPT-2 encoding and resumes to the same bytes after an interruption."""
 
@@ -20,14 +20,9 @@ import pytest
 import zstandard
 
 from edlm_dist.data.errors import DataError, SkipCounter
-from edlm_dist.data.shards import (
-    CorpusWriter,
-    Manifest,
-    TokenCorpus,
-    manifest_fingerprint,
-    read_manifest,
-    write_corpus,
-)
+from edlm_dist.data.corpus_format import Manifest, manifest_fingerprint
+from edlm_dist.data.corpus_reader import TokenCorpus, read_manifest
+from edlm_dist.data.corpus_writer import CorpusWriter, write_corpus
 from edlm_dist.data.sources import iter_documents
 from edlm_dist.data.tokenizers import Tokenizer, build_tokenizer
 
@@ -294,7 +289,8 @@ def test_owt_shards_stream_back_through_the_training_pipeline(owt_reference: Pat
     import torch
 
     from edlm_dist.data.raw_stream import RawTextBlocks
-    from edlm_dist.data.stream import PackedBlocks
+    from edlm_dist.data.batches import BatchPlan
+    from edlm_dist.data.packed import PackedBlocks
 
     docs = list(iter_documents(str(data_dir / "owt_sample/openwebtext_first100docs.txt"), txt_mode="blank_line"))[:-10]
     tokenizer = build_tokenizer("gpt2", str(data_dir / "gpt2_tokenizer"))
@@ -303,7 +299,7 @@ def test_owt_shards_stream_back_through_the_training_pipeline(owt_reference: Pat
     raw_files = [str(owt_reference / s["path"]) for s in manifest.splits["train"]["raw_shards"]]
     raw = torch.stack(list(RawTextBlocks(raw_files, tokenizer, seq_len=256, shuffle_buffer=8, max_epochs=1)))
     assert int((raw[:, 1:-1] != tokenizer.eos_id).sum()) == sum(len(tokenizer.encode(d)) for d in docs)
-    packed = PackedBlocks(TokenCorpus(str(owt_reference), "train"), seq_len=256, global_batch=4)
+    packed = PackedBlocks(TokenCorpus(str(owt_reference), "train"), seq_len=256, plan=BatchPlan(4))
     order = packed.epoch_order(0)
     for step in range(3):
         for row, block_id in zip(packed.batch(step), order[step * 4 : step * 4 + 4].tolist()):

@@ -48,7 +48,7 @@ def test_resume_on_a_prepared_corpus_with_workers_is_bit_exact(corpus, tmp_path,
     Trainer(config(tmp_path / "b", corpus, "--training.steps=2", *common)).run()
     resumed = Trainer(config(tmp_path / "b", corpus, "--training.steps=4", *common))
     resumed.run()
-    assert resumed.stream.state_dict()["fingerprint"] == straight.stream.state_dict()["fingerprint"]
+    assert resumed.loader.state_dict()["fingerprint"] == straight.loader.state_dict()["fingerprint"]
     for name, value in weights(straight).items():
         assert torch.equal(value, weights(resumed)[name]), name
 
@@ -65,7 +65,7 @@ def test_a_two_rank_checkpoint_resumes_on_one_rank_with_the_same_batches(corpus,
     straight = Trainer(config(tmp_path / "one", corpus, "--training.steps=3"))
     for _ in range(2):
         straight.train_step()
-    assert torch.equal(resumed.stream.next_batch(), straight.stream.next_batch())
+    assert torch.equal(resumed.loader.next_batch().tokens, straight.loader.next_batch().tokens)
     assert json.loads((tmp_path / "two" / "debug" / "finished").read_text())["step"] == 2
 
 

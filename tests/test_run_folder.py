@@ -21,7 +21,7 @@ import pytest
 import torch.distributed.checkpoint as dcp
 
 import edlm_dist.runs.tensorboard as tensorboard
-from edlm_dist.data.shards import write_corpus
+from edlm_dist.data.corpus_writer import write_corpus
 from edlm_dist.data.tokenizers import build_tokenizer
 from edlm_dist.train import main as train
 from edlm_dist.training import Trainer

@@ -75,7 +75,7 @@ def runs(tmp_path_factory):
 def sample_command(runs: Path, out: Path, *extra: str, nproc: int = 2) -> list[str]:
     return [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-        "-m", "edlm_dist.sample", "--config", str(Path(__file__).parents[1] / "configs" / "debug.toml"),
+        "-m", "edlm_dist.sample", "--config", str(Path(__file__).parents[1] / "configs" / "debug_sample.toml"),
         "--checkpoint", str(runs / "mdlm"), "--out", str(out / "samples"),
         "--energy.kind=ar", f"--energy.checkpoint={runs / 'ar'}", f"--sample.oracle={runs / 'oracle'}",
         "--sample.num_samples=6", "--sample.batch_size=4", "--sample.steps=8", "--sample.num_candidates=4",

@@ -152,10 +152,10 @@ def test_word_invalid_vocabulary(words: list[str]) -> None:
 
 
 def test_word_ptb_has_its_10k_vocabulary(data_dir: Path) -> None:
-    from edlm_dist.config import load_config
+    from edlm_dist.config import TrainProgram, load_config
     from edlm_dist.data import build_dataset
 
-    data = build_dataset(load_config(None, ["--data.dataset=ptb", "--data.tokenizer=word", "--data.seq_len=32"]).data)
+    data = build_dataset(load_config(TrainProgram, None, ["--data.dataset=ptb", "--data.tokenizer=word", "--data.seq_len=32"]).data)
     tok = data.tokenizer
     assert isinstance(tok, WordTokenizer) and tok.vocab_size == 10_000  # 9,999 words and EOS, as the release says
     test_text = (data_dir / "ptb" / "ptb.test.txt").read_text()

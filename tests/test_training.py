@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from edlm_dist.config import config_to_toml, load_config
-from edlm_dist.data import DataError, build_dataset
+from edlm_dist.config import TrainProgram, config_to_toml, load_config
+from edlm_dist.data import Batch, DataError, build_dataset
 from edlm_dist.train import main
 from edlm_dist.runs import CheckpointError, CheckpointManager
 from edlm_dist.training import Trainer
@@ -38,7 +38,7 @@ def test_default_tiny_run_closes_most_of_the_gap_to_the_entropy_floor(tmp_path, 
         assert scalars.get(tag), f"{tag} missing from TensorBoard"
     assert scalars["val/nelbo_per_token"][-1] == (300, pytest.approx(summary["val_nll_per_token"], rel=1e-6))
     assert CheckpointManager(run_dir / "checkpoints", 2).latest() == 300
-    assert load_config(run_dir / "config.toml") == load_config(REPO / "configs/tiny.toml", [f"--job.dump_folder={tmp_path}", "--metrics.progress=false"])
+    assert load_config(TrainProgram, run_dir / "config.toml") == load_config(TrainProgram, REPO / "configs/tiny.toml", [f"--job.dump_folder={tmp_path}", "--metrics.progress=false"])
     out = capsys.readouterr().out
     assert "validation NELBO" in out and "entropy floor" in out and "unigram" in out and "[3]" in out
 
@@ -76,11 +76,15 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
+def global_batch(rows: int, seq_len: int, step: int) -> Batch:
+    return Batch(torch.zeros(rows, seq_len, dtype=torch.long), range(rows), step, rows)
+
+
 def test_training_noise_depends_only_on_seed_and_step(tmp_path):
     task = Trainer(small_config(tmp_path)).task
-    a, b = task.draw_noise(8, 16, step=5), task.draw_noise(8, 16, step=5)
+    a, b = task.draw_noise(global_batch(8, 16, step=5)), task.draw_noise(global_batch(8, 16, step=5))
     assert torch.equal(a.t, b.t) and torch.equal(a.uniforms, b.uniforms)
-    assert not torch.equal(a.t, task.draw_noise(8, 16, step=6).t)
+    assert not torch.equal(a.t, task.draw_noise(global_batch(8, 16, step=6)).t)
 
 
 def test_uncommitted_checkpoints_are_never_latest(tmp_path):
@@ -141,8 +145,8 @@ def test_user_errors_exit_with_one_line(args, needle, capsys, monkeypatch, tmp_p
 def test_print_config_prints_the_resolved_toml(capsys):
     main(["--config", str(REPO / "configs/tiny.toml"), "--training.steps=7", "--print-config"])
     out = capsys.readouterr().out
-    assert "steps = 7" in out and load_config(None) != load_config(REPO / "configs/tiny.toml")
-    assert out == config_to_toml(load_config(REPO / "configs/tiny.toml", ["--training.steps=7"]))
+    assert "steps = 7" in out and load_config(TrainProgram, None) != load_config(TrainProgram, REPO / "configs/tiny.toml")
+    assert out == config_to_toml(load_config(TrainProgram, REPO / "configs/tiny.toml", ["--training.steps=7"]))
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +167,7 @@ def test_owt_configs_run_on_the_prepared_sample(config, owt_sample_corpus, data_
     """The paper-setting configs, shrunk to a debug model, on prepared OWT shards with workers and async saves."""
     monkeypatch.setenv("EDLM_DATA_DIR", str(data_dir))
     monkeypatch.setenv("EDLM_OWT_DIR", str(owt_sample_corpus))
-    cfg = load_config(REPO / "configs" / config, [
+    cfg = load_config(TrainProgram, REPO / "configs" / config, [
         f"--job.dump_folder={tmp_path}", "--model.n_layers=1", "--model.hidden_size=32", "--model.n_heads=2",
         "--model.cond_dim=16", "--data.seq_len=32", "--training.global_batch_size=4", "--training.micro_batch_size=2",
         "--training.steps=2", "--parallel.compile=false", "--checkpoint.interval=1", "--metrics.eval_batches=1",

@@ -23,8 +23,9 @@ from typing import Iterator
 import torch
 
 from edlm_dist.data.raw_stream import RawTextBlocks
-from edlm_dist.data.shards import TokenCorpus, read_manifest
-from edlm_dist.data.stream import PackedBlocks
+from edlm_dist.data.batches import BatchPlan
+from edlm_dist.data.corpus_reader import TokenCorpus, read_manifest
+from edlm_dist.data.packed import PackedBlocks
 from edlm_dist.data.tokenizers import build_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
         folder = prepare(Path(tmp), args.copies)
         manifest = read_manifest(str(folder))
         corpus = TokenCorpus(str(folder), "train")
-        packed = PackedBlocks(corpus, seq_len=args.seq_len, global_batch=args.batch)
+        packed = PackedBlocks(corpus, seq_len=args.seq_len, plan=BatchPlan(args.batch))
         raw_files = [str(folder / s["path"]) for s in manifest.splits["train"]["raw_shards"]]
         raw = RawTextBlocks(raw_files, build_tokenizer("gpt2"), seq_len=args.seq_len, shuffle_buffer=1000)
 

@@ -35,7 +35,7 @@ def eval_rows(
 ) -> list[dict[str, Any]]:
     """Median seconds per call, sequences/s, cost against the MDLM NELBO and peak memory of the MDLM
     NELBO and, at each n, of every EDLM estimator that applies to the AR energy; the networks
-    autocast as `training.mixed_precision` says (auto: bf16 on CUDA). Peak memory: the CUDA
+    autocast as `runtime.mixed_precision` says (auto: bf16 on CUDA). Peak memory: the CUDA
     allocator's peak during the timed calls; on the CPU the process's max RSS (it cannot be reset)."""
     config = ModelConfig(preset=preset, **MODEL_PRESETS[preset], dropout=0.0)
     denoiser = build_model("dit", config, vocab, device, seed=0).eval()

@@ -28,7 +28,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from edlm_dist.config import load_config
+from edlm_dist.config import TrainProgram, load_config
+from edlm_dist.data import Batch
 from edlm_dist.distributed import autocast, compute_dtype, shutdown
 from edlm_dist.distributed.parallelize import apply_compile
 from edlm_dist.models import build_model
@@ -116,7 +117,7 @@ def step_record(
 def bench_trainer(name: str, config: str, overrides: list[str], warmup: int, steps: int) -> dict[str, Any]:
     """Time `Trainer.train_step` for one config (in this process; under torchrun, on every rank)."""
     with tempfile.TemporaryDirectory() as dump:
-        cfg = load_config(config, [*COMMON, f"--job.dump_folder={dump}", f"--training.steps={warmup + steps}",
+        cfg = load_config(TrainProgram, config, [*COMMON, f"--job.dump_folder={dump}", f"--training.steps={warmup + steps}",
                                    *overrides])
         trainer = Trainer(cfg)
         device, world = trainer.env.device, trainer.env.world_size
@@ -140,17 +141,17 @@ def bench_direct(
 ) -> dict[str, Any]:
     """Time forward + MDLM loss + backward + clip + AdamW on random tokens (no data, EMA or trainer).
 
-    Autocast as `training.mixed_precision` says (auto: bf16 on CUDA, fp32 elsewhere); `compiled`
+    Autocast as `runtime.mixed_precision` says (auto: bf16 on CUDA, fp32 elsewhere); `compiled`
     compiles each block, as the trainer does.
     """
-    cfg = load_config(None, [f"--model.preset={preset}", f"--model.dropout={dropout}", f"--data.seq_len={seq_len}"])
+    cfg = load_config(TrainProgram, None, [f"--model.preset={preset}", f"--model.dropout={dropout}", f"--data.seq_len={seq_len}"])
     prepare = (lambda m: apply_compile(m.blocks)) if compiled else None
     model = build_model("dit", cfg.model, vocab, device, prepare=prepare)
     optimizer = build_optimizer(model, cfg.optim)
     task = build_task(cfg, mask_id=vocab)
     generator = torch.Generator(device=device).manual_seed(0)
     x0s = [torch.randint(0, vocab, (batch, seq_len), device=device, generator=generator) for _ in range(4)]
-    noises = [task.draw_noise(batch, seq_len, i) for i in range(4)]
+    noises = [task.draw_noise(Batch(x0, range(batch), i, batch)) for i, x0 in enumerate(x0s)]
     noises = [dataclasses.replace(n, t=n.t.to(device), uniforms=n.uniforms.to(device)) for n in noises]
     dtype = compute_dtype(mixed_precision, device)
     count = iter(range(10**9))
@@ -212,7 +213,7 @@ def _guarded(name: str, run: Callable[[], dict[str, Any] | None]) -> dict[str, A
 def cpu_suite(args: argparse.Namespace) -> Iterator[dict[str, Any] | None]:
     """Tiny config: eager vs compiled at 1 rank, then eager at 2 ranks (1 thread each)."""
     w, s = args.warmup or 3, args.steps or 30
-    cpu = ["--training.device=cpu"]
+    cpu = ["--runtime.device=cpu"]
     for compiled in (False, True):
         name = f"cpu-tiny-{'compiled' if compiled else 'eager'}-1rank"
         flags = [*cpu, f"--parallel.compile={str(compiled).lower()}"]
@@ -228,9 +229,9 @@ def gpu_suite(args: argparse.Namespace) -> Iterator[dict[str, Any] | None]:
     """small DiT, 1024 tokens, bf16: the trainer eager vs compiled (synthetic vocabulary of
     `--gpu-states` + 1), the direct step at the GPT-2 vocabulary, and 2 ranks if there are 2 GPUs."""
     w, s, batch = args.warmup or 5, args.steps or 20, args.gpu_batch
-    base = ["--training.device=cuda", "--model.preset=small", "--model.dropout=0.1", "--data.seq_len=1024",
+    base = ["--runtime.device=cuda", "--model.preset=small", "--model.dropout=0.1", "--data.seq_len=1024",
             f"--data.synthetic_states={args.gpu_states}", f"--training.global_batch_size={batch}",
-            "--training.mixed_precision=bf16"]
+            "--runtime.mixed_precision=bf16"]
     for compiled in (False, True):
         name = f"gpu-small-{'compiled' if compiled else 'eager'}-1rank-trainer"
         flags = [*base, f"--parallel.compile={str(compiled).lower()}"]

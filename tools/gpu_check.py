@@ -64,7 +64,7 @@ from unittest import mock
 import torch
 
 if TYPE_CHECKING:
-    from edlm_dist.config import Config
+    from edlm_dist.config import TrainProgram
 
 ROOT = Path(__file__).resolve().parents[1]
 MFU_TARGET = 0.45
@@ -204,10 +204,10 @@ def trainer_overrides(ctx: Context, compiled: bool) -> list[str]:
         raise RuntimeError("no token corpus: its preparation failed (see its row)")
     s = ctx.sizes
     return [
-        f"--training.device={ctx.device.type}", f"--model.preset={s.preset}", "--model.dropout=0.1",
+        f"--runtime.device={ctx.device.type}", f"--model.preset={s.preset}", "--model.dropout=0.1",
         "--data.dataset=files", f"--data.path={ctx.corpus}", "--data.tokenizer=gpt2",
         f"--data.tokenizer_path={ctx.data_dir / 'gpt2_tokenizer'}", "--data.num_workers=0",
-        f"--data.seq_len={s.seq_len}", f"--training.global_batch_size={s.batch}", "--training.mixed_precision=bf16",
+        f"--data.seq_len={s.seq_len}", f"--training.global_batch_size={s.batch}", "--runtime.mixed_precision=bf16",
         f"--parallel.compile={str(compiled).lower()}",
     ]
 
@@ -237,7 +237,7 @@ def one_rank_cluster(device: torch.device) -> Iterator[None]:
         shutdown()
 
 
-def train_and_save(ctx: Context, cfg: Config) -> tuple[dict[str, Any], list[float]]:
+def train_and_save(ctx: Context, cfg: TrainProgram) -> tuple[dict[str, Any], list[float]]:
     """The first Trainer: warm-up and timed steps, an async save, then RESUME_STEPS more steps while
     the save is written; its bench_train record and those steps' losses."""
     from torch.distributed.fsdp import FSDPModule
@@ -267,7 +267,7 @@ def train_and_save(ctx: Context, cfg: Config) -> tuple[dict[str, Any], list[floa
     return record, losses
 
 
-def resumed_losses(cfg: Config, saved_at: int) -> list[float]:
+def resumed_losses(cfg: TrainProgram, saved_at: int) -> list[float]:
     """A second Trainer resumes the save of step `saved_at`; the losses of its next RESUME_STEPS steps."""
     from edlm_dist.training import Trainer
 
@@ -287,10 +287,10 @@ def losses_text(losses: list[float]) -> str:
 def cluster(ctx: Context) -> list[dict[str, Any]]:
     """The cluster path in one process: FSDP2 on a 1-rank mesh, compiled blocks, bf16; timed steps,
     an async DCP save that training overlaps, and a resume that must repeat the next losses."""
-    from edlm_dist.config import load_config
+    from edlm_dist.config import TrainProgram, load_config
 
     saved_at = ctx.sizes.warmup + ctx.sizes.steps
-    cfg = load_config(tool("bench_train").TINY, [
+    cfg = load_config(TrainProgram, tool("bench_train").TINY, [
         *trainer_overrides(ctx, compiled=True), f"--job.dump_folder={ctx.work}", "--job.name=cluster",
         f"--training.steps={saved_at + RESUME_STEPS}", "--checkpoint.async_save=true", "--metrics.progress=false",
         "--metrics.tensorboard=false",

@@ -28,15 +28,9 @@ from typing import Any
 from tqdm import tqdm
 
 from edlm_dist.config import exit_on_user_error
+from edlm_dist.data.corpus_format import MANIFEST_NAME, Manifest, file_sha256, join
+from edlm_dist.data.corpus_writer import CorpusWriter, write_manifest
 from edlm_dist.data.errors import DataError, SkipCounter
-from edlm_dist.data.shards import (
-    MANIFEST_NAME,
-    CorpusWriter,
-    Manifest,
-    file_sha256,
-    join,
-    write_manifest,
-)
 from edlm_dist.data.sources import filesystem, iter_documents, list_files
 from edlm_dist.data.tokenizers import Tokenizer, build_tokenizer
 from edlm_dist.fileio import atomic_write_text

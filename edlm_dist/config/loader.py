@@ -1,6 +1,8 @@
-"""Load a `Config` from TOML plus `--section.key=value` overrides, validate it, write it back.
+"""Load a program's config (the root class of `train`, `sample` or `eval`) from TOML plus
+`--section.key=value` overrides, validate it, write it back.
 
 Precedence, lowest first: dataclass defaults < `model.preset` sizes < TOML file < command line.
+Keys from before each program had its own root (`MOVED_KEYS`) are read as their new keys.
 Every user mistake raises `ConfigError` with a one-line message naming the file, key and value,
 so entry points wrapped in `exit_on_user_error` can report it without a traceback.
 """
@@ -21,10 +23,13 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 from edlm_dist.fileio import atomic_write_text
-from edlm_dist.config.schema import MODEL_PRESETS, Config
+from edlm_dist.config.schema import (
+    INSTEAD, MODEL_PRESETS, MOVED_KEYS, PROGRAMS, UNREAD_BY_TRAINING, Program, TrainProgram,
+)
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
+_Root = TypeVar("_Root", bound=Program)
 _Key = tuple[str, str]  # (section, key)
 _CLI = "on the command line"
 
@@ -43,8 +48,10 @@ class ConfigError(ValueError):
 
 
 @functools.cache
-def _sections() -> dict[str, type]:
-    return get_type_hints(Config)
+def _sections(root: type[Program]) -> dict[str, type]:
+    """The sections of a program's root class: name -> section dataclass."""
+    hints = get_type_hints(root)
+    return {f.name: hints[f.name] for f in dataclasses.fields(root)}
 
 
 @functools.cache
@@ -60,20 +67,58 @@ def _suggest(name: str, known: Sequence[str], prefix: str = "") -> str:
     return "; valid: " + ", ".join(prefix + k for k in known)
 
 
-def _section_class(section: str, where: str) -> type:
+def _has_key(root: type[Program], name: str) -> bool:
+    section, _, key = name.partition(".")
+    return section in _sections(root) and key in _field_types(_sections(root)[section])
+
+
+def _readers(section: str, key: str | None = None) -> str:
+    """The programs that read a section (or `section.key`), joined by 'and'; empty for none."""
+    return " and ".join(p.PROGRAM for p in PROGRAMS
+                        if (section in _sections(p) if key is None else _has_key(p, f"{section}.{key}")))
+
+
+def _not_read(root: type[Program], section: str, key: str | None = None) -> str:
+    """`: a key of edlm_dist.eval, not of edlm_dist.train` for a section (or key) that other
+    programs read, or nothing."""
+    readers = _readers(section, key)
+    return f": a {'section' if key is None else 'key'} of {readers}, not of {root.PROGRAM}" if readers else ""
+
+
+def _section_class(root: type[Program], section: str, where: str) -> type:
     """The dataclass of a config section, or a ConfigError suggesting the nearest real name."""
-    sections = _sections()
+    sections = _sections(root)
     if section not in sections:
-        raise ConfigError(f"unknown config section {section!r} {where}{_suggest(section, list(sections))}")
+        raise ConfigError(f"unknown config section {section!r} {where}{_not_read(root, section)}"
+                          f"{_suggest(section, list(sections))}")
     return sections[section]
 
 
-def _field_type(section: str, key: str, where: str) -> Any:
+def _field_type(root: type[Program], section: str, key: str, where: str) -> Any:
     """The declared type of `section.key`, or a ConfigError suggesting the nearest real name."""
-    types = _field_types(_section_class(section, where))
+    other = _not_read(root, section, key) if section not in _sections(root) else ""
+    if other:
+        raise ConfigError(f"unknown config key '{section}.{key}' {where}{other}"
+                          f"{_suggest(section, list(_sections(root)))}")
+    types = _field_types(_section_class(root, section, where))
     if key not in types:
-        raise ConfigError(f"unknown config key '{section}.{key}' {where}{_suggest(key, list(types), section + '.')}")
+        instead = INSTEAD.get((root.PROGRAM, f"{section}.{key}"))
+        hint = f"; {root.PROGRAM} uses {instead} instead" if instead else _suggest(key, list(types), section + ".")
+        raise ConfigError(f"unknown config key '{section}.{key}' {where}{_not_read(root, section, key)}{hint}")
     return types[key]
+
+
+def _new_key(root: type[Program], section: str, key: str, where: str) -> _Key:
+    """`(section, key)` as the program reads it: an old key (`MOVED_KEYS`) that the program lacks
+    becomes its new key; one whose new key is another program's is a ConfigError naming it."""
+    old = f"{section}.{key}"
+    if _has_key(root, old) or old not in MOVED_KEYS:
+        return section, key
+    new_section, _, new_key = MOVED_KEYS[old].partition(".")
+    if not _has_key(root, MOVED_KEYS[old]):
+        raise ConfigError(f"config key {old} {where} is now {MOVED_KEYS[old]}, which {root.PROGRAM} does not read "
+                          f"(a key of {_readers(new_section, new_key)})")
+    return new_section, new_key
 
 
 def _base_type(tp: Any) -> type:
@@ -135,8 +180,14 @@ def _from_text(name: str, tp: Any, text: str, where: str) -> Any:
 # Sources
 
 
-def _read_toml(path: str | os.PathLike[str]) -> dict[_Key, Any]:
-    """The typed `(section, key) -> value` pairs set in a TOML file."""
+def _dropped(name: str, drop: Sequence[str]) -> bool:
+    """Whether `section.key` is one of `drop` (`section.*`: any key of the section)."""
+    return name in drop or f"{name.partition('.')[0]}.*" in drop
+
+
+def _read_toml(root: type[Program], path: str | os.PathLike[str], drop: Sequence[str] = ()) -> dict[_Key, Any]:
+    """The typed `(section, key) -> value` pairs set in a TOML file, old keys read as their new
+    ones; keys in `drop` (`section.key` or `section.*`) are skipped."""
     where = f"in {os.fspath(path)}"
     try:
         with open(path, "rb") as f:
@@ -151,12 +202,16 @@ def _read_toml(path: str | os.PathLike[str]) -> dict[_Key, Any]:
         raise ConfigError(f"invalid TOML {where}: {e}") from None
     values: dict[_Key, Any] = {}
     for section, table in data.items():
-        _section_class(section, where)
+        if not (isinstance(table, dict) and table) and not _dropped(f"{section}.*", drop):
+            _section_class(root, section, where)  # a table's keys are checked one by one: some may move
         if not isinstance(table, dict):
             shown = f"{table!r} ({type(table).__name__})"
             raise ConfigError(f"config section {section!r} {where} must be a table, got {shown}")
         for key, value in table.items():
-            values[section, key] = _from_toml(f"{section}.{key}", _field_type(section, key, where), value, where)
+            if _dropped(f"{section}.{key}", drop):
+                continue
+            new = _new_key(root, section, key, where)
+            values[new] = _from_toml(".".join(new), _field_type(root, *new, where), value, where)
     return values
 
 
@@ -175,8 +230,9 @@ def _take_value(args: Sequence[str], i: int) -> tuple[str, str, int]:
     return name, args[i + 1], i + 2
 
 
-def _read_overrides(args: Sequence[str]) -> dict[_Key, Any]:
-    """The typed `(section, key) -> value` pairs set by `--section.key=value` arguments."""
+def _read_overrides(root: type[Program], args: Sequence[str]) -> dict[_Key, Any]:
+    """The typed `(section, key) -> value` pairs set by `--section.key=value` arguments, old keys
+    read as their new ones."""
     values: dict[_Key, Any] = {}
     i = 0
     while i < len(args):
@@ -184,8 +240,8 @@ def _read_overrides(args: Sequence[str]) -> dict[_Key, Any]:
         if not _is_override(args[i]) or len(parts) != 2 or not all(parts):
             raise ConfigError(f"override {args[i]!r} is not of the form --section.key=value")
         name, text, i = _take_value(args, i)
-        section, key = parts
-        values[section, key] = _from_text(f"{section}.{key}", _field_type(section, key, _CLI), text, _CLI)
+        new = _new_key(root, *parts, _CLI)
+        values[new] = _from_text(".".join(new), _field_type(root, *new, _CLI), text, _CLI)
     return values
 
 
@@ -222,7 +278,7 @@ _BOUNDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "parallel.dp_replicate": _AT_LEAST_1,
     "parallel.dp_shard": (">= 1 or -1 (the rest)", lambda v: v >= 1 or v == -1),
     "parallel.ac_every": _AT_LEAST_1,
-    "parallel.collective_timeout_s": _AT_LEAST_1,
+    "runtime.collective_timeout_s": _AT_LEAST_1,
     "optim.lr": _POSITIVE,
     "optim.beta1": _FRACTION,
     "optim.beta2": _FRACTION,
@@ -236,10 +292,11 @@ _BOUNDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "metrics.log_interval": _AT_LEAST_1,
     "metrics.eval_interval": _AT_LEAST_1,
     "metrics.eval_batch_size": _AT_LEAST_1,
-    "energy.num_negatives": _AT_LEAST_1,
+    "nce.num_negatives": _AT_LEAST_1,
+    "nce.max_batch": _AT_LEAST_1,
+    "nce.ess_candidates": ("0 (off) or >= 2", lambda v: v == 0 or v >= 2),
+    "nce.ess_sequences": _AT_LEAST_1,
     "energy.max_batch": _AT_LEAST_1,
-    "energy.ess_candidates": ("0 (off) or >= 2", lambda v: v == 0 or v >= 2),
-    "energy.ess_sequences": _AT_LEAST_1,
     "sample.num_samples": _AT_LEAST_1,
     "sample.steps": _AT_LEAST_1,
     "sample.num_candidates": _AT_LEAST_1,
@@ -257,17 +314,22 @@ _BOUNDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
 }
 
 
-def _get(cfg: Config, name: str) -> Any:
+def _get(cfg: Program, name: str) -> Any:
     section, key = name.split(".")
     return getattr(getattr(cfg, section), key)
 
 
-def validate_config(cfg: Config) -> None:
-    """Raise ConfigError for values that type-check but cannot make a run (bounds, cross-field)."""
+def validate_config(cfg: Program) -> None:
+    """Raise ConfigError for values that type-check but cannot make a run (bounds on the keys of
+    the program, and the cross-field rules of training)."""
     for name, (wording, ok) in _BOUNDS.items():
-        value = _get(cfg, name)
-        if not ok(value):  # NaN fails every bound, as it should
+        if _has_key(type(cfg), name) and not ok(value := _get(cfg, name)):  # NaN fails every bound, as it should
             raise ConfigError(f"config key {name} must be {wording}, got {value!r}")
+    if isinstance(cfg, TrainProgram):
+        _validate_training(cfg)
+
+
+def _validate_training(cfg: TrainProgram) -> None:
     m, t = cfg.model, cfg.training
     if m.hidden_size % m.n_heads:
         raise ConfigError(f"model.hidden_size ({m.hidden_size}) must be divisible by model.n_heads ({m.n_heads})")
@@ -280,8 +342,8 @@ def validate_config(cfg: Config) -> None:
             f"training.global_batch_size ({t.global_batch_size}) must be a multiple of "
             f"training.micro_batch_size ({t.micro_batch_size})"
         )
-    if t.task == "nce" and not cfg.energy.denoiser:
-        raise ConfigError("training.task = 'nce' requires energy.denoiser (the MDLM run to fine-tune from)")
+    if t.task == "nce" and not cfg.nce.denoiser:
+        raise ConfigError("training.task = 'nce' requires nce.denoiser (the MDLM run to fine-tune from)")
     if cfg.data.dataset in ("text", "files") and not cfg.data.path:
         raise ConfigError(f"data.dataset = {cfg.data.dataset!r} requires data.path")
 
@@ -290,13 +352,24 @@ def validate_config(cfg: Config) -> None:
 # Loading
 
 
-def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = ()) -> Config:
-    """Build a validated Config from defaults, `model.preset`, the TOML file at `path` (None: no
-    file) and `--section.key=value` / `--section.key value` overrides, in increasing precedence."""
-    values = _read_toml(path) if path is not None else {}
-    values.update(_read_overrides(overrides))
-    cfg = Config()
-    preset = values.get(("model", "preset"), cfg.model.preset)
+def load_config(root: type[_Root], path: str | os.PathLike[str] | None, overrides: Sequence[str] = ()) -> _Root:
+    """Build the validated config of a program (its root class `root`) from defaults,
+    `model.preset`, the TOML file at `path` (None: no file) and `--section.key=value` /
+    `--section.key value` overrides, in increasing precedence."""
+    return _build(root, _read_toml(root, path) if path is not None else {}, overrides)
+
+
+def load_run_config(path: str | os.PathLike[str]) -> TrainProgram:
+    """The config.toml of a run folder, also one written before each program had its own root:
+    its old keys are read as their new ones, and those that training never read are dropped."""
+    return _build(TrainProgram, _read_toml(TrainProgram, path, drop=UNREAD_BY_TRAINING), ())
+
+
+def _build(root: type[_Root], values: dict[_Key, Any], overrides: Sequence[str]) -> _Root:
+    """The validated config of `root` from the values of a file and then `overrides` over them."""
+    values = {**values, **_read_overrides(root, overrides)}
+    cfg = root()
+    preset = values.get(("model", "preset"), "")
     merged: dict[_Key, Any] = {("model", k): v for k, v in MODEL_PRESETS.get(preset, {}).items()}
     merged.update(values)  # explicit values beat the preset
     for (section, key), value in merged.items():
@@ -309,7 +382,7 @@ def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = 
 # Writing
 
 
-def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
+def config_to_dict(cfg: Program) -> dict[str, dict[str, Any]]:
     """`{section: {key: value}}`, e.g. for logging hyperparameters."""
     return dataclasses.asdict(cfg)
 
@@ -329,8 +402,8 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"cannot write a {type(value).__name__} as a TOML value")
 
 
-def config_to_toml(cfg: Config) -> str:
-    """TOML text that `load_config` reads back into an equal Config."""
+def config_to_toml(cfg: Program) -> str:
+    """TOML text that `load_config` of the program reads back into an equal config."""
     blocks = []
     for section, table in config_to_dict(cfg).items():
         lines = [f"[{section}]"] + [f"{key} = {_toml_value(value)}" for key, value in table.items()]
@@ -338,7 +411,7 @@ def config_to_toml(cfg: Config) -> str:
     return "\n\n".join(blocks) + "\n"
 
 
-def save_config(cfg: Config, path: str | os.PathLike[str]) -> None:
+def save_config(cfg: Program, path: str | os.PathLike[str]) -> None:
     """Write `cfg` as TOML atomically (temp file in the same folder, then os.replace), so a crash
     never leaves a truncated config next to a checkpoint."""
     atomic_write_text(path, config_to_toml(cfg))
@@ -352,7 +425,7 @@ def save_config(cfg: Config, path: str | os.PathLike[str]) -> None:
 class CliArgs:
     """What an entry point needs from its command line: the resolved config and how it was asked for."""
 
-    config: Config
+    config: Program
     config_path: str | None
     print_config: bool
     switches: frozenset[str] = frozenset()  # the entry point's own switches that were given (`--overwrite`)
@@ -380,14 +453,14 @@ def _wrap_choices(text: str, indent: int) -> str:
     return ("\n" + " " * indent).join(lines)
 
 
-def _help_text(description: str, options: Mapping[str, str]) -> str:
-    """Usage, the options, and every config key with its default and type (last, as the choices
-    of a Literal can be long)."""
+def _help_text(root: type[Program], description: str, options: Mapping[str, str]) -> str:
+    """Usage, the options, and every config key of the program with its default and type (last,
+    as the choices of a Literal can be long)."""
     prog = os.path.basename(sys.argv[0]) or "edlm"
-    defaults = Config()
+    defaults = root()
     rows = [
         (f"--{section}.{key}", _toml_value(_get(defaults, f"{section}.{key}")), _help_type(tp))
-        for section, cls in _sections().items()
+        for section, cls in _sections(root).items()
         for key, tp in _field_types(cls).items()
     ]
     w0, w1 = (max(len(r[i]) for r in rows) for i in (0, 1))
@@ -402,19 +475,20 @@ def _help_text(description: str, options: Mapping[str, str]) -> str:
         "  --print-config       print the resolved config as TOML\n"
         f"{own}"
         "  --section.key=VALUE  override one config key (also: --section.key VALUE)\n\n"
-        "precedence: defaults < model.preset < --config file < overrides\n\n"
+        f"precedence: defaults{' < model.preset' if 'model' in _sections(root) else ''} < --config file < overrides\n\n"
         f"config keys (default, type):\n{keys}"
     )
 
 
 def parse_cli(
-    argv: Sequence[str] | None, description: str = "", aliases: Mapping[str, str] | None = None,
-    switches: Mapping[str, str] | None = None,
+    root: type[Program], argv: Sequence[str] | None, description: str = "",
+    aliases: Mapping[str, tuple[str, str]] | None = None, switches: Mapping[str, str] | None = None,
 ) -> CliArgs:
     """Parse `--config PATH`, `--print-config`, `-h/--help` and overrides (argv None: sys.argv[1:])
-    and load the config. `aliases` maps extra options to config keys (`--checkpoint` ->
-    `energy.denoiser`), taken like overrides; `switches` are the entry point's own options without
-    a value (`--overwrite`), each with its help text. Help prints usage and every key, then exits 0."""
+    and load the config of the program whose root class is `root`. `aliases` maps extra options to
+    (config key, help text) (`--out` -> `eval.output`), taken like overrides; `switches` are the
+    entry point's own options without a value (`--overwrite`), each with its help text. Help prints
+    usage and every key of the program, then exits 0."""
     aliases, switches = aliases or {}, switches or {}
     args = list(sys.argv[1:] if argv is None else argv)
     config_path: str | None = None
@@ -425,8 +499,8 @@ def parse_cli(
     while i < len(args):
         arg = args[i]
         if arg in ("-h", "--help"):
-            options = {f"{name} VALUE": f"stands for --{key}=VALUE" for name, key in aliases.items()}
-            print(_help_text(description, {**options, **switches}))
+            options = {f"{name} VALUE": f"{text} (--{key}=VALUE)" for name, (key, text) in aliases.items()}
+            print(_help_text(root, description, {**options, **switches}))
             raise SystemExit(0)
         if arg == "--print-config":
             print_config, i = True, i + 1
@@ -437,14 +511,14 @@ def parse_cli(
             _, config_path, i = _take_value(args, i)
         elif arg.partition("=")[0] in aliases:
             name, value, i = _take_value(args, i)
-            overrides.append(f"--{aliases[name]}={value}")
+            overrides.append(f"--{aliases[name][0]}={value}")
         elif _is_override(arg):
             name, value, i = _take_value(args, i)
             overrides.append(f"{name}={value}")
         else:
             expected = ", ".join(["--config PATH", "--print-config", *aliases, *switches, "--section.key=VALUE"])
             raise ConfigError(f"unrecognized argument {arg!r}; expected {expected} (see --help)")
-    return CliArgs(load_config(config_path, overrides), config_path, print_config, frozenset(given))
+    return CliArgs(load_config(root, config_path, overrides), config_path, print_config, frozenset(given))
 
 
 def exit_on_user_error(fn: Callable[_P, _R]) -> Callable[_P, _R]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from edlm_dist.config.loader import ConfigError, config_to_dict
-from edlm_dist.config.schema import Config
+from edlm_dist.config.schema import TrainProgram
 
 _SHAPE = "the model's shape"
 _DATA = "the data the run has seen"
@@ -14,7 +14,7 @@ _DATA = "the data the run has seen"
 FIXED_ON_RESUME: dict[str, str] = {
     **{f"model.{key}": _SHAPE for key in ("n_layers", "hidden_size", "n_heads", "cond_dim", "mlp_ratio",
                                            "time_conditioning", "start_token")},
-    "energy.time_conditioning": "the energy network's shape",
+    "nce.time_conditioning": "the energy network's shape",
     "training.task": "what the run trains",
     "training.global_batch_size": "the data order, counted in global batches",
     **{f"data.{key}": _DATA for key in ("dataset", "tokenizer", "format", "seed", "val_fraction", "synthetic_states",
@@ -24,15 +24,16 @@ FIXED_ON_RESUME: dict[str, str] = {
 }
 
 
-def config_changes(old: Config, new: Config) -> list[tuple[str, Any, Any]]:
+def config_changes(old: TrainProgram, new: TrainProgram) -> list[tuple[str, Any, Any]]:
     """Every `section.key` whose value differs, with the old and the new value, in schema order."""
     before, after = config_to_dict(old), config_to_dict(new)
     return [(f"{section}.{key}", before[section][key], value)
             for section, table in after.items() for key, value in table.items() if before[section][key] != value]
 
 
-def check_resume(old: Config, new: Config, run: str) -> list[tuple[str, Any, Any]]:
-    """The changes from the config `run` was trained with (`old`) to `new`, after refusing any
+def check_resume(old: TrainProgram, new: TrainProgram, run: str) -> list[tuple[str, Any, Any]]:
+    """The changes from the config `run` was trained with (`old`, as `load_run_config` reads it: an
+    old run folder's keys already moved to their new places) to `new`, after refusing any
     that its checkpoints cannot follow, in one line naming the key and both values."""
     changes = config_changes(old, new)
     for key, was, now in changes:

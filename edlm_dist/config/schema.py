@@ -1,21 +1,45 @@
-"""Typed configuration sections: the single source of truth for every knob a run has.
+"""Typed configuration sections: the single source of truth for every knob a program has.
 
-Each TOML section maps to one dataclass below; `Config` holds them all. Field types are
-enforced by the loader (`Literal` fields list their allowed values).
+Each TOML section maps to one dataclass below, and each program has one root holding the sections
+it reads (`TrainProgram`, `SampleProgram`, `EvalProgram`): a section shared by programs, and so
+each of its keys, means the same in all of them. Field types are enforced by the loader
+(`Literal` fields list their allowed values).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 
 @dataclass
 class JobConfig:
-    name: str = "run"
-    dump_folder: str = "runs"  # the run folder is <dump_folder>/<name>
+    """What every program keys its randomness by, and a note for the record."""
+
     seed: int = 0
     description: str = ""
+
+
+@dataclass
+class RunJobConfig(JobConfig):
+    """Training's [job] also names the run: its folder is <dump_folder>/<name>. That folder is the
+    one name of a run everywhere: sampling and evaluation read runs by it (--checkpoint, the
+    energy's runs) and write their results inside it, or to --out."""
+
+    name: str = "run"
+    dump_folder: str = "runs"
+
+
+@dataclass
+class RuntimeConfig:
+    """Where and how a program runs: the same for training, sampling and evaluation."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # bf16: FSDP2 bf16 compute with fp32 master weights and gradient reduction, or bf16 autocast
+    # in one process, on any device; auto: bf16 on CUDA, fp32 on a CPU (where bf16 is slower)
+    mixed_precision: Literal["auto", "bf16", "fp32"] = "auto"
+    backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: nccl on CUDA, gloo on CPU
+    collective_timeout_s: int = 600  # a collective waiting longer than this fails the program
 
 
 @dataclass
@@ -46,17 +70,13 @@ class DiffusionConfig:
     t_min: float = 1e-3  # the NELBO integral runs over [t_min, 1]
 
 
-DATASETS = ("synthetic", "text", "files", "openwebtext", "wikitext2", "ptb", "lambada", "tiny_shakespeare", "text8")
-
-
 @dataclass
 class DataConfig:
-    # synthetic: the embedded Markov corpus; text: one UTF-8 file (data.path) held in memory;
-    # files / openwebtext: a corpus prepared by tools/prepare_data.py (data.path, a folder or URL);
-    # wikitext2, ptb, lambada, tiny_shakespeare, text8: the files under $EDLM_DATA_DIR (or data.path)
-    dataset: Literal[
-        "synthetic", "text", "files", "openwebtext", "wikitext2", "ptb", "lambada", "tiny_shakespeare", "text8"
-    ] = "synthetic"
+    # a name of edlm_dist.data.DATASETS: synthetic (the embedded Markov corpus); text (one UTF-8
+    # file, data.path, held in memory); files / openwebtext (a corpus prepared by
+    # tools/prepare_data.py: data.path, a folder or URL); wikitext2, ptb, tiny_shakespeare, text8
+    # (the files under $EDLM_DATA_DIR or data.path)
+    dataset: str = "synthetic"
     seq_len: int = 64
     tokenizer: Literal["synthetic", "gpt2", "char", "word"] = "synthetic"
     tokenizer_path: str = ""  # folder with GPT-2 BPE files; empty = $EDLM_DATA_DIR/gpt2_tokenizer or tiktoken's cache
@@ -78,16 +98,12 @@ class DataConfig:
 
 @dataclass
 class TrainingConfig:
-    task: Literal["mdlm", "ar", "nce"] = "mdlm"  # nce: fine-tune the EDLM energy (see [energy])
+    task: Literal["mdlm", "ar", "nce"] = "mdlm"  # nce: fine-tune the EDLM energy (see [nce])
     steps: int = 1000
     global_batch_size: int = 64
     micro_batch_size: int = 0  # per rank; 0 = no gradient accumulation
     max_grad_norm: float = 1.0  # 0 disables clipping
     ema_decay: float = 0.9999  # 0 disables EMA
-    # bf16: FSDP2 bf16 compute with fp32 master weights and gradient reduction, or bf16 autocast
-    # in one process, on any device; auto: bf16 on CUDA, fp32 on a CPU (where bf16 is slower)
-    mixed_precision: Literal["auto", "bf16", "fp32"] = "auto"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
     max_bad_steps: int = 5  # consecutive non-finite losses/grad norms (each step skipped) before the run stops
 
 
@@ -95,12 +111,10 @@ class TrainingConfig:
 class ParallelConfig:
     dp_replicate: int = 1  # HSDP replicas (1 = plain FSDP)
     dp_shard: int = -1  # ranks sharding each replica; -1 = all ranks not used by dp_replicate
-    backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: nccl on CUDA, gloo on CPU
     activation_checkpoint: Literal["none", "full", "selective"] = "none"
     ac_every: int = 2  # "selective": checkpoint every n-th block
     compile: bool = False  # torch.compile each block
     reshard_after_forward: bool = True  # FSDP2: free gathered params after forward (ZeRO-3)
-    collective_timeout_s: int = 600  # a collective waiting longer than this fails the run
 
 
 @dataclass
@@ -126,40 +140,56 @@ class CheckpointConfig:
 
 
 @dataclass
-class MetricsConfig:
+class ProgressConfig:
+    """How every program shows and records its work."""
+
+    tensorboard: bool = True
+    progress: bool = True  # tqdm progress bars
+
+
+@dataclass
+class MetricsConfig(ProgressConfig):
+    """Training's [metrics] also sets how often it logs and validates."""
+
     log_interval: int = 10
     eval_interval: int = 500
     eval_batches: int = 8
     eval_batch_size: int = 64
-    tensorboard: bool = True
-    progress: bool = True
+
+
+@dataclass
+class NCEConfig:
+    """Training task `nce`: the EDLM energy network, fine-tuned from `denoiser` (an MDLM run, or a
+    step_<8-digit step> folder), which is also the frozen proposal that draws the negatives. The
+    NCE run takes the denoiser's architecture, reading only `model.dropout` from its own [model]."""
+
+    denoiser: str = ""
+    weights: Literal["auto", "ema", "model"] = "auto"  # of the denoiser (auto: EMA weights when it has them)
+    time_conditioning: bool = False  # whether the energy network reads t
+    num_negatives: int = 1  # negatives per positive (the paper uses one)
+    max_batch: int = 256  # sequences per energy forward when scoring many candidates
+    ess_candidates: int = 16  # diagnostics: candidates per sequence for the effective sample size (0 = off)
+    ess_sequences: int = 8  # diagnostics: validation sequences scored at each of the fixed ESS times
 
 
 @dataclass
 class EnergyConfig:
-    """The EDLM residual energy: which kind, and the runs (or step_<8-digit step> folders) it comes from.
-
-    Training task `nce` fine-tunes an energy network from `denoiser` (an MDLM run, also the
-    frozen proposal that draws the negatives); the NCE run takes the denoiser's architecture,
-    reading only `model.dropout` from its own [model] section. Sampling and evaluation build `kind` from `checkpoint` (the AR run
-    for ar/coar, the NCE run for nce) with `denoiser` as the proposal.
-    """
+    """The EDLM residual energy that sampling and evaluation correct an MDLM with: `kind` built from
+    `checkpoint` (the AR run for ar/coar, the NCE run for nce; a run or a step_<8-digit step>
+    folder). `denoiser` is the MDLM it corrects where the program does not name it otherwise
+    (sampling: `--checkpoint`; an NCE energy left without one: the MDLM it was trained against)."""
 
     kind: Literal["nce", "ar", "coar"] = "nce"
     checkpoint: str = ""
     denoiser: str = ""
     weights: Literal["auto", "ema", "model"] = "auto"  # auto: EMA weights when the checkpoint has them
-    time_conditioning: bool = False  # nce: whether the energy network reads t
-    num_negatives: int = 1  # nce: negatives per positive (the paper uses one)
     max_batch: int = 256  # sequences per energy forward when scoring many candidates
-    ess_candidates: int = 16  # nce diagnostics: candidates per sequence for the effective sample size (0 = off)
-    ess_sequences: int = 8  # nce diagnostics: validation sequences scored at each of the fixed ESS times
 
 
 @dataclass
 class SampleConfig:
     """Generation: the end-of-run samples of training, and `python -m edlm_dist.sample`, which
-    samples the MDLM of `energy.denoiser`, corrected by the energy of [energy] when
+    samples the MDLM of `energy.denoiser` (--checkpoint), corrected by the energy of [energy] when
     `num_candidates` > 1."""
 
     num_samples: int = 4
@@ -223,8 +253,12 @@ class DebugConfig:
 
 
 @dataclass
-class Config:
-    job: JobConfig = field(default_factory=JobConfig)
+class TrainProgram:
+    """The config of `python -m edlm_dist.train`, and the config.toml of every run folder."""
+
+    PROGRAM: ClassVar[str] = "edlm_dist.train"
+    job: RunJobConfig = field(default_factory=RunJobConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -233,7 +267,54 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    nce: NCEConfig = field(default_factory=NCEConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
+
+
+@dataclass
+class SampleProgram:
+    """The config of `python -m edlm_dist.sample`."""
+
+    PROGRAM: ClassVar[str] = "edlm_dist.sample"
+    job: JobConfig = field(default_factory=JobConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    metrics: ProgressConfig = field(default_factory=ProgressConfig)
     energy: EnergyConfig = field(default_factory=EnergyConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+@dataclass
+class EvalProgram:
+    """The config of `python -m edlm_dist.eval`."""
+
+    PROGRAM: ClassVar[str] = "edlm_dist.eval"
+    job: JobConfig = field(default_factory=JobConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    metrics: ProgressConfig = field(default_factory=ProgressConfig)
+    energy: EnergyConfig = field(default_factory=EnergyConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    debug: DebugConfig = field(default_factory=DebugConfig)
+
+
+Program = TrainProgram | SampleProgram | EvalProgram
+PROGRAMS: tuple[type[Program], ...] = (TrainProgram, SampleProgram, EvalProgram)
+
+# Keys of the single config that served every program before each had its own root: where each
+# went. A file or command line that gives one is read as the new key when its program has it.
+MOVED_KEYS: dict[str, str] = {
+    "training.device": "runtime.device",
+    "training.mixed_precision": "runtime.mixed_precision",
+    "parallel.backend": "runtime.backend",
+    "parallel.collective_timeout_s": "runtime.collective_timeout_s",
+    **{f"energy.{key}": f"nce.{key}" for key in ("denoiser", "weights", "time_conditioning", "num_negatives",
+                                                 "max_batch", "ess_candidates", "ess_sequences")},
+}
+# Keys of one program that another answers with a key of its own: a training run's folder name
+# (job.name, job.dump_folder) is, for sampling and evaluation, the folder of their results.
+INSTEAD: dict[tuple[str, str], str] = {
+    (program, f"job.{key}"): f"{section}.output (--out)"
+    for program, section in (("edlm_dist.sample", "sample"), ("edlm_dist.eval", "eval"))
+    for key in ("name", "dump_folder")
+}
+# What the config.toml of a run folder written before then holds that training never read: dropped.
+UNREAD_BY_TRAINING = ("energy.kind", "energy.checkpoint", "eval.*")

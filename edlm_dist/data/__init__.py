@@ -1,9 +1,11 @@
-"""Data: tokenizers, the embedded synthetic Markov corpus, and block sources by name."""
+"""Data: tokenizers and document sources, the prepared-corpus format, datasets by name and
+their training loaders, evaluation sets."""
 
+from edlm_dist.data.batches import Batch, BatchPlan
 from edlm_dist.data.dataset import BlockSource, Dataset
-from edlm_dist.data.datasets import build_dataset, run_tokenizer
+from edlm_dist.data.datasets import DATASETS, DatasetEntry, build_dataset, run_tokenizer
 from edlm_dist.data.errors import DataError, SkipCounter
-from edlm_dist.data.pipeline import TrainStream, build_train_stream
+from edlm_dist.data.loaders import TrainLoader
 
 from edlm_dist.data.synthetic import (
     MarkovSource,
@@ -24,15 +26,18 @@ from edlm_dist.data.tokenizers import (
 )
 
 __all__ = [
+    "Batch",
+    "BatchPlan",
     "BlockSource",
+    "DATASETS",
+    "DatasetEntry",
     "DataError",
     "Dataset",
     "SkipCounter",
     "TextBlocks",
-    "TrainStream",
+    "TrainLoader",
     "build_dataset",
     "run_tokenizer",
-    "build_train_stream",
     "CharTokenizer",
     "GPT2Tokenizer",
     "MarkovSource",

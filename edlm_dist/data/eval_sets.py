@@ -16,7 +16,6 @@ an optional `:split` and `=path` (`ptb:test`, `files=s3://bucket/corpus`):
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -25,49 +24,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edlm_dist.config import Config
+from edlm_dist.config import TrainProgram
 from edlm_dist.data.dataset import BlockSource
-from edlm_dist.data.datasets import NAMED_FILES, build_dataset, named_file
+from edlm_dist.data.datasets import DATASETS, build_dataset, named_file
 from edlm_dist.data.errors import DataError
-from edlm_dist.data.shards import TokenCorpus
+from edlm_dist.data.corpus_reader import TokenCorpus
 from edlm_dist.data.text import TextBlocks
 from edlm_dist.data.tokenizers import GPT2Tokenizer, Tokenizer
 
-# The split each set is scored on when none is named: the choice of the MDLM reference code
-# (validation where a set has one, LAMBADA's only split otherwise).
-DEFAULT_SPLITS = {"wikitext2": "val", "ptb": "val", "lambada": "test", "openwebtext": "val", "files": "val", "val": "val"}
+# The split each set is scored on when none is named (`DatasetEntry.eval_split`): the choice of
+# the MDLM reference code (validation where a set has one, LAMBADA's only split otherwise).
+DEFAULT_SPLITS = {**{name: e.eval_split for name, e in DATASETS.items() if e.eval_split}, "val": "val"}
 _SPEC = re.compile(r"^(?P<name>[a-z0-9_]+)(?::(?P<split>[a-z0-9]+))?(?:=(?P<path>.+))?$")
-
-
-def wikitext_detokenize(text: str) -> str:
-    """Undo WikiText's tokenisation (` @-@ `, spaced punctuation and brackets, `= = =` headings)."""
-    text = text.replace("s '", "s'")
-    for spaced, joined in ((" @-@ ", "-"), (" @,@ ", ","), (" @.@ ", "."), (" : ", ": "), (" ; ", "; "),
-                           (" . ", ". "), (" ! ", "! "), (" ? ", "? "), (" , ", ", ")):
-        text = text.replace(spaced, joined)
-    for opening, closing in (("(", ")"), ("[", "]"), ("{", "}")):
-        o, c = re.escape(opening), re.escape(closing)
-        text = re.sub(rf"{o}\s*([^{c}]*?)\s*{c}", rf"{opening}\1{closing}", text)
-    text = re.sub(r"\"\s*([^\"]*?)\s*\"", r'"\1"', text)
-    text = re.sub(r"'\s*([^']*?)\s*'", r"'\1'", text)
-    for spaced, joined in (("= = = =", "===="), ("= = =", "==="), ("= =", "=="), (" \N{DEGREE SIGN} ", "\N{DEGREE SIGN}"),
-                           (" \n", "\n"), ("\n ", "\n"), (" N ", " 1 "), (" 's", "'s")):
-        text = text.replace(spaced, joined)
-    return text
-
-
-def ptb_detokenize(text: str) -> str:
-    """Undo PTB's tokenisation: contractions, `\\/`, the `N` number token (as 1), `<unk>` (as ?)."""
-    for spaced, joined in ((" 's", "'s"), ("s ' ", "s' "), (" n't", "n't"), (" \n ", "\n"), ("\\/", "/")):
-        text = text.replace(spaced, joined)
-    while " N " in text:  # overlapping matches: "N N N" needs more than one pass
-        text = text.replace(" N ", " 1 ")
-    return text.replace("$ 1", "$1").replace("# 1", "#1").replace("<unk>", "?")
-
-
-def lambada_detokenize(text: str) -> str:
-    """Straight double quotes, and the passage on a line of its own."""
-    return "\n" + text.replace("\N{LEFT DOUBLE QUOTATION MARK}", '"').replace("\N{RIGHT DOUBLE QUOTATION MARK}", '"').strip()
 
 
 @dataclass(frozen=True)
@@ -95,7 +63,8 @@ def parse_eval_sets(text: str, key: str = "eval.datasets") -> list[EvalSetSpec]:
         if not match or match["name"] not in DEFAULT_SPLITS:
             raise DataError(f"{key}: unknown evaluation set {item!r} (known: {', '.join(DEFAULT_SPLITS)})")
         split = match["split"] or DEFAULT_SPLITS[match["name"]]
-        known = NAMED_FILES.get(match["name"], {"val": ""})
+        entry = DATASETS.get(match["name"])
+        known = entry.files if entry is not None and entry.files else {"val": ""}
         if split not in known:
             raise DataError(f"{key}: {match['name']} has no split {split!r} (has {', '.join(known)})")
         specs.append(EvalSetSpec(match["name"], split, match["path"] or ""))
@@ -150,26 +119,19 @@ def _records(spec: EvalSetSpec, folder: Path | None) -> list[str]:
     if not path.is_file():
         raise DataError(f"evaluation set {spec.label}: file not found: {path}")
     try:
-        text = path.read_text(encoding="utf-8")
+        return DATASETS[spec.name].records(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as err:
         raise DataError(f"evaluation set {spec.label}: {path} is not UTF-8 ({err.reason} at byte {err.start})") from None
-    if spec.name == "lambada":
-        try:
-            return [json.loads(line)["text"] for line in text.splitlines() if line.strip()]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise DataError(f"evaluation set {spec.label}: {path} is not JSON lines with a 'text' key ({err})") from None
-    lines = text.splitlines(keepends=True)
-    return [line.strip() for line in lines] if spec.name == "ptb" else lines
-
-
-DETOKENIZERS = {"wikitext2": wikitext_detokenize, "ptb": ptb_detokenize, "lambada": lambada_detokenize}
+    except ValueError as err:
+        raise DataError(f"evaluation set {spec.label}: {path} is {err}") from None
 
 
 def named_stream(spec: EvalSetSpec, tokenizer: Tokenizer, folder: Path | None) -> tuple[torch.Tensor, int]:
     """The token stream of a named set (documents each followed by EOS) and its document count."""
     records = _records(spec, folder)
-    if isinstance(tokenizer, GPT2Tokenizer):
-        records = [DETOKENIZERS[spec.name](r) for r in records]
+    detokenize = DATASETS[spec.name].detokenize
+    if isinstance(tokenizer, GPT2Tokenizer) and detokenize is not None:
+        records = [detokenize(r) for r in records]
     ids: list[int] = []
     for record in records:
         ids += tokenizer.encode(record)
@@ -178,18 +140,19 @@ def named_stream(spec: EvalSetSpec, tokenizer: Tokenizer, folder: Path | None) -
 
 
 def load_eval_set(
-    spec: EvalSetSpec, tokenizer: Tokenizer, run: Config, blocks: BlockSource | None = None, sequences: int = 0,
+    spec: EvalSetSpec, tokenizer: Tokenizer, run: TrainProgram, blocks: BlockSource | None = None, sequences: int = 0,
 ) -> EvalSet | FixedBlocks:
     """The blocks of `spec` for a model of the run `run` (its tokenizer and sequence length);
     `blocks` is the run's own block source when the caller has built it already (for `val`).
     `sequences` is how many blocks are wanted: a finite set has what it has, the synthetic `val`
     is made at least that long (`synthetic_val`)."""
     data = run.data
-    if spec.name in DETOKENIZERS:
+    entry = DATASETS.get(spec.name)
+    if entry is not None and entry.files:  # a named text set
         folder = Path(os.path.expandvars(spec.path)).expanduser() if spec.path else None
         stream, documents = named_stream(spec, tokenizer, folder)
         return EvalSet(spec.label, stream, data.seq_len, tokenizer.eos_id, documents)
-    prepared = data.dataset in ("openwebtext", "files")
+    prepared = DATASETS[data.dataset].prepared
     if spec.name != "val" and not (spec.path or prepared):
         raise DataError(f"evaluation set {spec.name} needs a prepared corpus: write {spec.name}=<folder or URL>")
     if spec.path or prepared:
@@ -203,7 +166,7 @@ def load_eval_set(
     return synthetic_val(spec.label, blocks, run, sequences)
 
 
-def synthetic_val(label: str, blocks: BlockSource, run: Config, sequences: int) -> FixedBlocks:
+def synthetic_val(label: str, blocks: BlockSource, run: TrainProgram, sequences: int) -> FixedBlocks:
     """The synthetic source's validation blocks: the eval_batches x eval_batch_size blocks its
     trainer validates on, followed by as many further validation batches as `sequences` needs
     (the first blocks, and so the figures of fewer sequences, never change)."""

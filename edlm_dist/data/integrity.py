@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from tqdm import tqdm
 
 from edlm_dist.data.errors import DataError
-from edlm_dist.data.shards import file_sha256
+from edlm_dist.data.corpus_format import file_sha256
 from edlm_dist.data.sources import filesystem
 
 VERSION_KEYS = ("mtime", "created", "ETag", "etag", "LastModified")  # what fsspec stores tell of a file's version

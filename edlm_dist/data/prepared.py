@@ -6,23 +6,19 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any
 
 import torch
 
 from edlm_dist.config import DataConfig
+from edlm_dist.data.batches import BatchPlan
+from edlm_dist.data.corpus_format import Manifest, manifest_fingerprint
+from edlm_dist.data.corpus_reader import TokenCorpus, read_manifest
 from edlm_dist.data.dataset import Dataset
 from edlm_dist.data.errors import DataError, SkipCounter
 from edlm_dist.data.integrity import ShardFile
-from edlm_dist.data.pipeline import TrainStream, check_fingerprint
-from edlm_dist.data.raw_stream import (
-    RawTextBlocks,
-    build_raw_loader,
-    dataset_states_from_loader_state,
-    merge_states,
-)
-from edlm_dist.data.shards import Manifest, TokenCorpus, manifest_fingerprint, read_manifest
-from edlm_dist.data.stream import PackedBlocks, build_loader
+from edlm_dist.data.loaders import TrainLoader
+from edlm_dist.data.packed import PackedBlocks, PackedLoader
+from edlm_dist.data.raw_stream import RawLoader, RawTextBlocks
 from edlm_dist.data.tokenizers import Tokenizer, build_tokenizer, tokenizer_from_dict
 
 
@@ -53,7 +49,7 @@ def _manifest_tokenizer(manifest: Manifest, cfg: DataConfig) -> Tokenizer:
 
 
 class PreparedCorpus:
-    """Validation batches and training streams of one prepared corpus."""
+    """Validation batches and the training loader of one prepared corpus."""
 
     def __init__(
         self, folder: str, manifest: Manifest, tokenizer: Tokenizer, cfg: DataConfig, skipped: SkipCounter
@@ -94,14 +90,14 @@ class PreparedCorpus:
 
     # ---- validation --------------------------------------------------------------------
     def batch(self, split: str, index: int, batch_size: int) -> torch.Tensor:
-        """Validation batch `index` (training batches come from `train_stream`)."""
+        """Validation batch `index` (training batches come from `train_loader`)."""
         if split != "val":
-            raise ValueError("a prepared corpus streams its training data: use train_stream()")
+            raise ValueError("a prepared corpus streams its training data: use train_loader()")
         if self.manifest.splits["val"]["token_shards"]:
             if batch_size not in self._val_packed:
                 corpus = self._token_corpus("val")
                 self._val_packed[batch_size] = PackedBlocks(
-                    corpus, seq_len=self.seq_len, global_batch=batch_size, seed=self.cfg.seed
+                    corpus, seq_len=self.seq_len, plan=BatchPlan(batch_size), seed=self.cfg.seed
                 )
             return self._val_packed[batch_size].batch(index)
         return self._raw_val_batch(index, batch_size)
@@ -125,99 +121,14 @@ class PreparedCorpus:
         return math.nan
 
     # ---- training ----------------------------------------------------------------------
-    def train_stream(self, *, global_batch: int, rank: int, world_size: int) -> TrainStream:
+    def train_loader(self, plan: BatchPlan, fingerprint: str, allow_fingerprint_mismatch: bool) -> TrainLoader:
         cfg = self.cfg
         if self.format == "tokens":
-            blocks = PackedBlocks(
-                self._token_corpus("train"), seq_len=self.seq_len, global_batch=global_batch, rank=rank, world_size=world_size,
-                seed=cfg.seed, allow_fingerprint_mismatch=cfg.allow_fingerprint_mismatch,
-            )
-            return PackedStream(blocks, cfg.num_workers, self.skipped)
-        blocks = RawTextBlocks(
-            self._raw_files("train"), self.tokenizer, seq_len=self.seq_len, rank=rank, world_size=world_size,
+            blocks = PackedBlocks(self._token_corpus("train"), seq_len=self.seq_len, plan=plan, seed=cfg.seed,
+                                  allow_fingerprint_mismatch=allow_fingerprint_mismatch)
+            return PackedLoader(blocks, cfg.num_workers, self.skipped)
+        raw = RawTextBlocks(
+            self._raw_files("train"), self.tokenizer, seq_len=self.seq_len, rank=plan.rank, world_size=plan.world_size,
             seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer, on_error=cfg.on_error,
         )
-        return RawStream(blocks, global_batch // world_size, cfg.num_workers, rank, world_size, self.fingerprint,
-                         cfg.allow_fingerprint_mismatch)
-
-
-class PackedStream:
-    """Pre-tokenised blocks in the global order, prefetched by dataloader workers.
-
-    The state is the next global step, so it resumes at any world size or worker count.
-    """
-
-    def __init__(self, blocks: PackedBlocks, num_workers: int, skipped: SkipCounter) -> None:
-        self.blocks, self.num_workers, self.skipped = blocks, num_workers, skipped
-        self.step = 0
-        self._batches = None
-
-    def next_batch(self) -> torch.Tensor:
-        if self._batches is None:
-            self.blocks.load_state_dict({**self.blocks.state_dict(), "step": self.step})
-            self._batches = iter(build_loader(self.blocks, self.num_workers))
-        batch = next(self._batches)
-        self.step += 1
-        return batch
-
-    def skipped_records(self) -> int:
-        """Out-of-range token ids replaced so far; counted in this process (with dataloader workers,
-        each worker counts its own reads and reports them through its warnings only)."""
-        return self.skipped.count
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**self.blocks.state_dict(), "step": self.step}
-
-    def load_state_dict(self, states: list[dict[str, Any]]) -> None:
-        self.blocks.load_state_dict(states[0])
-        self.step = int(states[0]["step"])
-        self._batches = None
-
-    def close(self) -> None:
-        self._batches = None
-
-
-class RawStream:
-    """Raw text tokenised on the fly; each rank's loader state is saved.
-
-    Resumed at the same layout (world size, workers) it continues exactly; at another layout it
-    restarts each file at the documents already consumed (documents in flight are re-read).
-    """
-
-    def __init__(self, blocks: RawTextBlocks, local_batch: int, num_workers: int, rank: int, world_size: int,
-                 fingerprint: str, allow_fingerprint_mismatch: bool) -> None:
-        self.blocks, self.local_batch, self.num_workers = blocks, local_batch, num_workers
-        self.rank, self.world_size = rank, world_size
-        self.fingerprint, self.allow_fingerprint_mismatch = fingerprint, allow_fingerprint_mismatch
-        self.loader = build_raw_loader(blocks, local_batch, num_workers)
-        self._batches = None
-
-    def skipped_records(self) -> int:
-        """Bad records skipped so far; with dataloader workers the counts live in the workers and
-        are read from the states they report to the loader."""
-        if self.num_workers == 0:
-            return self.blocks.skipped.count
-        return sum(int(s.get("skipped", 0)) for s in dataset_states_from_loader_state(self.loader.state_dict()))
-
-    def next_batch(self) -> torch.Tensor:
-        if self._batches is None:
-            self._batches = iter(self.loader)
-        return next(self._batches)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"rank": self.rank, "world_size": self.world_size, "num_workers": self.num_workers,
-                "fingerprint": self.fingerprint, "loader": self.loader.state_dict()}
-
-    def load_state_dict(self, states: list[dict[str, Any]]) -> None:
-        check_fingerprint(states[0]["fingerprint"], self.fingerprint, self.allow_fingerprint_mismatch)
-        same_layout = len(states) == self.world_size and states[0]["num_workers"] == self.num_workers
-        if same_layout:
-            self.loader.load_state_dict(states[self.rank]["loader"])
-        else:
-            slots = [s for state in states for s in dataset_states_from_loader_state(state["loader"])]
-            self.blocks.load_state_dict(merge_states(slots))
-            self.loader = build_raw_loader(self.blocks, self.local_batch, self.num_workers)
-        self._batches = None
-
-    def close(self) -> None:
-        self._batches = None
+        return RawLoader(plan, raw, cfg.num_workers, fingerprint, allow_fingerprint_mismatch)

@@ -28,9 +28,10 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
+from edlm_dist.data.batches import Batch, BatchPlan
 from edlm_dist.data.errors import DataError, SkipCounter
+from edlm_dist.data.loaders import TrainLoader, check_fingerprint, worker_slot
 from edlm_dist.data.sources import iter_documents
-from edlm_dist.data.stream import worker_slot
 from edlm_dist.data.tokenizers import Tokenizer
 from edlm_dist.diffusion.noise import keyed_generator
 
@@ -488,3 +489,55 @@ def build_raw_loader(dataset: RawTextBlocks, local_batch: int, num_workers: int 
     return StatefulDataLoader(
         dataset, batch_size=local_batch, num_workers=num_workers, persistent_workers=num_workers > 0
     )
+
+
+class RawLoader(TrainLoader):
+    """Raw text tokenised on the fly; each rank's loader state is saved.
+
+    Resumed at the same layout (world size, workers) it continues exactly; at another layout it
+    restarts each file at the documents already consumed (documents in flight are re-read). A
+    batch's rows are labelled with the rank's global rows of the plan, though which blocks they
+    hold depends on the layout.
+    """
+
+    def __init__(self, plan: BatchPlan, blocks: RawTextBlocks, num_workers: int, fingerprint: str,
+                 allow_fingerprint_mismatch: bool) -> None:
+        super().__init__(plan)
+        self.blocks, self.num_workers = blocks, num_workers
+        self.fingerprint, self.allow_fingerprint_mismatch = fingerprint, allow_fingerprint_mismatch
+        self.loader = build_raw_loader(blocks, plan.local_batch, num_workers)
+        self.step = 0
+        self._batches: Iterator[torch.Tensor] | None = None
+
+    def skipped_records(self) -> int:
+        """Bad records skipped so far; with dataloader workers the counts live in the workers and
+        are read from the states they report to the loader."""
+        if self.num_workers == 0:
+            return self.blocks.skipped.count
+        return sum(int(s.get("skipped", 0)) for s in dataset_states_from_loader_state(self.loader.state_dict()))
+
+    def next_batch(self) -> Batch:
+        if self._batches is None:
+            self._batches = iter(self.loader)
+        batch = Batch(next(self._batches), self.plan.rows, self.step, self.plan.global_batch)
+        self.step += 1
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rank": self.plan.rank, "world_size": self.plan.world_size, "num_workers": self.num_workers,
+                "fingerprint": self.fingerprint, "loader": self.loader.state_dict(), "step": self.step}
+
+    def load_state_dict(self, states: list[dict[str, Any]]) -> None:
+        check_fingerprint(states[0]["fingerprint"], self.fingerprint, self.allow_fingerprint_mismatch)
+        self.step = int(states[0]["step"])
+        same_layout = len(states) == self.plan.world_size and states[0]["num_workers"] == self.num_workers
+        if same_layout:
+            self.loader.load_state_dict(states[self.plan.rank]["loader"])
+        else:
+            slots = [s for state in states for s in dataset_states_from_loader_state(state["loader"])]
+            self.blocks.load_state_dict(merge_states(slots))
+            self.loader = build_raw_loader(self.blocks, self.plan.local_batch, self.num_workers)
+        self._batches = None
+
+    def close(self) -> None:
+        self._batches = None

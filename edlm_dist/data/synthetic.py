@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from edlm_dist.data.dataset import InMemoryBlocks
 from edlm_dist.data.tokenizers import Tokenizer, TokenizerError, register_tokenizer
 from edlm_dist.diffusion.noise import seed_from_key
 
@@ -234,7 +235,7 @@ class SyntheticTokenizer(Tokenizer):
         return repr(sorted(self.to_dict().items())).encode()
 
 
-class SyntheticBlocks:
+class SyntheticBlocks(InMemoryBlocks):
     """Training/validation blocks [EOS, x_1 .. x_{seq_len-2}, EOS] of source chains.
 
     `batch(split, index, batch_size)` is a pure function of (seed, split, index, batch_size),

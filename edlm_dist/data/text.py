@@ -11,12 +11,13 @@ import math
 
 import torch
 
+from edlm_dist.data.dataset import InMemoryBlocks
 from edlm_dist.diffusion.noise import keyed_generator
 
 SPLITS = ("train", "val")
 
 
-class TextBlocks:
+class TextBlocks(InMemoryBlocks):
     """Blocks [EOS, w_1 .. w_{seq_len-2}, EOS] of a token stream split into train and val.
 
     The train split is sampled at random offsets keyed by (seed, index); the val split is read

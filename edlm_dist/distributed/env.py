@@ -11,6 +11,8 @@ from typing import Any, Callable, TypeVar
 import torch
 import torch.distributed as dist
 
+from edlm_dist.config import RuntimeConfig
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -28,7 +30,7 @@ def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
     """"auto" picks this rank's CUDA device when there is one, else the CPU."""
     if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise RuntimeError("training.device = 'cuda' but no CUDA device is available")
+            raise RuntimeError("runtime.device = 'cuda' but no CUDA device is available")
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
@@ -58,6 +60,11 @@ def init_distributed(
             device_id=device if device.type == "cuda" else None,
         )
     return DistEnv(rank, world_size, local_rank, device)
+
+
+def init_runtime(runtime: RuntimeConfig) -> DistEnv:
+    """`init_distributed` as a program's [runtime] says: how train, sample and eval all start."""
+    return init_distributed(runtime.device, runtime.backend, runtime.collective_timeout_s)
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

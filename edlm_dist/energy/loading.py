@@ -1,6 +1,6 @@
 """The energies and the frozen denoiser that EDLM sampling, evaluation and NCE training read from
 runs: the MDLM of `energy.denoiser`, the energy of `energy.kind` from `energy.checkpoint`, and
-the model config an NCE run takes from its denoiser."""
+the model config an NCE run takes from its denoiser (`nce.denoiser`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import torch
 
-from edlm_dist.config import Config, ConfigError, EnergyConfig
+from edlm_dist.config import ConfigError, EnergyConfig, TrainProgram
 from edlm_dist.config.schema import ModelConfig
 from edlm_dist.energy.autoregressive import AREnergy
 from edlm_dist.energy.nce import NCEEnergy
@@ -16,20 +16,20 @@ from edlm_dist.models import Transformer
 from edlm_dist.runs.weights import Checkpoint, WeightsError, check_same_data, checkpoint_vocab_size, load_weights, run_of_task
 
 
-def nce_model_config(cfg: Config, denoiser: Config) -> ModelConfig:
+def nce_model_config(cfg: TrainProgram, denoiser: TrainProgram) -> ModelConfig:
     """The energy network's architecture of the NCE run `cfg`: its `denoiser`'s (whose backbone it
     starts from), with only dropout and time conditioning its own."""
-    return replace(denoiser.model, dropout=cfg.model.dropout, time_conditioning=cfg.energy.time_conditioning)
+    return replace(denoiser.model, dropout=cfg.model.dropout, time_conditioning=cfg.nce.time_conditioning)
 
 
-def resolve_model_config(cfg: Config) -> Config:
+def resolve_model_config(cfg: TrainProgram) -> TrainProgram:
     """The config a run trains with, resolved before anything is built (the entry point does it, so
     the run folder's config.toml is what the trainer builds): an NCE run's [model] comes from
     its denoiser (`nce_model_config`); other runs as given."""
     if cfg.training.task != "nce":
         return cfg
     try:
-        denoiser = run_of_task(cfg.energy.denoiser, "mdlm", "energy.denoiser").config
+        denoiser = run_of_task(cfg.nce.denoiser, "mdlm", "nce.denoiser").config
     except WeightsError as err:
         raise ConfigError(str(err)) from None
     return replace(cfg, model=nce_model_config(cfg, denoiser))
@@ -40,7 +40,7 @@ def load_denoiser(cfg: EnergyConfig, device: torch.device | str = "cpu") -> tupl
     against), in eval mode on `device`."""
     path = cfg.denoiser
     if not path and cfg.kind == "nce" and cfg.checkpoint:
-        path = run_of_task(cfg.checkpoint, "nce", "energy.checkpoint").config.energy.denoiser
+        path = run_of_task(cfg.checkpoint, "nce", "energy.checkpoint").config.nce.denoiser
     ckpt = run_of_task(path, "mdlm", "energy.denoiser")
     model, _ = load_weights(ckpt, None if cfg.weights == "auto" else cfg.weights, device=device)
     return model, ckpt

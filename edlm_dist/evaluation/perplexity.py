@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from edlm_dist.config import Config, ConfigError
+from edlm_dist.config import ConfigError, EvalProgram, TrainProgram
 from edlm_dist.data import Tokenizer, run_tokenizer
 from edlm_dist.data.eval_sets import EvalSet, EvalSetSpec, FixedBlocks, load_eval_set, parse_eval_sets
 from edlm_dist.diffusion import Schedule, build_schedule, edlm_nelbo, keyed_generator, nelbo
@@ -72,7 +72,7 @@ class EvalModel:
     t_min: float
 
 
-def model_label(task: str, cfg: Config) -> str:
+def model_label(task: str, cfg: EvalProgram) -> str:
     """What a checkpoint of a `task` run is scored as: that task, and EDLM for an MDLM when
     `energy.checkpoint` is set."""
     if task == "mdlm":
@@ -80,7 +80,7 @@ def model_label(task: str, cfg: Config) -> str:
     return "edlm_nce" if task == "nce" else "ar"
 
 
-def build_eval_model(ckpt: Checkpoint, cfg: Config, device: torch.device) -> EvalModel:
+def build_eval_model(ckpt: Checkpoint, cfg: EvalProgram, device: torch.device) -> EvalModel:
     """The model `model_label` names, with its weights, on `device`."""
     label = model_label(ckpt.config.training.task, cfg)
     weights = None if cfg.eval.weights == "auto" else cfg.eval.weights
@@ -101,7 +101,7 @@ def build_eval_model(ckpt: Checkpoint, cfg: Config, device: torch.device) -> Eva
 
 
 def sequence_figures(
-    em: EvalModel, x0: torch.Tensor, key: tuple[object, ...], cfg: Config, pool: RankPool | None = None,
+    em: EvalModel, x0: torch.Tensor, key: tuple[object, ...], cfg: EvalProgram, pool: RankPool | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-sequence figures in nats, float64 [B], of one batch: `<estimator>_n<n>`, its companion
     `<estimator>_<low|jackknife>_n<n>` and `ess_<estimator>_n<n>` for every estimator of the
@@ -224,7 +224,7 @@ def summarize(values: dict[str, torch.Tensor], seq_len: int, num_proposals: int,
 class LikelihoodEvaluator:
     """Scores checkpoints on the sets of `eval.datasets` and writes the results (rank 0)."""
 
-    def __init__(self, cfg: Config, env: DistEnv) -> None:
+    def __init__(self, cfg: EvalProgram, env: DistEnv) -> None:
         self.cfg, self.env = cfg, env
         self.specs = parse_eval_sets(cfg.eval.datasets)
         self.pool = RankPool() if cfg.eval.split == "proposals" and env.world_size > 1 else None
@@ -281,14 +281,14 @@ class LikelihoodEvaluator:
         for folder, paths in planned.items():
             check_output(folder, "the results folder", paths, overwrite)
 
-    def _tokenizer(self, run: Config) -> Tokenizer:
+    def _tokenizer(self, run: TrainProgram) -> Tokenizer:
         """The run's tokenizer, built once per distinct `[data]`."""
         key = repr(run.data)
         if key not in self._tokenizers:
             self._tokenizers[key] = run_tokenizer(run.data)
         return self._tokenizers[key]
 
-    def eval_set(self, run: Config, spec: EvalSetSpec) -> EvalSet | FixedBlocks:
+    def eval_set(self, run: TrainProgram, spec: EvalSetSpec) -> EvalSet | FixedBlocks:
         """The blocks of `spec` for a model of `run`, at least `eval.num_sequences` of them where the
         set can make more (the synthetic source's `val`)."""
         key = (repr(run.data), spec, run.metrics.eval_batches, run.metrics.eval_batch_size)
@@ -345,7 +345,7 @@ class LikelihoodEvaluator:
         return result
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        return autocast(self.env.device, compute_dtype(self.cfg.training.mixed_precision, self.env.device))
+        return autocast(self.env.device, compute_dtype(self.cfg.runtime.mixed_precision, self.env.device))
 
     def _write(self, em: EvalModel, spec: EvalSetSpec, result: dict[str, Any]) -> None:
         """The JSON file, and the per-token figures as TensorBoard scalars at the checkpoint's step."""
@@ -362,7 +362,7 @@ class LikelihoodEvaluator:
             self._loggers[folder] = MetricsLogger(folder / "tb", enabled=self.cfg.metrics.tensorboard)
         return self._loggers[folder]
 
-def checkpoints_to_evaluate(cfg: Config) -> list[Checkpoint]:
+def checkpoints_to_evaluate(cfg: EvalProgram) -> list[Checkpoint]:
     """The checkpoints `eval.checkpoint` names (comma-separated runs or step folders)."""
     paths = [p.strip() for p in cfg.eval.checkpoint.split(",") if p.strip()]
     if not paths:

@@ -28,10 +28,10 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from edlm_dist.config import Config, ConfigError, save_config
+from edlm_dist.config import ConfigError, SampleProgram, save_config
 from edlm_dist.data import BlockSource, DataError, build_dataset, run_tokenizer
 from edlm_dist.diffusion import SamplingStats, build_schedule, keyed_generator, sample
-from edlm_dist.distributed import RankPool, all_gather_object, autocast, compute_dtype, init_distributed, on_main_rank
+from edlm_dist.distributed import RankPool, all_gather_object, autocast, compute_dtype, init_runtime, on_main_rank
 from edlm_dist.evaluation.generation import Oracle, build_oracle, gen_ppl, unigram_entropy
 from edlm_dist.evaluation.outputs import check_output, clear_tensorboard
 from edlm_dist.fileio import atomic_write_text
@@ -43,7 +43,7 @@ from edlm_dist.runs.tensorboard import MetricsLogger
 RESULTS = ("samples.jsonl", "summary.json")  # what a sampling run leaves, written in this order
 
 
-def sample_name(cfg: Config, step: int) -> str:
+def sample_name(cfg: SampleProgram, step: int) -> str:
     """The folder name of a sampling run, from the settings that define it: the sampler (`mdlm`,
     or `edlm-<energy.kind>_k<num_candidates>_w<window>`), steps, seed and the denoiser's step,
     e.g. `mdlm_T64_seed0_step00000006` or `edlm-ar_k4_w0.5_T8_seed0_step00000004`."""
@@ -52,7 +52,7 @@ def sample_name(cfg: Config, step: int) -> str:
     return f"{sampler}_T{s.steps}_seed{cfg.job.seed}_step{step:08d}"
 
 
-def output_folder(cfg: Config, denoiser: Checkpoint) -> Path:
+def output_folder(cfg: SampleProgram, denoiser: Checkpoint) -> Path:
     """Where a sampling run writes: `sample.output` (--out), else `<denoiser run>/samples/<sample_name>`."""
     if cfg.sample.output:
         return Path(os.path.expandvars(cfg.sample.output)).expanduser()
@@ -81,13 +81,13 @@ def read_prompts(path: str, tokenizer: Any, seq_len: int) -> list[list[int]]:
 
 
 class Sampler:
-    """Builds the denoiser, energy, oracle and data from a `Config`; `run()` generates and reports.
+    """Builds the denoiser, energy, oracle and data from a `SampleProgram`; `run()` generates and reports.
     `overwrite` lets it replace the results of an earlier run in its output folder."""
 
-    def __init__(self, cfg: Config, overwrite: bool = False) -> None:
+    def __init__(self, cfg: SampleProgram, overwrite: bool = False) -> None:
         self.cfg = cfg
         s = cfg.sample
-        self.env = init_distributed(cfg.training.device, cfg.parallel.backend, cfg.parallel.collective_timeout_s)
+        self.env = init_runtime(cfg.runtime)
         self.pool = RankPool() if s.mode == "candidates" and self.env.world_size > 1 else None
         if self.pool is not None and s.num_candidates % self.env.world_size:
             raise ConfigError(
@@ -101,7 +101,7 @@ class Sampler:
         self.energy = load_energy(cfg.energy, self.denoiser_ckpt, self.env.device) if s.num_candidates > 1 else None
         self._refuse_oracle_as_energy()
         self.seq_len = self.denoiser_ckpt.config.data.seq_len
-        self.compute_dtype = compute_dtype(cfg.training.mixed_precision, self.env.device)
+        self.compute_dtype = compute_dtype(cfg.runtime.mixed_precision, self.env.device)
         self.tokenizer = run_tokenizer(self.denoiser_ckpt.config.data)
         self.schedule = build_schedule(self.denoiser_ckpt.config.diffusion.schedule, self.denoiser_ckpt.config.diffusion.eps)
         self.prompts = read_prompts(s.prompts, self.tokenizer, self.seq_len) if s.prompts else None

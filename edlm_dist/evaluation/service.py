@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from edlm_dist.config import Config, load_config
+from edlm_dist.config import EvalProgram, load_run_config
 from edlm_dist.distributed import DistEnv, PreemptionWatcher, all_gather_object
 from edlm_dist.evaluation.perplexity import LikelihoodEvaluator, format_result, model_label
 from edlm_dist.runs.weights import Checkpoint, WeightsError, run_checkpoints
@@ -32,7 +32,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 class EvalService:
     """Watches the run folder `eval.watch` and evaluates its checkpoints with `evaluator`."""
 
-    def __init__(self, cfg: Config, env: DistEnv, evaluator: LikelihoodEvaluator) -> None:
+    def __init__(self, cfg: EvalProgram, env: DistEnv, evaluator: LikelihoodEvaluator) -> None:
         self.cfg, self.env, self.evaluator = cfg, env, evaluator
         self.run_dir = Path(cfg.eval.watch).expanduser()
         self.evaluated: list[int] = []  # steps this process scored, in order
@@ -46,7 +46,7 @@ class EvalService:
             if self._sleep(watcher):
                 return False
         self.evaluator.check_results_folder(self.run_dir)
-        self.run_config = load_config(config_path)
+        self.run_config = load_run_config(config_path)
         self.checkpoints = run_checkpoints(self.run_dir, self.run_config)
         self.label = model_label(self.run_config.training.task, self.cfg)
         return True

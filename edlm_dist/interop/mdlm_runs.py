@@ -21,8 +21,8 @@ from typing import Any
 
 from safetensors.torch import save_file
 
-from edlm_dist.config import Config, config_to_toml
-from edlm_dist.config.schema import CheckpointConfig, DataConfig, JobConfig, TrainingConfig
+from edlm_dist.config import TrainProgram, config_to_toml
+from edlm_dist.config.schema import CheckpointConfig, DataConfig, RunJobConfig, TrainingConfig
 from edlm_dist.data.tokenizers import GPT2_EOS_ID
 from edlm_dist.fileio import atomic_folder
 from edlm_dist.interop.mdlm_layout import MDLMArchitecture, MDLMFormatError, architecture_of, to_mdlm, to_ours
@@ -35,14 +35,14 @@ _TASKS = {"dit": "mdlm", "ar": "ar"}
 _KINDS = {task: kind for kind, task in _TASKS.items()}
 
 
-def imported_config(weights: MDLMWeights, out: Path, data_path: str = "") -> Config:
+def imported_config(weights: MDLMWeights, out: Path, data_path: str = "") -> TrainProgram:
     """The run config of imported weights: their architecture, GPT-2 tokens at the model's length
     on OpenWebText (MDLM's published corpus; `data_path` names a prepared copy, needed only by
     what reads the run's own data: its `val` set and the sampler's reference row), and EMA on
     when the source has EMA weights."""
     arch = weights.arch
-    return Config(
-        job=JobConfig(name=out.name, dump_folder=str(out.parent), description=f"MDLM weights imported from {weights.source['source']}"),
+    return TrainProgram(
+        job=RunJobConfig(name=out.name, dump_folder=str(out.parent), description=f"MDLM weights imported from {weights.source['source']}"),
         model=arch.model_config(start_token=GPT2_EOS_ID),
         data=DataConfig(dataset="openwebtext", tokenizer="gpt2", seq_len=arch.length, path=data_path),
         training=TrainingConfig(task=_TASKS[arch.kind], steps=max(weights.step, 1),

@@ -94,7 +94,7 @@ def plan(setting: Setting, root: Path, repo: Path, score: Callable[[], None], sc
         argv = ["--config", str(config), f"--job.dump_folder={root}", f"--job.name={r}",
                 *setting.train_overrides, *quiet]
         if r == "nce":
-            argv.append(f"--energy.denoiser={run['mdlm']}")
+            argv.append(f"--nce.denoiser={run['mdlm']}")
         stages.append(Stage(f"train {r}", (run[r] / "finished").is_file, "edlm_dist.train", argv))
     base_eval = ["--config", str(repo / "configs/reproduce/eval.toml"), f"--eval.output={root / 'likelihood'}",
                  *_overrides("eval", setting.eval), *quiet]

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edlm_dist.config import Config, config_to_toml, load_config
+from edlm_dist.config import TrainProgram, config_to_toml, load_run_config
 from edlm_dist.fileio import StorageError, atomic_write_text, describe_os_error, storage_errors
 
 MARKERS = ("finished", "preempted", "failed")
@@ -213,12 +213,12 @@ class RunFolder:
         except (OSError, ValueError):
             return None
 
-    def stored_config(self) -> Config | None:
+    def stored_config(self) -> TrainProgram | None:
         """The config the run was last started with (None for a new run)."""
         path = self.path / CONFIG_NAME
-        return load_config(path) if path.is_file() else None
+        return load_run_config(path) if path.is_file() else None
 
-    def record_config(self, cfg: Config, step: int) -> Path | None:
+    def record_config(self, cfg: TrainProgram, step: int) -> Path | None:
         """Write `cfg` as the run's config; a different one that it replaces is kept as
         `config.<8-digit step>.toml`, the step from which it no longer applies (returned)."""
         path = self.path / CONFIG_NAME

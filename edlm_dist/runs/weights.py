@@ -19,7 +19,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
 from torch.distributed.tensor import DTensor
 
-from edlm_dist.config import Config, load_config
+from edlm_dist.config import TrainProgram, load_run_config
 from edlm_dist.models import MODEL_KINDS, Transformer, build_model
 from edlm_dist.runs.checkpoint import (
     MARKER,
@@ -46,7 +46,7 @@ class Checkpoint:
     run_dir: Path
     path: str  # a local folder or an fsspec URL
     step: int
-    config: Config
+    config: TrainProgram
 
 
 def find_checkpoint(path: str | os.PathLike[str], step: int | None = None) -> Checkpoint:
@@ -60,7 +60,7 @@ def find_checkpoint(path: str | os.PathLike[str], step: int | None = None) -> Ch
     config_path = run_dir / "config.toml"
     if not config_path.is_file():
         raise WeightsError(f"run config not found: {config_path}")
-    config = load_config(config_path)
+    config = load_run_config(config_path)
     if match:
         found = int(match.group(1))
         if step is not None and step != found:
@@ -79,7 +79,7 @@ def find_checkpoint(path: str | os.PathLike[str], step: int | None = None) -> Ch
     return Checkpoint(run_dir, manager.path(step), step, config)
 
 
-def run_checkpoints(run_dir: Path, config: Config) -> CheckpointManager:
+def run_checkpoints(run_dir: Path, config: TrainProgram) -> CheckpointManager:
     """The checkpoint folder of the run in `run_dir` (inside it, or the URL its config names)."""
     folder = checkpoint_folder(run_dir, config.checkpoint.folder)
     try:

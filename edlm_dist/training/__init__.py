@@ -3,11 +3,10 @@
 from edlm_dist.training.ema import EMA
 from edlm_dist.training.optim import build_lr_scheduler, build_optimizer, lr_multiplier
 from edlm_dist.training.tasks import ARTask, MDLMTask, StepNoise, build_task
-from edlm_dist.training.trainer import BatchPlan, Trainer, TrainingError
+from edlm_dist.training.trainer import Trainer, TrainingError
 
 __all__ = [
     "ARTask",
-    "BatchPlan",
     "EMA",
     "MDLMTask",
     "StepNoise",

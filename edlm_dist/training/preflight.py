@@ -6,14 +6,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from edlm_dist.config import Config, ConfigError, check_resume, config_changes
+from edlm_dist.config import ConfigError, TrainProgram, check_resume, config_changes
 from edlm_dist.fileio import check_writable
 from edlm_dist.runs.checkpoint import CheckpointManager
 from edlm_dist.runs.weights import run_checkpoints
 from edlm_dist.runs.folder import IMPORTED_NAME, RunFolder
 
 
-def check_command(cfg: Config, run_folder: RunFolder, checkpoints: CheckpointManager) -> list[tuple[str, Any, Any]]:
+def check_command(cfg: TrainProgram, run_folder: RunFolder, checkpoints: CheckpointManager) -> list[tuple[str, Any, Any]]:
     """Refuse to run `cfg` in `run_folder` (whose checkpoints `cfg` puts in `checkpoints`) when it
     contradicts the run's checkpoints (keys that cannot change on resume, `training.steps` behind
     the latest checkpoint) or its storage cannot be written; else the config changes since the
@@ -21,7 +21,7 @@ def check_command(cfg: Config, run_folder: RunFolder, checkpoints: CheckpointMan
     run = str(run_folder.path)
     if (run_folder.path / IMPORTED_NAME).is_file():
         raise ConfigError(f"{run} holds weights imported by tools/import_mdlm.py, with no optimizer or data state to "
-                          "resume from: train in another run folder (job.name) that reads it, e.g. as energy.denoiser")
+                          "resume from: train in another run folder (job.name) that reads it, e.g. as nce.denoiser")
     stored = run_folder.stored_config()
     saved = checkpoints if stored is None else run_checkpoints(run_folder.path, stored)  # where they are
     latest = saved.latest()

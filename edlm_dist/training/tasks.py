@@ -1,7 +1,7 @@
 """Training objectives by name: `mdlm` (masked diffusion NELBO), `ar` (next-token NLL) and
 `nce` (the EDLM residual energy, by noise-contrastive estimation against a frozen MDLM).
 
-A task says which model it trains, draws the noise of a global batch, and turns a batch into
+A task says which model it trains, draws the noise of a batch's rows, and turns a batch into
 per-example terms: `train_terms` (the "loss" to minimise and diagnostics) and `eval_terms`
 (validation figures). A term that does not apply to an example is NaN and is not averaged.
 """
@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from edlm_dist.config import Config
+from edlm_dist.config import TrainProgram
+from edlm_dist.data import Batch
 from edlm_dist.diffusion import (
     Schedule,
     build_schedule,
@@ -40,11 +41,13 @@ Terms = dict[str, torch.Tensor]  # name -> per-example values [B] (NaN: not appl
 
 @dataclass
 class StepNoise:
-    """The training noise of one global batch: times [G], masking uniforms [G, L], and the
-    global example indices [G] that key each example's heavier noise (NCE negatives).
+    """The training noise of rows of one global batch: times [B], masking uniforms [B, L], and
+    the global row indices [B] that key each example's heavier noise (NCE negatives).
 
-    Drawn from a generator keyed by (seed, step) on every rank, each rank taking its rows,
-    so the noise of an example does not depend on the world size or on where a run resumed.
+    A function of (seed, step, global row index): drawn for the whole global batch from a
+    generator keyed by (seed, step) (the times are stratified over the global batch), each rank
+    keeping its rows, so the noise of an example does not depend on the world size, the
+    micro-batching or where a run resumed.
     """
 
     step: int
@@ -52,8 +55,11 @@ class StepNoise:
     uniforms: torch.Tensor
     index: torch.Tensor
 
-    def rows(self, start: int, stop: int) -> StepNoise:
-        return StepNoise(self.step, self.t[start:stop], self.uniforms[start:stop], self.index[start:stop])
+    def select(self, rows: range) -> StepNoise:
+        """The noise of global rows `rows`, a consecutive part of this noise's rows."""
+        first = int(self.index[0])
+        part = slice(rows.start - first, rows.stop - first)
+        return StepNoise(self.step, self.t[part], self.uniforms[part], self.index[part])
 
 
 class MDLMTask:
@@ -65,11 +71,12 @@ class MDLMTask:
     def __init__(self, schedule: Schedule, mask_id: int, t_min: float, seed: int) -> None:
         self.schedule, self.mask_id, self.t_min, self.seed = schedule, mask_id, t_min, seed
 
-    def draw_noise(self, global_batch: int, seq_len: int, step: int) -> StepNoise:
-        generator = keyed_generator(self.seed, "train-noise", step)
-        t = stratified_times(global_batch, t_min=self.t_min, generator=generator)
-        uniforms = uniform((global_batch, seq_len), generator=generator, device="cpu")
-        return StepNoise(step, t, uniforms, torch.arange(global_batch))
+    def draw_noise(self, batch: Batch) -> StepNoise:
+        """The noise of the batch's rows, keyed by its step and global row indices."""
+        generator = keyed_generator(self.seed, "train-noise", batch.step)
+        t = stratified_times(batch.global_size, t_min=self.t_min, generator=generator)
+        uniforms = uniform((batch.global_size, batch.tokens.shape[1]), generator=generator, device="cpu")
+        return StepNoise(batch.step, t, uniforms, torch.arange(batch.global_size)).select(batch.rows)
 
     def noised(self, x0: torch.Tensor, noise: StepNoise) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(t [B], xt [B, L], masked [B, L]) of x0 under the given noise."""
@@ -107,7 +114,7 @@ class ARTask:
     model_kind = MODEL_KINDS["ar"]
     headline = "nll_per_token"
 
-    def draw_noise(self, global_batch: int, seq_len: int, step: int) -> None:
+    def draw_noise(self, batch: Batch) -> None:
         return None
 
     def sequence_nll(self, model: ARTransformer, x0: torch.Tensor, noise: None) -> torch.Tensor:
@@ -251,7 +258,7 @@ class NCETask(MDLMTask):
 Task = MDLMTask | ARTask | NCETask
 
 
-def build_task(cfg: Config, mask_id: int, denoiser: DiT | None = None) -> Task:
+def build_task(cfg: TrainProgram, mask_id: int, denoiser: DiT | None = None) -> Task:
     """The task `training.task` names; `nce` needs the frozen `denoiser` that draws its negatives."""
     if cfg.training.task == "ar":
         return ARTask()
@@ -259,7 +266,7 @@ def build_task(cfg: Config, mask_id: int, denoiser: DiT | None = None) -> Task:
     if cfg.training.task == "nce":
         if denoiser is None:
             raise ValueError("the nce task needs the frozen denoiser")
-        e = cfg.energy
+        e = cfg.nce
         return NCETask(schedule, mask_id, cfg.diffusion.t_min, cfg.job.seed, denoiser,
                        num_negatives=e.num_negatives, ess_candidates=e.ess_candidates,
                        ess_sequences=e.ess_sequences, max_batch=e.max_batch,

@@ -16,7 +16,6 @@ import pickle
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -26,8 +25,8 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
-from edlm_dist.config import Config, ConfigError, config_to_toml
-from edlm_dist.data import DataError, build_dataset, build_train_stream
+from edlm_dist.config import ConfigError, TrainProgram, config_to_toml
+from edlm_dist.data import BatchPlan, DataError, build_dataset
 from edlm_dist.data.integrity import verify_shards
 from edlm_dist.diffusion import keyed_generator, seed_from_key
 from edlm_dist.distributed import (
@@ -41,7 +40,7 @@ from edlm_dist.distributed import (
     barrier,
     build_mesh,
     compute_dtype,
-    init_distributed,
+    init_runtime,
     is_collective_failure,
     on_main_rank,
     parallelize_transformer,
@@ -70,32 +69,6 @@ class TrainingError(RuntimeError):
     """A run that cannot go on (e.g. a diverged loss); the message says why and what was saved."""
 
     user_error = True
-
-
-@dataclass(frozen=True)
-class BatchPlan:
-    """How a global batch splits: `world_size` ranks x `accum_steps` micro-batches of `micro`."""
-
-    global_batch: int
-    local_batch: int
-    micro: int
-    accum_steps: int
-
-    @classmethod
-    def from_config(cls, cfg: Config, world_size: int) -> BatchPlan:
-        global_batch = cfg.training.global_batch_size
-        if global_batch % world_size:
-            raise ConfigError(
-                f"training.global_batch_size ({global_batch}) must be divisible by the world size ({world_size})"
-            )
-        local = global_batch // world_size
-        micro = cfg.training.micro_batch_size or local
-        if local % micro:
-            raise ConfigError(
-                f"training.micro_batch_size ({micro}) must divide the per-rank batch ({local} = "
-                f"global_batch_size / world size)"
-            )
-        return cls(global_batch, local, micro, local // micro)
 
 
 def configure_determinism(deterministic: bool) -> None:
@@ -132,26 +105,23 @@ def _full_value(tensor: torch.Tensor) -> torch.Tensor:
 
 
 class Trainer:
-    """Builds every component from a `Config`, then `run()` trains, evaluates and reports."""
+    """Builds every component from a `TrainProgram`, then `run()` trains, evaluates and reports."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: TrainProgram) -> None:
         self.cfg = cfg
         par = cfg.parallel
-        self.env = init_distributed(cfg.training.device, par.backend, par.collective_timeout_s)
+        self.env = init_runtime(cfg.runtime)
         configure_determinism(cfg.debug.deterministic)
         self.run_folder = RunFolder(Path(cfg.job.dump_folder) / cfg.job.name)
         self.faults = FaultInjector(cfg.debug, self.env.rank, self.env.world_size, self.run_folder.path)
         self.heartbeat: Heartbeat | None = None  # from run(), once every rank has joined
-        self.plan = BatchPlan.from_config(cfg, self.env.world_size)
+        self.plan = BatchPlan.from_config(cfg.training, self.env.world_size, self.env.rank)
         self.mesh = build_mesh(par, self.env.world_size, self.env.device.type)
-        self.compute_dtype = compute_dtype(cfg.training.mixed_precision, self.env.device)
+        self.compute_dtype = compute_dtype(cfg.runtime.mixed_precision, self.env.device)
         # FSDP2 casts the parameters itself; one process autocasts
         self.autocast_dtype = self.compute_dtype if self.mesh is None else torch.float32
         self.data = build_dataset(cfg.data)
-        self.stream = build_train_stream(
-            self.data, global_batch=self.plan.global_batch, rank=self.env.rank, world_size=self.env.world_size,
-            allow_fingerprint_mismatch=cfg.data.allow_fingerprint_mismatch,
-        )
+        self.loader = self.data.train_loader(self.plan, cfg.data.allow_fingerprint_mismatch)
         prepare = partial(parallelize_transformer, cfg=par, mesh=self.mesh,
                           param_dtype=self.compute_dtype)
         denoiser = self.denoiser_ckpt = None
@@ -179,21 +149,21 @@ class Trainer:
         self.skipped_steps = 0
 
     def _denoiser_weights(self) -> str | None:
-        weights = self.cfg.energy.weights
+        weights = self.cfg.nce.weights
         return None if weights == "auto" else weights
 
     def _frozen_denoiser(self, prepare: Callable[[torch.nn.Module], None]) -> tuple[torch.nn.Module, Checkpoint]:
-        """NCE's proposal: the MDLM of `energy.denoiser`, parallelised like the trained model and
+        """NCE's proposal: the MDLM of `nce.denoiser`, parallelised like the trained model and
         frozen; checked against the data it will see."""
         cfg = self.cfg
         try:
-            ckpt = run_of_task(cfg.energy.denoiser, "mdlm", "energy.denoiser")
-            check_same_data(ckpt, f"energy.denoiser {ckpt.path}", self.data.tokenizer.vocab_size, cfg.data.seq_len,
+            ckpt = run_of_task(cfg.nce.denoiser, "mdlm", "nce.denoiser")
+            check_same_data(ckpt, f"nce.denoiser {ckpt.path}", self.data.tokenizer.vocab_size, cfg.data.seq_len,
                             "this run's data")
         except WeightsError as err:
             raise ConfigError(str(err)) from None
         if cfg.model != nce_model_config(cfg, ckpt.config):
-            raise ConfigError(f"[model] of this NCE run is not its energy.denoiser's ({ckpt.run_dir}): resolve the "
+            raise ConfigError(f"[model] of this NCE run is not its nce.denoiser's ({ckpt.run_dir}): resolve the "
                               "config first (edlm_dist.energy.loading.resolve_model_config, as the train entry point does)")
         denoiser, _ = load_weights(ckpt, self._denoiser_weights(), device=self.env.device, prepare=prepare)
         return denoiser.requires_grad_(False), ckpt
@@ -205,8 +175,8 @@ class Trainer:
             "model": model_state,
             "optimizer": optim_state,
             "trainer": {"step": self.step, "skipped_steps": self.skipped_steps, "denoiser_step": self._denoiser_step()},
-            # every rank's stream state, pickled as one object (it may hold loader internals)
-            "data": {"states": pickle.dumps(all_gather_object(self.stream.state_dict()))},
+            # every rank's loader state, pickled as one object (it may hold dataloader internals)
+            "data": {"states": pickle.dumps(all_gather_object(self.loader.state_dict()))},
         }
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
@@ -235,11 +205,12 @@ class Trainer:
         if state["trainer"]["denoiser_step"] != self._denoiser_step():
             raise ConfigError(
                 f"checkpoint {self.checkpoints.path(latest)} was trained against the denoiser's step "
-                f"{state['trainer']['denoiser_step']}, but energy.denoiser now gives step {self._denoiser_step()}"
+                f"{state['trainer']['denoiser_step']}, but nce.denoiser now gives step {self._denoiser_step()}"
             )
         self.step = int(state["trainer"]["step"])
         self.skipped_steps = int(state["trainer"]["skipped_steps"])
-        self.stream.load_state_dict(pickle.loads(state["data"]["states"]))
+        # a state saved without the loader's step (raw text, before loaders counted) takes the trainer's
+        self.loader.load_state_dict([{"step": self.step, **s} for s in pickle.loads(state["data"]["states"])])
         # the optimizer and its schedule follow this run's config, which may have changed since the save
         follow_config(self.optimizer, self.cfg.optim)
         self.scheduler = build_lr_scheduler(self.optimizer, self.cfg.optim, self.cfg.training.steps, self.step)
@@ -258,20 +229,20 @@ class Trainer:
         start = time.perf_counter()
         self._beat(self.step + 1, "step")
         plan, seq_len, env = self.plan, self.cfg.data.seq_len, self.env
-        first = env.rank * plan.local_batch
-        x0 = self.stream.next_batch().to(env.device, non_blocking=True)
-        noise = self.task.draw_noise(plan.global_batch, seq_len, self.step)
+        batch = self.loader.next_batch().to(env.device)
+        if batch.step != self.step:
+            raise RuntimeError(f"the data loader gave the batch of step {batch.step} at step {self.step}")
+        noise = self.task.draw_noise(batch)
         data_time = time.perf_counter() - start
         # after the data: a dataloader draws from the global RNG when it starts its iterator
         torch.manual_seed(seed_from_key(self.cfg.job.seed, "dropout", self.step, env.rank))
         self.model.train()
         sums = TermSums(env.device)
-        for m in range(plan.accum_steps):
-            rows = slice(m * plan.micro, (m + 1) * plan.micro)
-            micro_noise = noise.rows(first + rows.start, first + rows.stop) if noise is not None else None
+        for m, micro in enumerate(batch.split(plan.micro)):
+            micro_noise = noise.select(micro.rows) if noise is not None else None
             set_gradient_sync(self.model, m == plan.accum_steps - 1)
             with self.autocast():
-                terms = self.task.train_terms(self.model, x0[rows], micro_noise)
+                terms = self.task.train_terms(self.model, micro.tokens, micro_noise)
             (terms["loss"].sum() / plan.local_batch).backward()
             sums.add(terms)
         self.faults.mid_step(self.step + 1)
@@ -452,7 +423,7 @@ class Trainer:
         watcher = PreemptionWatcher()
         self.heartbeat = Heartbeat.of_process_group()
         self._beat(self.step, "start")
-        watchdog = Watchdog(self.heartbeat, cfg.parallel.collective_timeout_s / 2) if self.heartbeat else None
+        watchdog = Watchdog(self.heartbeat, cfg.runtime.collective_timeout_s / 2) if self.heartbeat else None
         try:
             preempted = self._train_loop(watcher)
             self.checkpoints.wait()  # an async last save fails here, with the marker, not in close()
@@ -461,7 +432,7 @@ class Trainer:
             if watchdog is not None:
                 watchdog.stop()
             self.checkpoints.close()
-            self.stream.close()
+            self.loader.close()
         if preempted:
             if main:
                 self.run_folder.mark("preempted", step=self.step, signal=signal.Signals(preempted).name)
@@ -505,7 +476,7 @@ class Trainer:
             self.heartbeat.beat(step, phase)
 
     def _log(self, metrics: dict[str, float]) -> None:
-        skipped = torch.tensor(float(self.stream.skipped_records()), device=self.env.device)
+        skipped = torch.tensor(float(self.loader.skipped_records()), device=self.env.device)
         metrics = {**metrics, "data/skipped_records": all_reduce_sum(skipped).item()}
         self.logger.scalars(self.step, metrics)
         if self.env.is_main:

@@ -1,5 +1,5 @@
 """Global block order of pre-tokenised corpora: coverage, exact and resharded resume, epochs,
-state checks, and per-document evaluation blocks."""
+state checks."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from edlm_dist.data.errors import DataError
-from edlm_dist.data.stream import DocumentBlocks, PackedBlocks, build_loader
+from edlm_dist.data.batches import BatchPlan
+from edlm_dist.data.packed import PackedBlocks, build_loader
 
 EOS = 10_000
 SEQ_LEN = 10  # 8 stream tokens per block
@@ -34,9 +35,6 @@ class ArangeCorpus:
     def read(self, start: int, stop: int) -> np.ndarray:
         assert 0 <= start <= stop <= self.length
         return self.stream[start:stop].copy()
-
-    def document(self, i: int) -> np.ndarray:
-        return self.docs[i].copy()
 
 
 def corpus_of_length(length: int, seed: int = 0, **kwargs) -> ArangeCorpus:
@@ -79,7 +77,7 @@ def take(dataset: PackedBlocks, steps: int, num_workers: int) -> list[torch.Tens
 
 def ranks(corpus: ArangeCorpus, world_size: int, **kwargs) -> list[PackedBlocks]:
     return [
-        PackedBlocks(corpus, seq_len=SEQ_LEN, global_batch=GLOBAL_BATCH, rank=r, world_size=world_size, **kwargs)
+        PackedBlocks(corpus, seq_len=SEQ_LEN, plan=BatchPlan(GLOBAL_BATCH, world_size, r), **kwargs)
         for r in range(world_size)
     ]
 
@@ -167,62 +165,25 @@ def test_state_checks(corpus: ArangeCorpus) -> None:
     assert state == {"step": 4, "seed": 0, "seq_len": SEQ_LEN, "global_batch": GLOBAL_BATCH, "fingerprint": "arange"}
     other = corpus_of_length(corpus.length, fingerprint="other")
     with pytest.raises(DataError, match="arange.*other"):
-        PackedBlocks(other, seq_len=SEQ_LEN, global_batch=GLOBAL_BATCH).load_state_dict(state)
-    lenient = PackedBlocks(other, seq_len=SEQ_LEN, global_batch=GLOBAL_BATCH, allow_fingerprint_mismatch=True)
+        PackedBlocks(other, seq_len=SEQ_LEN, plan=BatchPlan(GLOBAL_BATCH)).load_state_dict(state)
+    lenient = PackedBlocks(other, seq_len=SEQ_LEN, plan=BatchPlan(GLOBAL_BATCH), allow_fingerprint_mismatch=True)
     lenient.load_state_dict(state)
     assert lenient.state_dict()["step"] == 4
     for key, changed in (("seq_len", {"seq_len": 12}), ("global_batch", {"global_batch": 4}), ("seed", {"seed": 2})):
         kwargs = {"seq_len": SEQ_LEN, "global_batch": GLOBAL_BATCH, **changed}
         with pytest.raises(DataError, match=f"{key} = {state[key]}.*{key} = {changed[key]}"):
-            PackedBlocks(corpus, **kwargs).load_state_dict(state)
+            PackedBlocks(corpus, seq_len=kwargs["seq_len"], plan=BatchPlan(kwargs["global_batch"]),
+                         seed=kwargs.get("seed", 0)).load_state_dict(state)
 
 
 def test_bad_sizes_and_pickling(corpus: ArangeCorpus) -> None:
     with pytest.raises(DataError, match="too small"):
-        PackedBlocks(corpus, seq_len=SEQ_LEN, global_batch=NUM_BLOCKS + 1)
+        PackedBlocks(corpus, seq_len=SEQ_LEN, plan=BatchPlan(NUM_BLOCKS + 1))
     with pytest.raises(DataError, match="ranks"):
-        PackedBlocks(corpus, seq_len=SEQ_LEN, global_batch=GLOBAL_BATCH, rank=0, world_size=3)
+        PackedBlocks(corpus, seq_len=SEQ_LEN, plan=BatchPlan(GLOBAL_BATCH, world_size=3, rank=0))
     ds = ranks(corpus, 2)[1]
     ds.batch(0)  # caches epoch 0's order, which a pickled copy leaves out
     assert torch.equal(pickle.loads(pickle.dumps(ds)).batch(STEPS + 1), ds.batch(STEPS + 1))
-
-
-def document_blocks(corpus: ArangeCorpus, world_size: int, num_workers: int) -> list[dict]:
-    return [
-        item
-        for rank in range(world_size)
-        for item in DataLoader(
-            DocumentBlocks(corpus, seq_len=SEQ_LEN, rank=rank, world_size=world_size),
-            batch_size=None,
-            num_workers=num_workers,
-        )
-    ]
-
-
-def test_document_blocks_pad_mask_and_chunk() -> None:
-    corpus = ArangeCorpus([3, 0, 8, 19])
-    items = list(DocumentBlocks(corpus, seq_len=SEQ_LEN))
-    assert [(i["index"], i["chunk"]) for i in items] == [(0, 0), (1, 0), (2, 0), (3, 0), (3, 1), (3, 2)]
-    first = items[0]
-    assert first["tokens"].tolist() == [EOS, 0, 1, 2, EOS, EOS, EOS, EOS, EOS, EOS]
-    assert first["valid"].tolist() == [True] * 5 + [False] * 5
-    assert first["tokens"].dtype == torch.long and first["valid"].dtype == torch.bool
-    assert items[1]["valid"].tolist() == [True] * 2 + [False] * 8
-    assert items[2]["valid"].all() and items[2]["tokens"][1:-1].tolist() == list(range(3, 11))
-    chunks = items[3:]
-    assert all(c["tokens"][0] == EOS for c in chunks)
-    assert [c["valid"].sum().item() for c in chunks] == [10, 10, 5]
-    rebuilt = [t for c in chunks for t in c["tokens"][1 : c["valid"].sum() - 1].tolist()]
-    assert rebuilt == corpus.document(3).tolist()
-
-
-@pytest.mark.parametrize(("world_size", "num_workers"), [(1, 0), (2, 2), (3, 2)])
-def test_document_blocks_split_over_ranks_and_workers(world_size: int, num_workers: int) -> None:
-    corpus = corpus_of_length(400, seed=1)
-    items = document_blocks(corpus, world_size, num_workers)
-    keys = sorted((i["index"], i["chunk"]) for i in items)
-    assert len(keys) == len(set(keys)) and {i for i, _ in keys} == set(range(corpus.documents))
-    assert keys == sorted((i["index"], i["chunk"]) for i in DocumentBlocks(corpus, seq_len=SEQ_LEN))
 
 
 def test_loader_without_torchdata(corpus: ArangeCorpus, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -237,7 +198,8 @@ def test_loader_without_torchdata(corpus: ArangeCorpus, monkeypatch: pytest.Monk
 def test_real_token_corpus(tmp_path) -> None:
     """The readers on a corpus written by `CorpusWriter` (several shards, read by two workers)
     give what they give on the stand-in holding the same stream."""
-    from edlm_dist.data.shards import TokenCorpus, write_corpus
+    from edlm_dist.data.corpus_reader import TokenCorpus
+    from edlm_dist.data.corpus_writer import write_corpus
     from edlm_dist.data.tokenizers import CharTokenizer
 
     stand_in = corpus_of_length(NUM_BLOCKS * (SEQ_LEN - 2) + 3)
@@ -250,7 +212,6 @@ def test_real_token_corpus(tmp_path) -> None:
     for rank, ds in enumerate(ranks(corpus, 2, seed=5)):
         for step, batch in enumerate(take(ds, STEPS + 2, num_workers=2)):
             assert torch.equal(batch, reference[rank].batch(step))
-    real_docs = list(DocumentBlocks(corpus, seq_len=SEQ_LEN))
-    for got, want in zip(real_docs, DocumentBlocks(stand_in, seq_len=SEQ_LEN), strict=True):
-        assert (got["index"], got["chunk"]) == (want["index"], want["chunk"])
-        assert torch.equal(got["tokens"], want["tokens"]) and torch.equal(got["valid"], want["valid"])
+    assert np.array_equal(corpus.read(0, corpus.length), stand_in.read(0, stand_in.length))
+    assert corpus.documents == stand_in.documents
+    assert all(np.array_equal(corpus.document(i), doc) for i, doc in enumerate(stand_in.docs))

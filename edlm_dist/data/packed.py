@@ -1,63 +1,32 @@
 """Pre-tokenised corpora read as fixed-length blocks in a deterministic global order.
 
-Training (`PackedBlocks`): the corpus's token stream (each document followed by one EOS) is cut
-into blocks of `seq_len - 2` tokens, each framed by EOS (EOS doubles as BOS), MDLM's "wrap"
-packing. Every epoch visits the blocks in a permutation that is a function of (seed, epoch),
-and global step g reads a fixed slice of it; rank r of R takes rows r*B/R .. (r+1)*B/R - 1.
-A batch is thus a pure function of (seed, step, rank layout) and the only state is the next
-step, which does not depend on the number of ranks or dataloader workers: a run resumed at
-another layout continues with no block skipped or repeated.
-
-Evaluation (`DocumentBlocks`): one pass over the documents, one padded block per document (or
-per chunk of a long one), with a mask of the real tokens.
+The corpus's token stream (each document followed by one EOS) is cut into blocks of
+`seq_len - 2` tokens, each framed by EOS (EOS doubles as BOS), MDLM's "wrap" packing. Every
+epoch visits the blocks in a permutation that is a function of (seed, epoch), and global step g
+reads a fixed slice of it; each rank takes its rows of the `BatchPlan`. A batch is thus a pure
+function of (seed, step, rank layout) and the only state is the next step, which does not
+depend on the number of ranks or dataloader workers: a run resumed at another layout continues
+with no block skipped or repeated.
 """
 
 from __future__ import annotations
 
-import math
 from itertools import count
-from typing import Any, Iterator, Protocol
+from typing import Any, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset
 
-from edlm_dist.data.errors import DataError
+from edlm_dist.data.batches import Batch, BatchPlan
+from edlm_dist.data.corpus_reader import TokenCorpus
+from edlm_dist.data.errors import DataError, SkipCounter
+from edlm_dist.data.loaders import TrainLoader, worker_slot
 from edlm_dist.diffusion.noise import keyed_generator
 
 
-class Corpus(Protocol):
-    """What the readers need of a corpus (`edlm_dist.data.shards.TokenCorpus`)."""
-
-    length: int
-    documents: int
-    eos_id: int
-    vocab_size: int
-    fingerprint: str
-
-    def read(self, start: int, stop: int) -> np.ndarray: ...
-
-    def document(self, i: int) -> np.ndarray: ...
-
-
-def worker_slot() -> tuple[int, int]:
-    """(worker id, number of workers) of the dataloader worker we run in; (0, 1) outside one."""
-    info = get_worker_info()
-    return (0, 1) if info is None else (info.id, info.num_workers)
-
-
-def _check_rank(rank: int, world_size: int) -> None:
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is not in [0, world_size = {world_size})")
-
-
-def _check_seq_len(seq_len: int) -> None:
-    if seq_len < 3:
-        raise ValueError(f"seq_len = {seq_len}: a block needs at least BOS, one token and EOS")
-
-
 class PackedBlocks(IterableDataset):
-    """This rank's local batches of global steps `start_step`, `start_step + 1`, ... (endless).
+    """This rank's rows (`plan`) of global steps `start_step`, `start_step + 1`, ... (endless).
 
     Block k is `[EOS] + stream[k*(L-2) : (k+1)*(L-2)] + [EOS]` for k < num_blocks =
     length // (L-2); the tail of the stream that does not fill a block is never read. Epoch e
@@ -80,35 +49,28 @@ class PackedBlocks(IterableDataset):
 
     def __init__(
         self,
-        corpus: Corpus,
+        corpus: TokenCorpus,
         *,
         seq_len: int,
-        global_batch: int,
-        rank: int = 0,
-        world_size: int = 1,
+        plan: BatchPlan,
         seed: int = 0,
         start_step: int = 0,
         allow_fingerprint_mismatch: bool = False,
     ) -> None:
-        _check_seq_len(seq_len)
-        _check_rank(rank, world_size)
-        if global_batch < 1:
-            raise ValueError(f"global_batch = {global_batch} < 1")
-        if global_batch % world_size:
-            raise DataError(f"the global batch {global_batch} does not split evenly over {world_size} ranks")
+        if seq_len < 3:
+            raise ValueError(f"seq_len = {seq_len}: a block needs at least BOS, one token and EOS")
         if start_step < 0:
             raise ValueError(f"start_step = {start_step} < 0")
-        self.corpus, self.seq_len, self.global_batch = corpus, seq_len, global_batch
-        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.corpus, self.seq_len, self.plan, self.seed = corpus, seq_len, plan, seed
+        self.global_batch = plan.global_batch
         self.allow_fingerprint_mismatch = allow_fingerprint_mismatch
-        self.local_batch = global_batch // world_size
         self.span = seq_len - 2
         self.num_blocks = corpus.length // self.span
-        self.steps_per_epoch = self.num_blocks // global_batch
+        self.steps_per_epoch = self.num_blocks // plan.global_batch
         if self.steps_per_epoch == 0:
             raise DataError(
                 f"the corpus is too small for the batch: {corpus.length} tokens make {self.num_blocks} blocks of "
-                f"seq_len {seq_len}, fewer than the global batch of {global_batch}"
+                f"seq_len {seq_len}, fewer than the global batch of {plan.global_batch}"
             )
         self.step = start_step
         self._order: tuple[int, np.ndarray] | None = None  # (epoch, permutation), rebuilt on demand
@@ -125,11 +87,11 @@ class PackedBlocks(IterableDataset):
         return self._order[1]
 
     def batch(self, step: int) -> torch.Tensor:
-        """This rank's rows of global step `step`: LongTensor [global_batch // world_size, seq_len]."""
+        """This rank's rows of global step `step`: LongTensor [local batch, seq_len]."""
         epoch, position = divmod(step, self.steps_per_epoch)
-        first = position * self.global_batch + self.rank * self.local_batch
-        blocks = self.epoch_order(epoch)[first : first + self.local_batch]
-        out = np.empty((self.local_batch, self.seq_len), dtype=np.int64)
+        first, rows = position * self.global_batch, self.plan.rows
+        blocks = self.epoch_order(epoch)[first + rows.start : first + rows.stop]
+        out = np.empty((len(rows), self.seq_len), dtype=np.int64)
         out[:, 0] = out[:, -1] = self.corpus.eos_id
         for row, block in enumerate(blocks.tolist()):
             out[row, 1:-1] = self.corpus.read(block * self.span, (block + 1) * self.span)
@@ -185,29 +147,38 @@ def build_loader(dataset: PackedBlocks, num_workers: int = 0, pin_memory: bool =
     )
 
 
-class DocumentBlocks(IterableDataset):
-    """One pass over the documents, for evaluation: each document (or each `seq_len - 2`-token
-    chunk of a longer one) becomes `[EOS] + tokens + [EOS]` padded with EOS to `seq_len`.
+class PackedLoader(TrainLoader):
+    """Pre-tokenised blocks in the global order, prefetched by dataloader workers.
 
-    Yields `{"tokens": LongTensor[L], "valid": BoolTensor[L], "index": document, "chunk": i}`,
-    `valid` marking the BOS, the tokens and the closing EOS but not the padding. Rank r of R,
-    worker w of W within it, reads the documents i with i % (R*W) == r*W + w.
+    The state is the next global step, so it resumes at any world size or worker count.
     """
 
-    def __init__(self, corpus: Corpus, *, seq_len: int, rank: int = 0, world_size: int = 1) -> None:
-        _check_seq_len(seq_len)
-        _check_rank(rank, world_size)
-        self.corpus, self.seq_len, self.rank, self.world_size = corpus, seq_len, rank, world_size
+    def __init__(self, blocks: PackedBlocks, num_workers: int, skipped: SkipCounter) -> None:
+        super().__init__(blocks.plan)
+        self.blocks, self.num_workers, self.skipped = blocks, num_workers, skipped
+        self.step = 0
+        self._batches: Iterator[torch.Tensor] | None = None
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        worker, workers = worker_slot()
-        span, eos = self.seq_len - 2, self.corpus.eos_id
-        for index in range(self.rank * workers + worker, self.corpus.documents, self.world_size * workers):
-            tokens = self.corpus.document(index)
-            for chunk in range(max(1, math.ceil(len(tokens) / span))):
-                piece = tokens[chunk * span : (chunk + 1) * span]
-                block = np.full(self.seq_len, eos, dtype=np.int64)
-                block[1 : 1 + len(piece)] = piece
-                valid = torch.zeros(self.seq_len, dtype=torch.bool)
-                valid[: len(piece) + 2] = True
-                yield {"tokens": torch.from_numpy(block), "valid": valid, "index": index, "chunk": chunk}
+    def next_batch(self) -> Batch:
+        if self._batches is None:
+            self.blocks.load_state_dict({**self.blocks.state_dict(), "step": self.step})
+            self._batches = iter(build_loader(self.blocks, self.num_workers))
+        batch = Batch(next(self._batches), self.plan.rows, self.step, self.plan.global_batch)
+        self.step += 1
+        return batch
+
+    def skipped_records(self) -> int:
+        """Out-of-range token ids replaced so far; counted in this process (with dataloader workers,
+        each worker counts its own reads and reports them through its warnings only)."""
+        return self.skipped.count
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**self.blocks.state_dict(), "step": self.step}
+
+    def load_state_dict(self, states: list[dict[str, Any]]) -> None:
+        self.blocks.load_state_dict(states[0])
+        self.step = int(states[0]["step"])
+        self._batches = None
+
+    def close(self) -> None:
+        self._batches = None
