@@ -273,26 +273,29 @@ class TrainProgram:
 
 
 @dataclass
-class SampleProgram:
-    """The config of `python -m edlm_dist.sample`."""
+class _EnergyReader:
+    """The sections that sampling and evaluation share: they read trained runs, an MDLM
+    corrected by the energy of [energy]."""
 
-    PROGRAM: ClassVar[str] = "edlm_dist.sample"
     job: JobConfig = field(default_factory=JobConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     metrics: ProgressConfig = field(default_factory=ProgressConfig)
     energy: EnergyConfig = field(default_factory=EnergyConfig)
+
+
+@dataclass
+class SampleProgram(_EnergyReader):
+    """The config of `python -m edlm_dist.sample`."""
+
+    PROGRAM: ClassVar[str] = "edlm_dist.sample"
     sample: SampleConfig = field(default_factory=SampleConfig)
 
 
 @dataclass
-class EvalProgram:
+class EvalProgram(_EnergyReader):
     """The config of `python -m edlm_dist.eval`."""
 
     PROGRAM: ClassVar[str] = "edlm_dist.eval"
-    job: JobConfig = field(default_factory=JobConfig)
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    metrics: ProgressConfig = field(default_factory=ProgressConfig)
-    energy: EnergyConfig = field(default_factory=EnergyConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 

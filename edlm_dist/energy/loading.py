@@ -42,7 +42,7 @@ def load_denoiser(cfg: EnergyConfig, device: torch.device | str = "cpu") -> tupl
     if not path and cfg.kind == "nce" and cfg.checkpoint:
         path = run_of_task(cfg.checkpoint, "nce", "energy.checkpoint").config.nce.denoiser
     ckpt = run_of_task(path, "mdlm", "energy.denoiser")
-    model, _ = load_weights(ckpt, None if cfg.weights == "auto" else cfg.weights, device=device)
+    model, _ = load_weights(ckpt, cfg.weights, device=device)
     return model, ckpt
 
 
@@ -53,7 +53,7 @@ def load_energy(cfg: EnergyConfig, denoiser: Checkpoint, device: torch.device | 
     ckpt = run_of_task(cfg.checkpoint, task, "energy.checkpoint")
     check_same_data(ckpt, ckpt.path, checkpoint_vocab_size(denoiser), denoiser.config.data.seq_len,
                     f"the denoiser {denoiser.path}")
-    model, _ = load_weights(ckpt, None if cfg.weights == "auto" else cfg.weights, device=device)
+    model, _ = load_weights(ckpt, cfg.weights, device=device)
     if cfg.kind == "nce":
         return NCEEnergy(model, max_batch=cfg.max_batch)
     return AREnergy(model, carry_over=cfg.kind == "coar", max_batch=cfg.max_batch)

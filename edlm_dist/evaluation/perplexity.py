@@ -83,16 +83,15 @@ def model_label(task: str, cfg: EvalProgram) -> str:
 def build_eval_model(ckpt: Checkpoint, cfg: EvalProgram, device: torch.device) -> EvalModel:
     """The model `model_label` names, with its weights, on `device`."""
     label = model_label(ckpt.config.training.task, cfg)
-    weights = None if cfg.eval.weights == "auto" else cfg.eval.weights
     if label == "ar":
-        model, _ = load_weights(ckpt, weights, device=device)
+        model, _ = load_weights(ckpt, cfg.eval.weights, device=device)
         return EvalModel(label, ckpt, model, None, checkpoint_vocab_size(ckpt), None, 0.0)
     if label == "edlm_nce":
         energy_cfg = replace(cfg.energy, kind="nce", checkpoint=ckpt.path, weights=cfg.eval.weights)
         denoiser, denoiser_ckpt = load_denoiser(energy_cfg, device)
         energy = load_energy(energy_cfg, denoiser_ckpt, device)
     else:
-        denoiser, _ = load_weights(ckpt, weights, device=device)
+        denoiser, _ = load_weights(ckpt, cfg.eval.weights, device=device)
         denoiser_ckpt = ckpt
         energy = load_energy(cfg.energy, ckpt, device) if label != "mdlm" else None
     diffusion = denoiser_ckpt.config.diffusion

@@ -114,7 +114,8 @@ def checkpoint_vocab_size(ckpt: Checkpoint) -> int:
 
 def read_weights(model: Transformer, ckpt: Checkpoint, weights: str | None = None, *, partial: bool = False) -> str:
     """Fill `model` (sharded under FSDP or not) with the checkpoint's `weights` ("ema" or "model";
-    None: "ema" when the checkpoint has EMA weights) and return which ones were read.
+    "auto", as the configs say, or None: "ema" when the checkpoint has EMA weights) and return
+    which ones were read.
 
     With `partial`, only the parameters the checkpoint has are read (an energy network taking
     its backbone from an MDLM) and the others keep their values; every parameter read must match
@@ -122,7 +123,8 @@ def read_weights(model: Transformer, ckpt: Checkpoint, weights: str | None = Non
     """
     shapes = _stored_shapes(ckpt.path)
     has_ema = any(key.startswith(_PREFIXES["ema"]) for key in shapes)
-    weights = weights or ("ema" if has_ema else "model")
+    if weights in (None, "auto"):
+        weights = "ema" if has_ema else "model"
     if weights == "ema" and not has_ema:
         raise WeightsError(f"checkpoint {ckpt.path} has no EMA weights (training.ema_decay was 0); use the model weights")
     prefix = _PREFIXES[weights]

@@ -133,7 +133,7 @@ class Trainer:
             prepare=prepare,
         )
         if self.denoiser_ckpt is not None:
-            read_weights(self.model, self.denoiser_ckpt, self._denoiser_weights(), partial=True)
+            read_weights(self.model, self.denoiser_ckpt, self.cfg.nce.weights, partial=True)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = build_lr_scheduler(self.optimizer, cfg.optim, cfg.training.steps)
         self.ema = EMA(self.model, cfg.training.ema_decay) if cfg.training.ema_decay > 0 else None
@@ -148,10 +148,6 @@ class Trainer:
         self.bad_steps = 0  # consecutive non-finite steps
         self.skipped_steps = 0
 
-    def _denoiser_weights(self) -> str | None:
-        weights = self.cfg.nce.weights
-        return None if weights == "auto" else weights
-
     def _frozen_denoiser(self, prepare: Callable[[torch.nn.Module], None]) -> tuple[torch.nn.Module, Checkpoint]:
         """NCE's proposal: the MDLM of `nce.denoiser`, parallelised like the trained model and
         frozen; checked against the data it will see."""
@@ -165,7 +161,7 @@ class Trainer:
         if cfg.model != nce_model_config(cfg, ckpt.config):
             raise ConfigError(f"[model] of this NCE run is not its nce.denoiser's ({ckpt.run_dir}): resolve the "
                               "config first (edlm_dist.energy.loading.resolve_model_config, as the train entry point does)")
-        denoiser, _ = load_weights(ckpt, self._denoiser_weights(), device=self.env.device, prepare=prepare)
+        denoiser, _ = load_weights(ckpt, self.cfg.nce.weights, device=self.env.device, prepare=prepare)
         return denoiser.requires_grad_(False), ckpt
 
     # ---- state -------------------------------------------------------------------------
