@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import posixpath
 import re
 import time
@@ -29,9 +30,10 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemWriter
-from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader, FsspecWriter
+from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
 
 from edlm_dist.fileio import describe_os_error, write_problem
+from edlm_dist.runs.safe_pickle import SafeLoadPlanner, refusal, safe_reader
 
 MARKER = "COMMITTED"
 STEP_DIR = re.compile(r"^step_(\d{8})$")  # a checkpoint folder: step_ and the step in 8 digits
@@ -169,17 +171,23 @@ class CheckpointManager:
         path = self.path(step)
         if not self.fs.exists(posixpath.join(self._fs_path(step), MARKER)):
             raise CheckpointError(f"checkpoint {path} is not committed (no {MARKER} marker)")
-        try:
-            stored = stored_shapes(path)
-        except (Exception, dcp.CheckpointException) as err:
-            raise CheckpointError(f"cannot load checkpoint {path}: {describe_load_error(err, path)}") from err
+        stored = self.stored_shapes(step)
         for key, shape in _tensor_shapes(state).items():
             if key in stored and stored[key] != shape:
                 raise CheckpointError(f"checkpoint {path} does not fit this run: {key} has shape {list(stored[key])} "
                                       f"there, {list(shape)} here")
         try:
-            dcp.load(state, checkpoint_id=self.path(step), no_dist=not dist.is_initialized())
+            read_checkpoint(state, path, no_dist=not dist.is_initialized())
         except (Exception, dcp.CheckpointException) as err:  # the latter is a BaseException
+            raise CheckpointError(f"cannot load checkpoint {path}: {describe_load_error(err, path)}") from err
+
+    def stored_shapes(self, step: int) -> dict[str, tuple[int, ...]]:
+        """The global shape of every tensor in the checkpoint of `step` (`stored_shapes`), an
+        unreadable or refused checkpoint as a CheckpointError."""
+        path = self.path(step)
+        try:
+            return stored_shapes(path)
+        except (Exception, dcp.CheckpointException) as err:
             raise CheckpointError(f"cannot load checkpoint {path}: {describe_load_error(err, path)}") from err
 
     def _prune(self) -> None:
@@ -204,19 +212,34 @@ def _first_failure(err: BaseException) -> BaseException:
 
 
 def describe_load_error(err: BaseException, path: str) -> str:
-    """One line saying why DCP could not read the checkpoint at `path`: the missing or truncated
-    file when there is one (DCP itself says only e.g. "EOFError"), else the error."""
-    return damaged_file(path) or describe_os_error(_first_failure(err))
+    """One line saying why DCP could not read the checkpoint at `path`: a pickle refused by the
+    allow-list, the missing or truncated file (DCP itself says only e.g. "EOFError"), else the error."""
+    cause = _first_failure(err)
+    if isinstance(cause, pickle.UnpicklingError):  # also a tensor file that is a pickle of something else
+        return str(refusal(cause, path))
+    return damaged_file(path) or describe_os_error(cause)
 
 
-def storage_reader(path: str) -> dcp.FileSystemReader | FsspecReader:
-    """DCP's reader for a local checkpoint folder or an fsspec URL."""
-    return FsspecReader(path) if "://" in path else dcp.FileSystemReader(path)
+def read_checkpoint(state: dict[str, Any], path: str, *, no_dist: bool) -> None:
+    """Fill `state` in place from the checkpoint at `path` (DCP, resharding as needed), reading
+    its pickles through the allow-list (`safe_pickle`): nothing in the checkpoint runs."""
+    dcp.load(state, checkpoint_id=path, storage_reader=safe_reader(path), planner=SafeLoadPlanner(path),
+             no_dist=no_dist)
+
+
+def check_items(path: str) -> None:
+    """Read every non-tensor item of the checkpoint at `path` through the weights-only loader, so a
+    checkpoint holding anything a program would refuse is refused by every program, including
+    those that read only its weights (no collective: every rank reads them; they are small)."""
+    metadata = safe_reader(path).read_metadata().state_dict_metadata
+    items = {key: None for key, item in metadata.items() if isinstance(item, dcp.BytesStorageMetadata)}
+    if items:
+        read_checkpoint(items, path, no_dist=True)
 
 
 def stored_shapes(path: str) -> dict[str, tuple[int, ...]]:
     """Global shape of every tensor in the checkpoint at `path`, by flattened key (`model.embed.weight`)."""
-    metadata = storage_reader(path).read_metadata().state_dict_metadata
+    metadata = safe_reader(path).read_metadata().state_dict_metadata
     return {key: tuple(m.size) for key, m in metadata.items() if isinstance(m, dcp.TensorStorageMetadata)}
 
 
@@ -235,7 +258,7 @@ def damaged_file(path: str) -> str | None:
     """`<file> is missing` or `<file> is truncated (...)` for the first data file of the checkpoint
     at `path` that is shorter than its metadata says, or None when every one is whole."""
     try:
-        metadata = storage_reader(path).read_metadata()
+        metadata = safe_reader(path).read_metadata()
     except (Exception, dcp.CheckpointException) as err:
         return f"its metadata {posixpath.join(path, '.metadata')} cannot be read ({describe_os_error(err)})"
     needed: dict[str, int] = {}

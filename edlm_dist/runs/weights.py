@@ -25,8 +25,10 @@ from edlm_dist.runs.checkpoint import (
     MARKER,
     STEP_DIR,
     CheckpointManager,
+    check_items,
     checkpoint_folder,
     describe_load_error,
+    read_checkpoint,
     stored_shapes,
 )
 
@@ -144,7 +146,8 @@ def read_weights(model: Transformer, ckpt: Checkpoint, weights: str | None = Non
         )
     target = {"model": state} if weights == "model" else {"ema": {"weights": state}}
     with _reading(ckpt.path):
-        dcp.load(target, checkpoint_id=ckpt.path, no_dist=not sharded)
+        check_items(ckpt.path)
+        read_checkpoint(target, ckpt.path, no_dist=not sharded)
     set_model_state_dict(model, state, options=StateDictOptions(strict=not partial))
     return weights
 

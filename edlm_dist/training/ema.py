@@ -50,7 +50,7 @@ class EMA:
             shadow.copy_(live)
 
     def state_dict(self) -> dict[str, object]:
-        return {"weights": dict(zip(self.names, self.shadow)), "num_updates": self.num_updates}
+        return {"weights": dict(zip(self.names, self.shadow)), "num_updates": torch.tensor(self.num_updates)}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         weights = state["weights"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import pickle
 import signal
 import sys
 import time
@@ -49,6 +48,7 @@ from edlm_dist.distributed import (
 )
 from edlm_dist.models import build_model
 from edlm_dist.runs.checkpoint import CheckpointManager, checkpoint_folder
+from edlm_dist.runs.state_blob import encode_state, read_loader_states, stored_integer
 from edlm_dist.training.ema import EMA
 from edlm_dist.training.faults import FaultInjector
 from edlm_dist.energy.loading import nce_model_config
@@ -166,13 +166,16 @@ class Trainer:
 
     # ---- state -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint holds: tensors only (DCP stores the optimizer's hyperparameters as
+        torch.save items of plain values), so reading one back runs no code."""
         model_state, optim_state = get_state_dict(self.model, self.optimizer)
+        counters = {"step": self.step, "skipped_steps": self.skipped_steps, "denoiser_step": self._denoiser_step()}
         state = {
             "model": model_state,
             "optimizer": optim_state,
-            "trainer": {"step": self.step, "skipped_steps": self.skipped_steps, "denoiser_step": self._denoiser_step()},
-            # every rank's loader state, pickled as one object (it may hold dataloader internals)
-            "data": {"states": pickle.dumps(all_gather_object(self.loader.state_dict()))},
+            "trainer": {key: torch.tensor(value, dtype=torch.int64) for key, value in counters.items()},
+            # every rank's loader state (it may hold dataloader internals), the same blob on every rank
+            "data": {"states": encode_state(all_gather_object(self.loader.state_dict()))},
         }
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
@@ -191,22 +194,28 @@ class Trainer:
         latest = self.checkpoints.latest()
         if latest is None:
             return False
+        path = self.checkpoints.path(latest)
         state = self.state_dict()
+        # the loaders' blob is read at its stored size (a checkpoint of before it was a pickle: any size)
+        blob_shape = self.checkpoints.stored_shapes(latest).get("data.states", (0,))
+        state["data"]["states"] = torch.empty(blob_shape, dtype=torch.uint8)
         self.checkpoints.load(latest, state)
         set_state_dict(
             self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"]
         )
         if self.ema is not None:
-            self.ema.load_state_dict(state["ema"])
-        if state["trainer"]["denoiser_step"] != self._denoiser_step():
+            ema = state["ema"]
+            self.ema.load_state_dict({**ema, "num_updates": stored_integer(ema["num_updates"], f"{path} (item ema.num_updates)")})
+        counters = {key: stored_integer(value, f"{path} (item trainer.{key})") for key, value in state["trainer"].items()}
+        if counters["denoiser_step"] != self._denoiser_step():
             raise ConfigError(
-                f"checkpoint {self.checkpoints.path(latest)} was trained against the denoiser's step "
-                f"{state['trainer']['denoiser_step']}, but nce.denoiser now gives step {self._denoiser_step()}"
+                f"checkpoint {path} was trained against the denoiser's step "
+                f"{counters['denoiser_step']}, but nce.denoiser now gives step {self._denoiser_step()}"
             )
-        self.step = int(state["trainer"]["step"])
-        self.skipped_steps = int(state["trainer"]["skipped_steps"])
+        self.step, self.skipped_steps = counters["step"], counters["skipped_steps"]
+        loader_states = read_loader_states(state["data"]["states"], f"{path} (item data.states)")
         # a state saved without the loader's step (raw text, before loaders counted) takes the trainer's
-        self.loader.load_state_dict([{"step": self.step, **s} for s in pickle.loads(state["data"]["states"])])
+        self.loader.load_state_dict([{"step": self.step, **s} for s in loader_states])
         # the optimizer and its schedule follow this run's config, which may have changed since the save
         follow_config(self.optimizer, self.cfg.optim)
         self.scheduler = build_lr_scheduler(self.optimizer, self.cfg.optim, self.cfg.training.steps, self.step)
