@@ -220,8 +220,14 @@ def test_multiline_values_stay_on_one_line(tmp_path: Path) -> None:
         ("--training.micro_batch_size=-1", "config key training.micro_batch_size must be >= 0, got -1"),
         ("--data.seq_len=3", "config key data.seq_len must be >= 4 (room for BOS and EOS), got 3"),
         ("--model.n_layers=0", "config key model.n_layers must be >= 1, got 0"),
-        ("--optim.lr=0", "config key optim.lr must be > 0, got 0.0"),
-        ("--optim.lr=nan", "config key optim.lr must be > 0, got nan"),
+        ("--optim.lr=0", "config key optim.lr must be in (0, 1], got 0.0"),
+        ("--optim.lr=nan", "config key optim.lr must be a finite number, got nan"),
+        ("--optim.lr=inf", "config key optim.lr must be a finite number, got inf"),
+        ("--optim.lr=1e38", "config key optim.lr must be in (0, 1], got 1e+38"),
+        ("--optim.eps=-inf", "config key optim.eps must be a finite number, got -inf"),
+        ("--optim.weight_decay=1e300", "optim.lr * optim.weight_decay = 3e+296 must be < 1 (AdamW shrinks the weights "
+                                       "by that factor each step); lower optim.weight_decay"),
+        ("--training.max_grad_norm=inf", "config key training.max_grad_norm must be a finite number, got inf"),
         ("--optim.warmup_steps=-1", "config key optim.warmup_steps must be >= 0, got -1"),
         ("--metrics.log_interval=0", "config key metrics.log_interval must be >= 1, got 0"),
         ("--metrics.eval_interval=0", "config key metrics.eval_interval must be >= 1, got 0"),
@@ -273,8 +279,8 @@ def odd_config() -> TrainProgram:
     cfg.job.name = "it's"
     cfg.optim.lr = 0.1 + 0.2  # not exactly 0.3: the float must survive bit for bit
     cfg.optim.eps = 5e-324
-    cfg.optim.weight_decay = 1e300
-    cfg.training.max_grad_norm = math.inf
+    cfg.optim.weight_decay = 1e-300
+    cfg.training.max_grad_norm = 1e300
     cfg.diffusion.eps = 1 / 3
     return cfg
 

@@ -5,6 +5,7 @@ fsspec URLs with retention, activation checkpointing and torch.compile."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import threading
@@ -16,7 +17,7 @@ import torch.distributed.checkpoint as dcp
 
 from edlm_dist.runs import CheckpointError, CheckpointManager
 from edlm_dist.training import Trainer, TrainingError
-from run_utils import debug_config
+from run_utils import debug_config, read_scalars
 
 
 
@@ -51,7 +52,7 @@ def test_a_save_interrupted_mid_write_leaves_the_previous_checkpoint_latest(tmp_
     assert again.checkpoints.committed_steps() == [2, 4]
 
 
-def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tmp_path, monkeypatch):
+def test_non_finite_losses_are_skipped_counted_logged_as_nan_and_stop_the_run(tmp_path, monkeypatch):
     t = trainer(tmp_path, "--training.steps=20", "--training.max_bad_steps=3", "--checkpoint.interval=100")
     t.train_step()
     good = weights(t)
@@ -62,13 +63,15 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tmp_path, monkeyp
     assert all(torch.equal(v, good[k]) for k, v in t.model.state_dict().items())  # no update applied
     monkeypatch.setattr(t.task, "sequence_nll", real)
     t.train_step()
-    assert t.bad_steps == 0 and t.skipped_steps == 1
+    assert t.skipped_steps == 1
     monkeypatch.setattr(t.task, "sequence_nll", lambda *a: real(*a) * float("inf"))
     before = weights(t)
     with pytest.raises(TrainingError, match="not finite for 3 steps in a row"):
         t.run()
     failed = json.loads((tmp_path / "debug" / "failed").read_text())
     assert failed["step"] == 6 and "last good weights" in failed["reason"]
+    losses = dict(read_scalars(tmp_path / "debug")["train/loss"])
+    assert [losses[step] for step in (4, 5, 6)] == [math.inf] * 3  # logged as they were, never as 0
     restored = trainer(tmp_path, "--training.steps=20")
     assert restored.resume() and restored.step == 6
     assert all(torch.equal(v, before[k]) for k, v in restored.model.state_dict().items())
@@ -101,7 +104,7 @@ def test_checkpoints_on_an_fsspec_url_with_retention(tmp_path):
         manager.save(step, t.state_dict())
     assert manager.committed_steps() == [4, 7, 8]
     fresh = trainer(tmp_path / "other", "--training.steps=1")
-    state = fresh.state_dict()
+    state = fresh.loadable_state(manager, 8)
     manager.load(8, state)
     assert state["trainer"]["step"] == 8
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -279,10 +280,10 @@ _BOUNDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "parallel.dp_shard": (">= 1 or -1 (the rest)", lambda v: v >= 1 or v == -1),
     "parallel.ac_every": _AT_LEAST_1,
     "runtime.collective_timeout_s": _AT_LEAST_1,
-    "optim.lr": _POSITIVE,
+    "optim.lr": ("in (0, 1]", lambda v: 0 < v <= 1),
     "optim.beta1": _FRACTION,
     "optim.beta2": _FRACTION,
-    "optim.eps": _POSITIVE,
+    "optim.eps": _OPEN_FRACTION,
     "optim.weight_decay": _NON_NEGATIVE,
     "optim.warmup_steps": _NON_NEGATIVE,
     "optim.min_lr_ratio": ("in [0, 1]", lambda v: 0 <= v <= 1),
@@ -320,8 +321,12 @@ def _get(cfg: Program, name: str) -> Any:
 
 
 def validate_config(cfg: Program) -> None:
-    """Raise ConfigError for values that type-check but cannot make a run (bounds on the keys of
-    the program, and the cross-field rules of training)."""
+    """Raise ConfigError for values that type-check but cannot make a run (every number finite,
+    bounds on the keys of the program, and the cross-field rules of training)."""
+    for section in _sections(type(cfg)):
+        for key, value in vars(getattr(cfg, section)).items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"config key {section}.{key} must be a finite number, got {value!r}")
     for name, (wording, ok) in _BOUNDS.items():
         if _has_key(type(cfg), name) and not ok(value := _get(cfg, name)):  # NaN fails every bound, as it should
             raise ConfigError(f"config key {name} must be {wording}, got {value!r}")
@@ -342,6 +347,9 @@ def _validate_training(cfg: TrainProgram) -> None:
             f"training.global_batch_size ({t.global_batch_size}) must be a multiple of "
             f"training.micro_batch_size ({t.micro_batch_size})"
         )
+    if cfg.optim.lr * cfg.optim.weight_decay >= 1:
+        raise ConfigError(f"optim.lr * optim.weight_decay = {cfg.optim.lr * cfg.optim.weight_decay:g} must be < 1 "
+                          f"(AdamW shrinks the weights by that factor each step); lower optim.weight_decay")
     if t.task == "nce" and not cfg.nce.denoiser:
         raise ConfigError("training.task = 'nce' requires nce.denoiser (the MDLM run to fine-tune from)")
     if cfg.data.dataset in ("text", "files") and not cfg.data.path:
@@ -396,7 +404,7 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
-        return repr(value)  # repr round-trips floats exactly; inf and nan are valid TOML too
+        return repr(value)  # repr round-trips floats exactly
     if isinstance(value, str):
         return '"' + value.translate(_TOML_ESCAPES) + '"'
     raise TypeError(f"cannot write a {type(value).__name__} as a TOML value")

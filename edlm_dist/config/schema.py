@@ -104,7 +104,13 @@ class TrainingConfig:
     micro_batch_size: int = 0  # per rank; 0 = no gradient accumulation
     max_grad_norm: float = 1.0  # 0 disables clipping
     ema_decay: float = 0.9999  # 0 disables EMA
-    max_bad_steps: int = 5  # consecutive non-finite losses/grad norms (each step skipped) before the run stops
+    # a step whose update made the model, optimizer state or EMA non-finite: "rollback" reloads the
+    # last committed checkpoint and replays to that step, skipping its batch; "stop" ends the run with
+    # the failed marker. Nothing non-finite is ever committed
+    on_nonfinite: Literal["rollback", "stop"] = "rollback"
+    # consecutive skipped batches (a non-finite loss or gradient norm, or an update rolled back)
+    # before the run stops
+    max_bad_steps: int = 5
 
 
 @dataclass
@@ -244,9 +250,11 @@ class DebugConfig:
     step_sleep_s: float = 0.0  # sleep after every step (gives a test time to send signals)
     # fault injection for tests and drills (docs/operations.md), fired once per run folder:
     # "sigkill" / "sigterm" / "stall" hit rank fault_rank in the middle of step fault_step;
+    # "nonfinite_update" writes NaN into its shard of the first parameter after that step's update;
     # "sigkill_in_checkpoint" / "disk_full" (ENOSPC) / "write_refused" (EACCES) hit its shard
     # write of the checkpoint of step fault_step
-    fault: Literal["none", "sigkill", "sigterm", "stall", "sigkill_in_checkpoint", "disk_full", "write_refused"] = "none"
+    fault: Literal["none", "sigkill", "sigterm", "stall", "nonfinite_update", "sigkill_in_checkpoint", "disk_full",
+                   "write_refused"] = "none"
     fault_step: int = 1
     fault_rank: int = 0
     stall_s: float = 60.0  # "stall": how long the rank sleeps

@@ -36,11 +36,11 @@ def weighted_nelbo_terms(
 
     The factor (1 - t_min) makes the uniform draw of t over [t_min, 1] an unbiased estimate of
     the integral over that interval. A sequence with nothing masked contributes exactly 0
-    (also at t = 0, where the weight is infinite).
+    (also at t = 0, where the weight is infinite); a NaN stays NaN (a diverged model must show).
     """
     total = nll.sum(dim=-1)
     weight = schedule.weight(t.double()).float()
-    return torch.where(total > 0, (1.0 - t_min) * weight * total, torch.zeros_like(total))
+    return torch.where(total != 0, (1.0 - t_min) * weight * total, torch.zeros_like(total))
 
 
 def nelbo(

@@ -18,6 +18,7 @@ from edlm_dist.distributed.env import (
     resolve_device,
     shutdown,
 )
+from edlm_dist.distributed.finite import first_nonfinite
 from edlm_dist.distributed.heartbeat import CollectiveError, Heartbeat, Watchdog, is_collective_failure
 from edlm_dist.distributed.precision import autocast, compute_dtype
 from edlm_dist.distributed.parallelize import build_mesh, parallelize_transformer, reshard, set_gradient_sync
@@ -34,6 +35,7 @@ __all__ = [
     "all_gather_object",
     "autocast",
     "compute_dtype",
+    "first_nonfinite",
     "all_reduce_max",
     "all_reduce_sum",
     "barrier",

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch.distributed as dist
 
 # the phases of a step, in the order a rank goes through them
-PHASES = ("start", "step", "loss all-reduce", "step boundary", "checkpoint")
+PHASES = ("start", "step", "loss all-reduce", "state check", "step boundary", "checkpoint")
 KEY = "edlm/heartbeat/{rank}"
 # how the backends word a collective that lost a peer or ran out of time
 COLLECTIVE_FAILURE = re.compile(r"timed out|timeout|connection (closed|reset)|broken pipe", re.IGNORECASE)

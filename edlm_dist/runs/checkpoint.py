@@ -61,8 +61,9 @@ class CheckpointManager:
 
     Keeps the newest `keep_last` committed checkpoints plus every one whose step is a multiple
     of `keep_every` (when > 0). With `async_save`, the shards are written in the background and
-    committed when the next save starts or at `close()`. `write_hook` (fault injection) sees
-    every shard file this rank opens for writing.
+    committed by the first `poll()` (called at every step boundary) that finds every rank's write
+    finished, so a crash loses at most the steps since the last save; a save or `close()` waits for
+    the one under way. `write_hook` (fault injection) sees every shard file this rank opens for writing.
     """
 
     def __init__(self, folder: str, keep_last: int, keep_every: int = 0, async_save: bool = False,
@@ -72,10 +73,12 @@ class CheckpointManager:
         self.keep_last, self.keep_every, self.async_save = keep_last, keep_every, async_save
         self.write_hook = write_hook
         self._pending: tuple[int, Future, bool] | None = None
-        self._async_group = None
+        self._async_group = self._poll_group = None
         if async_save and dist.is_initialized():
-            # the background writes must not share a communicator with training collectives
+            # the background writes must not share a communicator with training collectives, nor
+            # with the polls that ask every rank whether its write has finished
             self._async_group = dist.new_group(backend="gloo")
+            self._poll_group = dist.new_group(backend="gloo")
 
     def path(self, step: int) -> str:
         """Where the checkpoint of `step` lives, in the form the folder was given (path or URL)."""
@@ -116,6 +119,20 @@ class CheckpointManager:
                 return
             dcp.save(state, checkpoint_id=self.path(step), storage_writer=writer, no_dist=not dist.is_initialized())
         self._commit(step, is_main)
+
+    def poll(self) -> int | None:
+        """Commit the background save if every rank's write has finished (a collective while a
+        save is under way: every rank calls this at the same point); the step committed, or None."""
+        if self._pending is None:
+            return None
+        step, future, _ = self._pending
+        done = torch.tensor([int(future.done())])
+        if self._poll_group is not None:
+            dist.all_reduce(done, op=dist.ReduceOp.MIN, group=self._poll_group)
+        if not done.item():
+            return None
+        self.wait()
+        return step
 
     def wait(self) -> None:
         """Finish and commit a background save, if one is under way."""

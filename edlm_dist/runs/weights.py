@@ -20,6 +20,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.distributed.tensor import DTensor
 
 from edlm_dist.config import TrainProgram, load_run_config
+from edlm_dist.distributed import first_nonfinite
 from edlm_dist.models import MODEL_KINDS, Transformer, build_model
 from edlm_dist.runs.checkpoint import (
     MARKER,
@@ -149,6 +150,11 @@ def read_weights(model: Transformer, ckpt: Checkpoint, weights: str | None = Non
         check_items(ckpt.path)
         read_checkpoint(target, ckpt.path, no_dist=not sharded)
     set_model_state_dict(model, state, options=StateDictOptions(strict=not partial))
+    bad = first_nonfinite(((name, tensor) for name, tensor in state.items()), collective=sharded)
+    if bad is not None:
+        raise WeightsError(f"checkpoint {ckpt.path} holds non-finite {weights} weights (first: {bad}): the model had "
+                           f"diverged when it was saved, so nothing it gives can be trusted; use an earlier step (--step "
+                           f"or its step_<8-digit step> folder)")
     return weights
 
 

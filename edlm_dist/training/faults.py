@@ -2,7 +2,9 @@
 produced on purpose at a chosen step and rank.
 
 `sigkill`, `sigterm` and `stall` strike rank `fault_rank` in the middle of step `fault_step`
-(after its backward pass, before the loss all-reduce); `sigkill_in_checkpoint`, `disk_full`
+(after its backward pass, before the loss all-reduce); `nonfinite_update` writes NaN into that
+rank's shard of the first parameter right after the update of that step (an overflowing update,
+whatever the loss said); `sigkill_in_checkpoint`, `disk_full`
 (ENOSPC) and `write_refused` (EACCES: tests run as root, which ignores permission bits) strike
 that rank's shard write of the checkpoint of step `fault_step`, leaving an empty shard file.
 
@@ -21,10 +23,14 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import torch
+from torch.distributed.tensor import DTensor
+
 from edlm_dist.config import ConfigError, DebugConfig
 from edlm_dist.fileio import atomic_write_text
 
 STEP_FAULTS = ("sigkill", "sigterm", "stall")
+UPDATE_FAULTS = ("nonfinite_update",)
 WRITE_FAULTS = ("sigkill_in_checkpoint", "disk_full", "write_refused")
 FIRED_MARKER = "fault_injected"
 
@@ -62,6 +68,14 @@ class FaultInjector:
             time.sleep(self.cfg.stall_s)
         else:
             os.kill(os.getpid(), signal.SIGKILL if self.cfg.fault == "sigkill" else signal.SIGTERM)
+
+    def after_update(self, step: int, model: torch.nn.Module) -> None:
+        """Called by every rank right after the update of step `step`."""
+        if not self._due(UPDATE_FAULTS, step):
+            return
+        first = next(model.parameters())
+        with torch.no_grad():
+            (first.to_local() if isinstance(first, DTensor) else first).fill_(float("nan"))
 
     def checkpoint_write(self, step: int, path: str) -> None:
         """Called once this rank has opened the shard file `path` of the checkpoint of `step`."""

@@ -39,6 +39,7 @@ from edlm_dist.distributed import (
     barrier,
     build_mesh,
     compute_dtype,
+    first_nonfinite,
     init_runtime,
     is_collective_failure,
     on_main_rank,
@@ -49,6 +50,7 @@ from edlm_dist.distributed import (
 from edlm_dist.models import build_model
 from edlm_dist.runs.checkpoint import CheckpointManager, checkpoint_folder
 from edlm_dist.runs.state_blob import encode_state, read_loader_states, stored_integer
+from edlm_dist.training.divergence import DivergenceGuard, TrainingError
 from edlm_dist.training.ema import EMA
 from edlm_dist.training.faults import FaultInjector
 from edlm_dist.energy.loading import nce_model_config
@@ -63,12 +65,6 @@ from edlm_dist.training.tasks import build_task
 
 
 VERIFIED_SHARDS = "verified_shards.json"  # the shards of the corpus this run has checked (data.integrity)
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot go on (e.g. a diverged loss); the message says why and what was saved."""
-
-    user_error = True
 
 
 def configure_determinism(deterministic: bool) -> None:
@@ -91,7 +87,7 @@ class TermSums:
         for name, values in terms.items():
             values = values.detach().double()
             counted = ~values.isnan()
-            pair = torch.stack([values.nan_to_num(0.0).sum(), counted.sum().double()])
+            pair = torch.stack([torch.where(counted, values, 0.0).sum(), counted.sum().double()])
             self.sums[name] = self.sums.get(name, torch.zeros(2, dtype=torch.float64, device=self.device)) + pair
 
     def means(self) -> dict[str, float]:
@@ -145,8 +141,9 @@ class Trainer:
         self.flops_per_token = self.model.flops_per_token(cfg.data.seq_len)
         self.peak_flops = device_peak_flops(self.env.device)
         self.step = 0
-        self.bad_steps = 0  # consecutive non-finite steps
+        self.guard = DivergenceGuard.from_config(cfg.training)
         self.skipped_steps = 0
+        self.nonfinite: str | None = None  # the first non-finite tensor after the last update, if any
 
     def _frozen_denoiser(self, prepare: Callable[[torch.nn.Module], None]) -> tuple[torch.nn.Module, Checkpoint]:
         """NCE's proposal: the MDLM of `nce.denoiser`, parallelised like the trained model and
@@ -185,9 +182,37 @@ class Trainer:
         """The step of NCE's frozen denoiser (-1 for other tasks), saved to catch a swapped denoiser on resume."""
         return self.denoiser_ckpt.step if self.denoiser_ckpt is not None else -1
 
+    def loadable_state(self, checkpoints: CheckpointManager, step: int) -> dict[str, Any]:
+        """A state to fill from the checkpoint of `step` in `checkpoints`: `state_dict()` with the
+        loaders' blob at its stored size (a checkpoint of before it was a pickle: any size)."""
+        state = self.state_dict()
+        blob_shape = checkpoints.stored_shapes(step).get("data.states", (0,))
+        state["data"]["states"] = torch.empty(blob_shape, dtype=torch.uint8)
+        return state
+
+    def named_state(self) -> list[tuple[str, torch.Tensor]]:
+        """Every tensor a checkpoint keeps of the model: parameters, optimizer state, EMA."""
+        named = [(f"model.{name}", p) for name, p in self.model.named_parameters()]
+        for name, p in self.model.named_parameters():
+            named += [(f"optimizer.{name}.{key}", v) for key, v in self.optimizer.state.get(p, {}).items()
+                      if isinstance(v, torch.Tensor)]
+        if self.ema is not None:
+            named += [(f"ema.{name}", shadow) for name, shadow in zip(self.ema.names, self.ema.shadow)]
+        return named
+
     def save_checkpoint(self) -> None:
-        if self.cfg.checkpoint.enable:
-            self.checkpoints.save(self.step, self.state_dict(), is_main=self.env.is_main)
+        """Commit the state of `self.step`, which must be finite (checked again: nothing non-finite is ever kept)."""
+        if not self.cfg.checkpoint.enable:
+            return
+        bad = first_nonfinite(self.named_state())
+        if bad is not None:
+            raise TrainingError(f"step {self.step}: {bad} is not finite; the checkpoint is not written (the newest good "
+                                f"one is {self._newest_checkpoint()})")
+        self.checkpoints.save(self.step, self.state_dict(), is_main=self.env.is_main)
+
+    def _newest_checkpoint(self) -> str | None:
+        latest = self.checkpoints.latest()
+        return None if latest is None else self.checkpoints.path(latest)
 
     def resume(self) -> bool:
         """Continue from the newest committed checkpoint of the run, if there is one."""
@@ -195,10 +220,7 @@ class Trainer:
         if latest is None:
             return False
         path = self.checkpoints.path(latest)
-        state = self.state_dict()
-        # the loaders' blob is read at its stored size (a checkpoint of before it was a pickle: any size)
-        blob_shape = self.checkpoints.stored_shapes(latest).get("data.states", (0,))
-        state["data"]["states"] = torch.empty(blob_shape, dtype=torch.uint8)
+        state = self.loadable_state(self.checkpoints, latest)
         self.checkpoints.load(latest, state)
         set_state_dict(
             self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"]
@@ -219,6 +241,10 @@ class Trainer:
         # the optimizer and its schedule follow this run's config, which may have changed since the save
         follow_config(self.optimizer, self.cfg.optim)
         self.scheduler = build_lr_scheduler(self.optimizer, self.cfg.optim, self.cfg.training.steps, self.step)
+        bad = first_nonfinite(self.named_state())
+        if bad is not None:  # committed before commits were checked
+            raise TrainingError(f"checkpoint {path} holds non-finite values (first: {bad}); it cannot be resumed: "
+                                f"move it out of {self.checkpoints.folder} to resume from the one before")
         return True
 
     # ---- steps -------------------------------------------------------------------------
@@ -229,14 +255,20 @@ class Trainer:
         """One optimizer step over the global batch of `self.step`; returns its metrics.
 
         A non-finite loss or gradient norm skips the update (the step still advances, so the
-        next batch is fresh) and is counted; too many in a row stop the run.
+        next batch is fresh). After an update, the model, optimizer state and EMA are checked
+        (one fused, all-reduced check): `self.nonfinite` names the first non-finite tensor, for
+        the loop to roll back or stop. A batch skipped after a rollback is drawn and not trained on.
         """
         start = time.perf_counter()
         self._beat(self.step + 1, "step")
-        plan, seq_len, env = self.plan, self.cfg.data.seq_len, self.env
+        self.nonfinite = None
+        plan, env = self.plan, self.env
         batch = self.loader.next_batch().to(env.device)
         if batch.step != self.step:
             raise RuntimeError(f"the data loader gave the batch of step {batch.step} at step {self.step}")
+        if self.guard.skips(self.step):
+            self.skipped_steps += 1
+            return self._advance(start, {}, trained=False)
         noise = self.task.draw_noise(batch)
         data_time = time.perf_counter() - start
         # after the data: a dataloader draws from the global RNG when it starts its iterator
@@ -253,37 +285,40 @@ class Trainer:
         self.faults.mid_step(self.step + 1)
         self._beat(self.step + 1, "loss all-reduce")
         means = sums.means()
-        loss = means["loss"]
         grad_norm = self._clip_gradients()
-        finite = math.isfinite(loss) and math.isfinite(grad_norm)
-        if finite:
+        if math.isfinite(means["loss"]) and math.isfinite(grad_norm):
             self.optimizer.step()
+            self.faults.after_update(self.step + 1, self.model)
             if self.ema is not None:
                 self.ema.update(self.model)
-            self.bad_steps = 0
+            self._beat(self.step + 1, "state check")
+            self.nonfinite = first_nonfinite(self.named_state())
         else:
-            self.bad_steps += 1
             self.skipped_steps += 1
+        metrics = {
+            **{f"train/{name}": value for name, value in means.items()},
+            "train/grad_norm": grad_norm,
+            "train/data_wait_s": data_time,
+            "system/peak_memory_gib": peak_memory_gib(env.device),
+        }
+        return self._advance(start, metrics, trained=True)
+
+    def _advance(self, start: float, metrics: dict[str, float], trained: bool) -> dict[str, float]:
+        """Finish the step begun at `start` and complete its metrics (throughput when it `trained`)."""
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.step += 1
         if self.cfg.debug.step_sleep_s:
             time.sleep(self.cfg.debug.step_sleep_s)
-        elapsed = time.perf_counter() - start
-        tokens_per_s = plan.global_batch * seq_len / elapsed
-        metrics = {
-            **{f"train/{name}": value for name, value in means.items()},
-            "train/lr": self.scheduler.get_last_lr()[0],
-            "train/grad_norm": grad_norm,
-            "train/tokens_per_s": tokens_per_s,
-            "train/tokens_per_s_per_device": tokens_per_s / env.world_size,
-            "train/step_time_s": elapsed,
-            "train/data_wait_s": data_time,
-            "train/skipped_steps": self.skipped_steps,
-            "system/peak_memory_gib": peak_memory_gib(env.device),
-        }
-        if self.peak_flops:
-            metrics["train/mfu"] = self.flops_per_token * tokens_per_s / env.world_size / self.peak_flops
+        metrics = {**metrics, "train/lr": self.scheduler.get_last_lr()[0], "train/skipped_steps": self.skipped_steps,
+                   "train/rollbacks": self.guard.rollbacks}
+        if trained:
+            elapsed = time.perf_counter() - start
+            tokens_per_s = self.plan.global_batch * self.cfg.data.seq_len / elapsed
+            metrics.update({"train/tokens_per_s": tokens_per_s, "train/tokens_per_s_per_device": tokens_per_s /
+                            self.env.world_size, "train/step_time_s": elapsed})
+            if self.peak_flops:
+                metrics["train/mfu"] = self.flops_per_token * tokens_per_s / self.env.world_size / self.peak_flops
         return metrics
 
     def _clip_gradients(self) -> float:
@@ -456,13 +491,18 @@ class Trainer:
             while self.step < cfg.training.steps:
                 metrics = self.train_step()
                 self._beat(self.step, "step boundary")
-                bar.update(1)
-                bar.set_postfix(loss=f"{metrics['train/loss']:.3f}")
+                self.checkpoints.poll()  # an async save whose write has finished is committed now
+                bad = self._went_wrong(metrics)
                 done = self.step == cfg.training.steps
-                if self.bad_steps >= cfg.training.max_bad_steps:
-                    self._stop_diverged(metrics)
-                if self.step % cfg.metrics.log_interval == 0 or done:
-                    self._log(metrics)
+                if bad or self.step % cfg.metrics.log_interval == 0 or done:
+                    self._log(metrics)  # a bad step always, NaN as NaN
+                if bad and self._recover():
+                    bar.n = self.step  # rolled back
+                    bar.refresh()
+                    continue
+                bar.update(1)
+                if "train/loss" in metrics:
+                    bar.set_postfix(loss=f"{metrics['train/loss']:.3f}")
                 if self.step % cfg.metrics.eval_interval == 0 and not done:
                     self._log({f"val/{name}": value for name, value in self.evaluate().items()})
                 signum = watcher.requested(self.env.device)
@@ -491,14 +531,35 @@ class Trainer:
                            "train/mfu")
             ))
 
-    def _stop_diverged(self, metrics: dict[str, float]) -> None:
-        """Save the last good state (no update was applied since) and stop with a clear message."""
-        self.save_checkpoint()
-        message = (
-            f"loss or gradient norm was not finite for {self.bad_steps} steps in a row (up to step {self.step}, "
-            f"last loss {metrics['train/loss']}); the last good weights are saved at {self.checkpoints.path(self.step)}"
-        )
-        raise TrainingError(message)
+    def _went_wrong(self, metrics: dict[str, float]) -> bool:
+        """Whether the step just taken had a non-finite loss, gradient norm or update."""
+        finite = all(math.isfinite(metrics.get(f"train/{name}", 0.0)) for name in ("loss", "grad_norm"))
+        if finite and self.nonfinite is None:
+            if "train/loss" in metrics:  # trained, not a skipped batch
+                self.guard.good_update()
+            return False
+        return True
+
+    def _recover(self) -> bool:
+        """After a step that went wrong: whether the state was rolled back to the last commit (a
+        non-finite update); raises TrainingError when the run stops instead."""
+        if self.nonfinite is None:  # the update was skipped: the weights are still good
+            stop = self.guard.bad_loss(self.step)
+            if stop:
+                self.save_checkpoint()
+                raise TrainingError(f"{stop}; the last good weights are saved at {self.checkpoints.path(self.step)}")
+            return False
+        stop = self.guard.bad_update(self.step, self.nonfinite, self._newest_checkpoint())
+        if stop:
+            raise TrainingError(stop)
+        failed_step, tensor = self.step, self.nonfinite
+        self.resume()
+        note = (f"step {failed_step}: the update made {tensor} non-finite; rolled back to step {self.step} "
+                f"(training.on_nonfinite = 'rollback'), replaying without the batch of step {failed_step}")
+        self.logger.text("rollbacks", note, failed_step)
+        if self.env.is_main:
+            tqdm.write(note)
+        return True
 
     def report(self) -> dict[str, Any]:
         """Final validation figure against the data's reference figures, plus samples."""
