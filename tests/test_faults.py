@@ -7,16 +7,20 @@ Plus in-process checks of the heartbeat report and of the fault injector's once-
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from pathlib import Path
 
 import pytest
 import torch.distributed as dist
 
-from cluster_utils import RUN_STEPS, committed_steps, losses_logged, run_summary, torchrun_standalone
+from cluster_utils import (RUN_STEPS, TORCHRUN, WORKER_ENV, committed_steps, losses_logged, reaped, run_summary,
+                           torchrun_standalone, train_args)
 from edlm_dist.config import ConfigError, DebugConfig
 from edlm_dist.distributed import CollectiveError, Heartbeat
 from edlm_dist.training.faults import FaultInjector
+from run_utils import wait_for
 
 TIMEOUT_S = 6  # runtime.collective_timeout_s of the stall case
 STALL_S = 9
@@ -109,6 +113,37 @@ def test_heartbeat_names_the_ranks_behind_and_the_silent_ones():
     assert str(err).startswith("rank 0, step 7 step boundary: a collective failed (Connection closed by peer); stuck: rank 0")
 
 
+def test_a_rank_frozen_inside_an_all_reduce_is_named_and_the_hang_leaves_a_failed_marker(tmp_path):
+    """Rank 1 is stopped (SIGSTOP) as it enters the loss all-reduce of step 4, where rank 0 already
+    waits: both posted the same progress, so only rank 1's silent watchdog tells them apart."""
+    command = [*TORCHRUN, "--standalone", "--nproc-per-node=2", *train_args(
+        tmp_path, *fault("sigstop", 4, 1), f"--runtime.collective_timeout_s={TIMEOUT_S}")]
+    log = tmp_path / "torchrun.log"
+    with reaped([command], [log], {**os.environ, **WORKER_ENV}) as (proc,):
+        failed = wait_for(lambda: (tmp_path / "debug" / "failed").is_file(), 60, "the failed marker")
+        os.kill(json.loads((tmp_path / "debug" / "fault_injected").read_text())["pid"], signal.SIGKILL)  # torchrun waits 30 s else
+        proc.wait(timeout=60)
+    output = log.read_text()
+    reason = json.loads((tmp_path / "debug" / "failed").read_text())["reason"]
+    assert failed and reason.startswith("rank 0, step 4 loss all-reduce: a collective failed (Timed out")
+    assert "stopped answering: rank 1 (no sign of life for " in reason and "last at step 4 loss all-reduce)" in reason
+    assert "watchdog: rank 0 has made no progress" in output and "stopped answering: rank 1" in output
+
+
+def test_heartbeat_names_a_rank_whose_sign_of_life_stopped_before_the_ranks_behind():
+    store = dist.HashStore()
+    beats = [Heartbeat(store, rank, 3) for rank in range(3)]
+    for hb in beats:
+        hb.beat(5, "loss all-reduce")
+        hb.ping()
+    beats[0].beat(5, "step")
+    assert beats[1].report().startswith("stuck: rank 0 (step 5 step, ") and beats[1].stuck() == [0]
+    store.set("edlm/alive/2", repr(time.time() - 10))  # rank 2 froze 10 s ago, inside the all-reduce
+    report = beats[1].report()
+    assert report.startswith("stopped answering: rank 2 (no sign of life for 1") and "last at step 5 loss all-reduce" in report
+    assert beats[1].stuck() == [2]
+
+
 def test_a_fault_fires_once_per_run_folder_and_only_on_its_rank(tmp_path):
     cfg = DebugConfig(fault="disk_full", fault_step=2, fault_rank=1)
     with pytest.raises(ConfigError, match="debug.fault_rank = 1 but the job has only 1 ranks"):
@@ -118,5 +153,6 @@ def test_a_fault_fires_once_per_run_folder_and_only_on_its_rank(tmp_path):
     injector.checkpoint_write(1, "shard")  # not its step
     with pytest.raises(OSError, match=r"\[Errno 28\] No space left on device: 'shard'"):
         injector.checkpoint_write(2, "shard")
-    assert json.loads((tmp_path / "fault_injected").read_text()) == {"fault": "disk_full", "step": 2, "rank": 1}
+    assert json.loads((tmp_path / "fault_injected").read_text()) == {"fault": "disk_full", "step": 2, "rank": 1,
+                                                                     "pid": os.getpid()}
     FaultInjector(cfg, 1, 2, tmp_path).checkpoint_write(2, "shard")  # a restarted job is not hit again

@@ -250,11 +250,12 @@ class DebugConfig:
     step_sleep_s: float = 0.0  # sleep after every step (gives a test time to send signals)
     # fault injection for tests and drills (docs/operations.md), fired once per run folder:
     # "sigkill" / "sigterm" / "stall" hit rank fault_rank in the middle of step fault_step;
-    # "nonfinite_update" writes NaN into its shard of the first parameter after that step's update;
+    # "sigstop" freezes it as it enters that step's loss all-reduce; "nonfinite_update" writes NaN
+    # into its shard of the first parameter after that step's update;
     # "sigkill_in_checkpoint" / "disk_full" (ENOSPC) / "write_refused" (EACCES) hit its shard
     # write of the checkpoint of step fault_step
-    fault: Literal["none", "sigkill", "sigterm", "stall", "nonfinite_update", "sigkill_in_checkpoint", "disk_full",
-                   "write_refused"] = "none"
+    fault: Literal["none", "sigkill", "sigterm", "stall", "sigstop", "nonfinite_update", "sigkill_in_checkpoint",
+                   "disk_full", "write_refused"] = "none"
     fault_step: int = 1
     fault_rank: int = 0
     stall_s: float = 60.0  # "stall": how long the rank sleeps

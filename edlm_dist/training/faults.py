@@ -2,7 +2,8 @@
 produced on purpose at a chosen step and rank.
 
 `sigkill`, `sigterm` and `stall` strike rank `fault_rank` in the middle of step `fault_step`
-(after its backward pass, before the loss all-reduce); `nonfinite_update` writes NaN into that
+(after its backward pass, before the loss all-reduce); `sigstop` freezes it (SIGSTOP) as it
+enters the loss all-reduce, the others already waiting there; `nonfinite_update` writes NaN into that
 rank's shard of the first parameter right after the update of that step (an overflowing update,
 whatever the loss said); `sigkill_in_checkpoint`, `disk_full`
 (ENOSPC) and `write_refused` (EACCES: tests run as root, which ignores permission bits) strike
@@ -30,6 +31,7 @@ from edlm_dist.config import ConfigError, DebugConfig
 from edlm_dist.fileio import atomic_write_text
 
 STEP_FAULTS = ("sigkill", "sigterm", "stall")
+ALL_REDUCE_FAULTS = ("sigstop",)
 UPDATE_FAULTS = ("nonfinite_update",)
 WRITE_FAULTS = ("sigkill_in_checkpoint", "disk_full", "write_refused")
 FIRED_MARKER = "fault_injected"
@@ -51,7 +53,8 @@ class FaultInjector:
         record that it fires."""
         if not (self.armed and self.cfg.fault in faults and step == self.cfg.fault_step) or self.marker.exists():
             return False
-        atomic_write_text(self.marker, json.dumps({"fault": self.cfg.fault, "step": step, "rank": self.rank}) + "\n")
+        record = {"fault": self.cfg.fault, "step": step, "rank": self.rank, "pid": os.getpid()}
+        atomic_write_text(self.marker, json.dumps(record) + "\n")
         print(f"fault injection: {self.cfg.fault} on rank {self.rank} at step {step}", file=sys.stderr, flush=True)
         return True
 
@@ -68,6 +71,11 @@ class FaultInjector:
             time.sleep(self.cfg.stall_s)
         else:
             os.kill(os.getpid(), signal.SIGKILL if self.cfg.fault == "sigkill" else signal.SIGTERM)
+
+    def in_all_reduce(self, step: int) -> None:
+        """Called by every rank as it enters the loss all-reduce of step `step`."""
+        if self._due(ALL_REDUCE_FAULTS, step):
+            os.kill(os.getpid(), signal.SIGSTOP)
 
     def after_update(self, step: int, model: torch.nn.Module) -> None:
         """Called by every rank right after the update of step `step`."""

@@ -284,6 +284,7 @@ class Trainer:
             sums.add(terms)
         self.faults.mid_step(self.step + 1)
         self._beat(self.step + 1, "loss all-reduce")
+        self.faults.in_all_reduce(self.step + 1)
         means = sums.means()
         grad_norm = self._clip_gradients()
         if math.isfinite(means["loss"]) and math.isfinite(grad_norm):
@@ -388,14 +389,18 @@ class Trainer:
         leaves the `failed` marker when the store still takes it. On SIGTERM/SIGUSR1/SIGINT
         every rank finishes the step, a checkpoint is written, the `preempted` marker is left and
         the run returns early; a collective that lost a peer or timed out raises a
-        CollectiveError naming the ranks that lag behind (a watchdog thread says it earlier).
+        CollectiveError naming the ranks the others waited for (a watchdog thread says it
+        earlier), and leaves the `failed` marker saying so (written by rank 0, or by the others
+        when rank 0 is the one that stopped).
         """
         changes = self.claim()
         try:
             return self._run(changes)
         except BaseException as err:
             if self.heartbeat is not None and isinstance(err, RuntimeError) and is_collective_failure(err):
-                raise CollectiveError.explain(err, self.heartbeat) from err  # also inside a checkpoint save
+                explained = CollectiveError.explain(err, self.heartbeat)  # also inside a checkpoint save
+                self._mark_hang(str(explained), explained.stuck)
+                raise explained from err
             if getattr(type(err), "user_error", False) and self.env.is_main:
                 self.run_folder.mark_failed(self.step, str(err))
             raise
@@ -463,7 +468,8 @@ class Trainer:
         watcher = PreemptionWatcher()
         self.heartbeat = Heartbeat.of_process_group()
         self._beat(self.step, "start")
-        watchdog = Watchdog(self.heartbeat, cfg.runtime.collective_timeout_s / 2) if self.heartbeat else None
+        watchdog = Watchdog(self.heartbeat, cfg.runtime.collective_timeout_s, on_hang=self._mark_hang) \
+            if self.heartbeat else None
         try:
             preempted = self._train_loop(watcher)
             self.checkpoints.wait()  # an async last save fails here, with the marker, not in close()
@@ -514,6 +520,12 @@ class Trainer:
         finally:
             bar.close()
         return 0
+
+    def _mark_hang(self, reason: str, stuck: list[int]) -> None:
+        """Leave the `failed` marker for a hang or a lost peer: rank 0 writes it, or every other
+        rank when rank 0 is among those that stopped."""
+        if self.env.is_main or 0 in stuck:
+            self.run_folder.mark_failed(self.step, reason)
 
     def _beat(self, step: int, phase: str) -> None:
         """Post this rank's progress (with more than one rank): it entered `phase` of step `step`."""
