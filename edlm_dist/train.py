@@ -27,10 +27,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_cli(TrainProgram, argv, description=__doc__, switches={
         CHECK: "check the command against its run folder (not in use, keys fixed on resume, steps, writable storage), "
                "print the run folder and exit without training (launchers run it before they start a job)"})
-    if args.print_config:
-        print(config_to_toml(args.config), end="")
-        return
     cfg = resolve_model_config(args.config)  # an NCE run's [model] is its denoiser's: final before anything is built
+    if args.print_config:
+        print(config_to_toml(cfg), end="")
+        return
     if CHECK in args.switches:
         run_folder = RunFolder(Path(cfg.job.dump_folder, cfg.job.name).resolve())
         run_folder.lock.check_free()

@@ -60,14 +60,20 @@ class DatasetEntry:
         return self.build is prepared_dataset
 
 
-def build_dataset(cfg: DataConfig) -> Dataset:
-    """The tokenizer and block source that `cfg` names."""
+def check_dataset(cfg: DataConfig) -> None:
+    """Refuse, in one line, a `data.dataset` the registry does not know (with the closest name)
+    or a tokenizer it cannot take; reads no data (`train --check` runs it)."""
     if cfg.dataset not in DATASETS:
         close = difflib.get_close_matches(cfg.dataset, DATASETS, n=1)
         hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(DATASETS)}"
         raise DataError(f"data.dataset: unknown dataset {cfg.dataset!r}; {hint}")
     if cfg.tokenizer == "synthetic" and cfg.dataset != "synthetic":
         raise DataError("data.tokenizer = 'synthetic' only works with data.dataset = 'synthetic'")
+
+
+def build_dataset(cfg: DataConfig) -> Dataset:
+    """The tokenizer and block source that `cfg` names."""
+    check_dataset(cfg)
     return DATASETS[cfg.dataset].build(cfg)
 
 

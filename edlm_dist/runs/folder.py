@@ -9,10 +9,11 @@ cannot say this reliably under torchrun, which replaces its workers' codes with 
 The lock (`lock`, JSON: host, pid, process start, job, time, command) is created atomically
 (O_EXCL) by the trainer's rank 0 before anything else is written and removed when it leaves. A
 lock whose holder is gone is taken over with a message: a dead process on this host (or a live
-pid that now belongs to another process), or an earlier incarnation of this very job (the same
-torchrun run id or SLURM job id: a restart or requeue, possibly on another node). A holder on
-another host that is not this job cannot be checked from here: the lock stands until it is
-removed by hand (docs/operations.md).
+pid that now belongs to another process), an earlier incarnation of this very job (the same
+torchrun run id or SLURM job id: a restart or requeue, possibly on another node), or a lock file
+without a lock record (empty or damaged: a trainer killed between creating and writing it) left
+untouched for `DAMAGED_GRACE_S`. A holder on another host that is not this job cannot be checked
+from here: the lock stands until it is removed by hand (docs/operations.md).
 """
 
 from __future__ import annotations
@@ -33,6 +34,21 @@ MARKERS = ("finished", "preempted", "failed")
 LOCK_NAME = "lock"
 CONFIG_NAME = "config.toml"
 IMPORTED_NAME = "imported.json"  # where tools/import_mdlm.py records the source of a run's weights
+
+
+DAMAGED_GRACE_S = 10.0  # a lock file without a record, untouched this long, belongs to no live trainer
+
+
+def _lock_record(text: str) -> dict[str, Any] | None:
+    """The holder a lock file's text records, or None when it is not a lock record of ours."""
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return None
+    if not (isinstance(record, dict) and isinstance(record.get("host"), str) and isinstance(record.get("pid"), int)
+            and isinstance(record.get("time", 0), (int, float))):
+        return None
+    return record
 
 
 class RunFolderLocked(RuntimeError):
@@ -73,25 +89,44 @@ class RunLock:
         }
 
     def _read(self) -> dict[str, Any] | None:
-        """The holder recorded in the lock file (None: gone); retried briefly while it is being written."""
+        """The holder recorded in the lock file (None: gone), with the file's text under "text";
+        one without a lock record (empty, not JSON, not a record of ours) is retried briefly
+        while it may be being written, then returned with "damaged" set."""
+        text = ""
         for _ in range(20):
             try:
-                return json.loads(self.path.read_text())
+                text = self.path.read_text()
             except FileNotFoundError:
                 return None
-            except (OSError, ValueError):
+            except OSError:
                 time.sleep(0.05)
-        return {"unreadable": True}
+                continue
+            holder = _lock_record(text)
+            if holder is not None:
+                return {**holder, "text": text}
+            time.sleep(0.05)
+        return {"damaged": True, "text": text}
+
+    def _age(self) -> float:
+        """Seconds since the lock file was last written (0 when it is gone)."""
+        try:
+            return time.time() - self.path.stat().st_mtime
+        except FileNotFoundError:
+            return 0.0
 
     def _gone(self, holder: dict[str, Any]) -> str:
         """Why `holder` no longer holds the lock, or "" when it may still."""
-        if holder.get("unreadable"):
-            return ""
+        if holder.get("damaged"):
+            age = self._age()
+            if age < DAMAGED_GRACE_S:  # a trainer writes its record right after creating the file
+                return ""
+            what = "an empty lock file" if not holder["text"].strip() else "a lock file that holds no lock record"
+            return f"{what}, untouched for {age:.0f} s"
         if holder.get("job") and holder.get("job") == self.me["job"]:
             return f"an earlier process of this job ({holder['job']})"
         if holder.get("host") != self.me["host"]:
             return ""
-        pid = int(holder.get("pid", -1))
+        pid = holder["pid"]
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
@@ -105,9 +140,10 @@ class RunLock:
 
     def _locked(self, holder: dict[str, Any]) -> RunFolderLocked:
         """The error naming `holder`, who may still be using the run folder."""
-        if holder.get("unreadable"):
-            return RunFolderLocked(f"run folder {self.path.parent} is locked by {self.path}, which cannot be read; "
-                                   f"if no trainer uses the folder, delete that file")
+        if holder.get("damaged"):
+            return RunFolderLocked(f"run folder {self.path.parent} is locked by {self.path}, which holds no lock "
+                                   f"record yet (written {self._age():.0f} s ago); it is taken over once untouched for "
+                                   f"{DAMAGED_GRACE_S:.0f} s")
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("time", 0)))
         return RunFolderLocked(
             f"run folder {self.path.parent} is in use by pid {holder.get('pid')} on {holder.get('host')} since "
@@ -128,6 +164,9 @@ class RunLock:
                     fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
                 except FileExistsError:
                     holder = self._read()
+                    if holder is not None and holder.get("damaged"):
+                        time.sleep(max(0.0, DAMAGED_GRACE_S - self._age()))  # let a writer finish, if there is one
+                        holder = self._read()
                     if holder is not None:
                         self._take_over(holder)
                     continue
@@ -148,7 +187,7 @@ class RunLock:
             os.rename(self.path, aside)
         except FileNotFoundError:
             return  # another process took it over first
-        if json.loads(aside.read_text() or "{}") != holder:  # it was already another's fresh lock: give it back
+        if aside.read_text() != holder["text"]:  # it was already another's fresh lock: give it back
             with contextlib.suppress(FileExistsError):
                 os.link(aside, self.path)
             os.unlink(aside)
