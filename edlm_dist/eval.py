@@ -8,8 +8,10 @@ with its denoiser: the valid bound and the paper's estimate), and an mdlm run as
 `energy.checkpoint` names an energy. Results go to the run's results folder, `<run>/eval`, or
 `<FOLDER>/<run folder name>` with `--out FOLDER` (eval.output): one JSON per (checkpoint, set) at
 `<model>/<set>_<split>/step_<8-digit step>.json` and TensorBoard scalars under `eval/` in `tb/`
-(docs/evaluation.md). One-shot mode refuses to replace existing results unless --overwrite;
---watch keeps them as its record of what is done.
+(docs/evaluation.md). A training run folder or a sampling output folder is refused as a results
+folder. One-shot mode refuses to replace existing results unless --overwrite; --watch keeps them
+as its record of what is done, and records a checkpoint it cannot read (after a few tries) as
+damaged beside them, then goes on.
 """
 
 from __future__ import annotations

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import os
 import shutil
 import tempfile
-from typing import Iterator
+from typing import Iterable, Iterator
 
 PROBE_BYTES = 64 * 1024  # enough to need fresh blocks on any file system
+TEMPORARY_SUFFIX = ".tmp"  # of the temporary files of atomic writes, `.<file name>.<random>.tmp`
 
 
 class StorageError(OSError):
@@ -56,6 +58,19 @@ def storage_errors(path: str | os.PathLike[str], action: str = "write") -> Itera
         raise StorageError.of(err, path, action) from err
 
 
+def _temporary_prefix(path: str) -> str:
+    """How the names of the temporary files (or folders) of atomic writes of `path` begin: `.<name>.`."""
+    return f".{os.path.basename(path)}."
+
+
+def leftover_temporaries(path: str | os.PathLike[str]) -> list[str]:
+    """The temporary files that interrupted atomic writes of `path` left beside it (a process
+    killed between creating one and renaming it: an ordinary failure removes its own)."""
+    path = os.fspath(path)
+    pattern = glob.escape(os.path.join(os.path.dirname(path), _temporary_prefix(path))) + "*" + TEMPORARY_SUFFIX
+    return sorted(glob.glob(pattern))
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike[str]) -> Iterator[str]:
     """Yield a temporary path beside `path`; once the block succeeds, the file written there is
@@ -64,11 +79,11 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[str]:
     StorageError naming `path`."""
     path = os.fspath(path)
     folder = os.path.dirname(path) or "."
-    prefix = f".{os.path.basename(path)}."
+    prefix = _temporary_prefix(path)
     tmp = None
     try:
         os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=TEMPORARY_SUFFIX)
         os.close(fd)
         yield tmp
         with open(tmp, "rb") as f:
@@ -99,7 +114,7 @@ def atomic_folder(path: str | os.PathLike[str]) -> Iterator[str]:
     tmp = None
     try:
         os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+        tmp = tempfile.mkdtemp(dir=parent, prefix=_temporary_prefix(path), suffix=TEMPORARY_SUFFIX)
         yield tmp
         os.chmod(tmp, 0o755)
         os.rename(tmp, path)  # refuses a non-empty folder that appeared meanwhile
@@ -111,6 +126,16 @@ def atomic_folder(path: str | os.PathLike[str]) -> Iterator[str]:
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def refuse_existing(paths: Iterable[str | os.PathLike[str]], overwrite: bool, instead: str = "another --out") -> None:
+    """Unless `overwrite`, refuse the first of `paths` that exists (a StorageError naming it and
+    `--overwrite`, or `instead`): no command replaces a file it did not write unless told to."""
+    if overwrite:
+        return
+    existing = next((os.fspath(path) for path in paths if os.path.lexists(path)), None)
+    if existing is not None:
+        raise StorageError(f"{existing} already exists: give --overwrite to replace it, or {instead}", errno.EEXIST)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:

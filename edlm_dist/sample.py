@@ -7,8 +7,8 @@ run (or a step_<8-digit step> folder) sampled from, `energy.denoiser`. Writes sa
 summary.json (cost, ESS, Gen PPL, entropy), the resolved config.toml and TensorBoard (tb/) to the
 output folder: `--out FOLDER` (sample.output), else
 <denoiser run>/samples/<sampler>_T<steps>_seed<seed>_step<denoiser step>, e.g.
-runs/tiny/samples/edlm-ar_k4_w0.5_T8_seed0_step00000004. A training run folder is refused, and
-earlier results there are replaced only with --overwrite.
+runs/tiny/samples/edlm-ar_k4_w0.5_T8_seed0_step00000004. A training run folder and an evaluation
+results folder are refused, and earlier results there are replaced only with --overwrite.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ the service that follows a training run's checkpoints."""
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from fsspec.implementations.memory import MemoryFileSystem
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from edlm_dist.config import EvalProgram, TrainProgram, load_config
 from edlm_dist.data import DataError, build_tokenizer
@@ -27,7 +30,7 @@ from edlm_dist.eval import main
 from edlm_dist.evaluation import EvalService, LikelihoodEvaluator
 from edlm_dist.diffusion.likelihood import CONSISTENT, GUARANTEED, PAPER
 from edlm_dist.evaluation.perplexity import judge, summarize
-from run_utils import DEBUG_CONFIG, DEBUG_EVAL, debug_config, read_scalars, wait_for
+from run_utils import DEBUG_CONFIG, DEBUG_EVAL, debug_config, folder_digest, read_scalars, wait_for
 
 SETS = "wikitext2:val, ptb:test"
 EVAL_ARGS = ["--eval.num_sequences=6", "--eval.batch_size=4", "--eval.num_proposals=2", "--job.seed=3"]
@@ -279,3 +282,103 @@ def test_service_reads_checkpoints_from_an_fsspec_url(runs, tmp_path):
     (run / "finished").write_text("{}\n")
     assert service(run).run() == [5]
     assert json.loads((run / "eval/mdlm/ptb_test/step_00000005.json").read_text())["checkpoint"] == f"{url}/step_00000005"
+
+
+def damage(checkpoint: Path, how: str) -> None:
+    """Damage a committed checkpoint as storage can: a truncated or missing shard, unreadable metadata."""
+    shard = sorted(checkpoint.glob("*.distcp"))[0]
+    if how == "truncated":
+        shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    elif how == "missing":
+        shard.unlink()
+    else:
+        (checkpoint / ".metadata").write_bytes(b"not a pickle")
+
+
+def test_the_service_records_damaged_checkpoints_and_scores_the_good_one_after_them(runs, tmp_path, capsys,
+                                                                                     monkeypatch):
+    from edlm_dist.evaluation import service as service_module
+
+    monkeypatch.setattr(service_module, "RETRY_DELAYS_S", (0.0, 0.0))
+    fake = FakeTraining(runs / "mdlm", tmp_path / "run")
+    fake.start()
+    kinds = {10: "truncated", 20: "missing", 30: "metadata"}
+    for step, how in kinds.items():
+        damage(fake.write(step), how)
+    fake.write(40)
+    (fake.folder / "finished").write_text("{}\n")
+    run = folder_digest(fake.folder)
+    main(["--config", str(DEBUG_EVAL), "--watch", str(fake.folder), "--eval.datasets=ptb:test",
+          "--eval.num_sequences=4", "--eval.batch_size=4", "--eval.poll_interval_s=0.05"])
+    assert {name: digest for name, digest in folder_digest(fake.folder).items() if not name.startswith("eval/")} == run
+
+    out = capsys.readouterr().out
+    assert json.loads(fake.result(40).read_text())["step"] == 40  # scored after the damaged ones
+    for step, how in kinds.items():
+        assert not fake.result(step).exists()
+        record = json.loads(fake.result(step).with_suffix(".damaged").read_text())
+        checkpoint = str(fake.folder / "checkpoints" / f"step_{step:08d}")
+        assert (record["status"], record["step"], record["checkpoint"], record["attempts"]) == ("damaged", step,
+                                                                                               checkpoint, 3)
+        assert "figures" not in record and checkpoint in record["reason"]
+        assert {"truncated": "is truncated", "missing": "is missing", "metadata": ".metadata"}[how] in record["reason"]
+        assert f"checkpoint {checkpoint} is damaged and was skipped: {record['reason']}" in out
+        assert "(try 1 of 3); trying again in 0 s" in out
+    assert "scored steps [40], damaged steps [10, 20, 30] (skipped)" in out
+    events = EventAccumulator(str(fake.folder / "eval" / "tb"))
+    events.Reload()
+    texts = {e.step: e.tensor_proto.string_val[0].decode() for e in events.Tensors("eval/mdlm/damaged/text_summary")}
+    assert sorted(texts) == [10, 20, 30] and "is truncated" in texts[10]
+    assert [step for step, _ in read_scalars(fake.folder / "eval")["eval/ptb_test/mdlm/nelbo"]] == [40]
+
+    records = folder_digest(fake.folder / "eval")
+    monkeypatch.setattr(service_module, "build_eval_model", lambda *args: pytest.fail("read a checkpoint again"))
+    assert service(fake.folder).run() == []  # restarted: the records count as done
+    assert folder_digest(fake.folder / "eval") == records
+
+
+class FlakyFileSystem(MemoryFileSystem):
+    """fsspec's memory file system whose first `failures` opens fail as a storage outage does."""
+
+    protocol = "flaky"
+    failures = 0
+
+    def _open(self, path, *args, **kwargs):
+        if FlakyFileSystem.failures > 0:
+            FlakyFileSystem.failures -= 1
+            raise OSError(errno.EIO, os.strerror(errno.EIO), path)
+        return super()._open(path, *args, **kwargs)
+
+
+def test_the_service_tries_a_read_error_again_and_scores_the_checkpoint(runs, tmp_path, capsys, monkeypatch):
+    import fsspec
+
+    from edlm_dist.config import save_config
+    from edlm_dist.evaluation import service as service_module
+
+    monkeypatch.setattr(service_module, "RETRY_DELAYS_S", (0.0, 0.0, 0.0))
+    fsspec.register_implementation("flaky", FlakyFileSystem, clobber=True)
+    url = "flaky://edlm-eval-flaky/run/checkpoints"
+    FlakyFileSystem().put(str(runs / "mdlm" / "checkpoints" / "step_00000002"), f"{url}/step_00000005", recursive=True)
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = load_config(TrainProgram, runs / "mdlm" / "config.toml")
+    cfg.checkpoint.folder = url
+    save_config(cfg, run / "config.toml")
+    (run / "finished").write_text("{}\n")
+    monkeypatch.setattr(FlakyFileSystem, "failures", 1)  # the first try fails, the second reads it
+    assert service(run).run() == [5]
+    out = capsys.readouterr().out
+    assert "Input/output error" in out and "(try 1 of 4)" in out and "(try 2 of 4)" not in out
+    assert json.loads((run / "eval/mdlm/ptb_test/step_00000005.json").read_text())["step"] == 5
+    assert not (run / "eval/mdlm/ptb_test/step_00000005.damaged").exists()
+
+
+def test_a_read_error_is_the_watched_checkpoint_s_only_when_it_names_that_folder():
+    from edlm_dist.evaluation.service import names_checkpoint
+
+    step = "runs/a/checkpoints/step_00000004"
+    assert names_checkpoint(f"cannot read checkpoint {step}: {step}/__0_0.distcp is truncated (5 bytes)", step)
+    assert names_checkpoint(f"checkpoint {step} does not match the model built from runs/a/config.toml: x", step)
+    assert not names_checkpoint("cannot read checkpoint runs/ar/checkpoints/step_00000004: [Errno 5] EIO", step)
+    assert not names_checkpoint("cannot read checkpoint runs/a/checkpoints/step_000000040: [Errno 5] EIO", step)

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from edlm_dist.config import TrainProgram, load_config, save_config
 from edlm_dist.models import build_model
 from edlm_dist.training import Trainer
-from run_utils import REPO, debug_config
+from run_utils import REPO, debug_config, folder_digest
 
 
 
@@ -71,13 +71,13 @@ def fails(argv: list[str], capsys) -> str:
     return err
 
 
-def test_exports_ema_by_default_and_model_on_request(mdlm, capsys):
+def test_exports_ema_by_default_and_model_on_request(mdlm, tmp_path, capsys):
     out = run_main([str(run_dir(mdlm))], capsys)
     ema_file = run_dir(mdlm) / "export/step_00000002_ema.safetensors"
     assert str(ema_file) in out
     assert_same_tensors(load_file(ema_file), mdlm.ema.state_dict()["weights"])
 
-    model_file = run_dir(mdlm) / "model.safetensors"
+    model_file = tmp_path / "model.safetensors"
     run_main([str(run_dir(mdlm)), "--weights", "model", "--out", str(model_file)], capsys)
     assert_same_tensors(load_file(model_file), mdlm.model.state_dict())
     assert not any(p.name.endswith(".tmp") for p in run_dir(mdlm).rglob("*"))
@@ -98,14 +98,14 @@ def test_metadata_and_sidecar_hold_the_resolved_config(mdlm, capsys):
 
 
 @pytest.mark.parametrize("kind", ["mdlm", "ar"])
-def test_model_rebuilt_from_the_export_gives_the_trained_logits(kind, request, capsys):
+def test_model_rebuilt_from_the_export_gives_the_trained_logits(kind, request, tmp_path, capsys):
     trainer = request.getfixturevalue(kind)
-    run_main([str(run_dir(trainer)), "--weights", "model", "--out", str(run_dir(trainer) / "w.safetensors")], capsys)
-    cfg = load_config(TrainProgram, run_dir(trainer) / "w.toml")
-    with safe_open(run_dir(trainer) / "w.safetensors", "pt") as f:
+    run_main([str(run_dir(trainer)), "--weights", "model", "--out", str(tmp_path / "w.safetensors")], capsys)
+    cfg = load_config(TrainProgram, tmp_path / "w.toml")
+    with safe_open(tmp_path / "w.safetensors", "pt") as f:
         vocab_size = int(f.metadata()["vocab_size"])
     model = build_model(trainer.task.model_kind, cfg.model, vocab_size, seed=cfg.job.seed + 1)
-    model.load_state_dict(load_file(run_dir(trainer) / "w.safetensors"))
+    model.load_state_dict(load_file(tmp_path / "w.safetensors"))
     model.eval()
     trainer.model.eval()
     tokens = torch.randint(0, vocab_size, (2, cfg.data.seq_len), generator=torch.Generator().manual_seed(0))
@@ -155,3 +155,22 @@ def test_user_errors_are_one_line_and_exit_2(mdlm, tmp_path, capsys):
     (run / "config.toml").unlink()
     assert str(run / "config.toml") in fails([str(run)], capsys)
     assert str(run / "config.toml") in fails([str(run / "checkpoints/step_00000001")], capsys)
+
+
+def test_an_export_replaces_files_only_with_overwrite_and_never_goes_into_a_run_folder(mdlm, tmp_path, capsys):
+    out = tmp_path / "w.safetensors"
+    run_main([str(run_dir(mdlm)), "--weights", "model", "--out", str(out)], capsys)
+    exported = folder_digest(tmp_path)
+    assert f"{out} already exists: give --overwrite" in fails([str(run_dir(mdlm)), "--out", str(out)], capsys)
+    (tmp_path / "w.safetensors").unlink()  # the sidecar alone is refused too
+    assert f"{tmp_path / 'w.toml'} already exists" in fails([str(run_dir(mdlm)), "--out", str(out)], capsys)
+    run_main([str(run_dir(mdlm)), "--weights", "ema", "--out", str(out), "--overwrite"], capsys)
+    with safe_open(out, "pt") as f:
+        assert f.metadata()["weights"] == "ema"
+    assert folder_digest(tmp_path)["w.toml"] == exported["w.toml"]
+
+    run = folder_digest(run_dir(mdlm))
+    for argv in ([], ["--overwrite"]):  # its sidecar would replace the run's config.toml
+        err = fails([str(run_dir(mdlm)), "--out", str(run_dir(mdlm) / "config.safetensors"), *argv], capsys)
+        assert f"the folder of --out {run_dir(mdlm)} is a training run folder" in err
+    assert folder_digest(run_dir(mdlm)) == run

@@ -254,4 +254,8 @@ def test_plot_scalars_draws_the_diagnostics(runs, tmp_path):
     plot_scalars.main(["--out", str(out), f"{runs / 'nce'}:train/loss,train/accuracy", f"{runs / 'mdlm'}:train/loss"])
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(SystemExit, match="has no scalar 'val/nope'"):
-        plot_scalars.main(["--out", str(out), f"{runs / 'nce'}:val/nope"])
+        plot_scalars.main(["--out", str(out), "--overwrite", f"{runs / 'nce'}:val/nope"])
+    image = out.read_bytes()
+    with pytest.raises(SystemExit) as refused:  # an existing image is replaced only with --overwrite
+        plot_scalars.main(["--out", str(out), f"{runs / 'mdlm'}:train/loss"])
+    assert refused.value.code == 2 and out.read_bytes() == image

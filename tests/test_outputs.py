@@ -173,3 +173,60 @@ def test_more_synthetic_validation_blocks_keep_the_first_ones():
     usual, more = load_eval_set(spec, tokenizer, run), load_eval_set(spec, tokenizer, run, sequences=40)
     assert (len(usual), len(more)) == (16, 40)
     assert (more.blocks(0, 16) == usual.blocks(0, 16)).all()
+
+
+# ---- one program's outputs against the other's -------------------------------------------------
+
+def test_sampling_and_evaluation_refuse_each_others_folders(here, capsys, monkeypatch, tmp_path):
+    evaluate([*EVAL[:3], "runs/debug", *EVAL[4:], "--eval.num_sequences=4", "--overwrite"])  # into runs/debug/eval
+    sample([*SAMPLE, "--out", str(tmp_path / "shared" / "tiny")])
+    monkeypatch.setattr(Sampler, "generate", lambda self: pytest.fail("sampled before refusing"))
+    monkeypatch.setattr(LikelihoodEvaluator, "evaluate_checkpoint", lambda self, ckpt: pytest.fail("scored first"))
+    before = folder_digest(here / "runs" / "debug"), folder_digest(tmp_path)
+
+    err = one_line_error(capsys, sample, [*SAMPLE, "--out", "runs/debug/eval", "--overwrite"])
+    assert err.endswith(f"the output folder runs/debug/eval is an evaluation results folder (it holds "
+                        f"runs/debug/eval/mdlm/val_val/step_{STEP:08d}.json) and sampling never writes into another "
+                        f"program's outputs: choose another folder with --out")
+    err = one_line_error(capsys, evaluate, [*EVAL, "--out", str(tmp_path / "shared"), "--overwrite"])
+    assert (f"the results folder {tmp_path}/shared/tiny is a sampling output folder (it holds "
+            f"{tmp_path}/shared/tiny/samples.jsonl) and evaluation never writes") in err
+    err = one_line_error(capsys, evaluate, [*EVAL, "--out", str(tmp_path / "shared" / "tiny")])
+    assert f"eval.output (--out) {tmp_path}/shared/tiny is a sampling output folder" in err
+    assert (folder_digest(here / "runs" / "debug"), folder_digest(tmp_path)) == before
+
+    events = tmp_path / "logs" / "tb" / "events.out.tfevents.1.host"  # TensorBoard events of someone else
+    events.parent.mkdir(parents=True)
+    events.write_bytes(b"events")
+    err = one_line_error(capsys, sample, [*SAMPLE, "--out", str(tmp_path / "logs")])
+    assert f"{events} already exists: give --overwrite" in err and events.read_bytes() == b"events"
+
+
+def test_overwrite_clears_what_interrupted_writes_left_and_nothing_else(here, tmp_path):
+    out = tmp_path / "samples"
+    sample([*SAMPLE, "--out", str(out)])
+    stale = [out / ".samples.jsonl.k1ll3d.tmp", out / ".config.toml.k1ll3d.tmp"]
+    kept = [out / "notes.txt", out / ".other.json.k1ll3d.tmp"]
+    for path in stale + kept:
+        path.write_text("left behind\n")
+    sample([*SAMPLE, "--out", str(out), "--overwrite"])
+    assert [path.exists() for path in stale + kept] == [False, False, True, True]
+
+    results = tmp_path / "evals"
+    evaluate([*EVAL, "--eval.num_sequences=4", "--out", str(results)])
+    result = results / "tiny" / "mdlm" / "val_val" / f"step_{STEP:08d}.json"
+    stale = result.parent / f".{result.name}.k1ll3d.tmp"
+    record = result.with_suffix(".damaged")  # a service found the checkpoint damaged once
+    for path in (stale, record):
+        path.write_text("left behind\n")
+    evaluate([*EVAL, "--eval.num_sequences=4", "--out", str(results), "--overwrite"])
+    assert json.loads(result.read_text())["sequences"] == 4
+    assert not stale.exists() and not record.exists()
+
+
+def test_a_record_of_a_damaged_checkpoint_needs_overwrite(here, capsys, no_work, tmp_path):
+    record = tmp_path / "tiny" / "mdlm" / "val_val" / f"step_{STEP:08d}.damaged"
+    record.parent.mkdir(parents=True)
+    record.write_text("{}\n")
+    err = one_line_error(capsys, evaluate, [*EVAL, "--out", str(tmp_path)])
+    assert f"{record} already exists: give --overwrite" in err

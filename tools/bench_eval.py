@@ -9,22 +9,25 @@ calls after one warm-up call, synchronised on CUDA.
 
     python tools/bench_eval.py                    # CPU, tiny preset, ~1 min
     python tools/bench_eval.py --gpu --preset small --seq-len 1024 --batch 8
+
+--json FILE writes the results there (atomically); an existing FILE is replaced only with --overwrite.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
+from edlm_dist.config import exit_on_user_error
 from edlm_dist.config.schema import MODEL_PRESETS, ModelConfig
 from edlm_dist.diffusion import edlm_nelbo, nelbo
 from edlm_dist.diffusion.likelihood import estimators_for
 from edlm_dist.distributed import autocast, compute_dtype
 from edlm_dist.energy import AREnergy
+from edlm_dist.fileio import atomic_write_text, refuse_existing
 from edlm_dist.models import build_model
 from edlm_dist.runs.device_stats import median_seconds, peak_memory_gib, reset_peak_memory
 
@@ -62,6 +65,7 @@ def eval_rows(
     return rows
 
 
+@exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(MODEL_PRESETS), default="tiny")
@@ -72,7 +76,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--gpu", action="store_true", help="CUDA with bf16 autocast for the networks")
     parser.add_argument("--json", help="write the results to this file")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     args = parser.parse_args(argv)
+    refuse_existing([args.json] if args.json else [], args.overwrite, "another --json")
     if args.gpu and not torch.cuda.is_available():
         raise SystemExit("error: --gpu: no CUDA device available")
     device = torch.device("cuda" if args.gpu else "cpu")
@@ -87,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         settings = {"device": device.type, "torch": torch.__version__, "preset": args.preset, "vocab": vocab,
                     "seq_len": args.seq_len, "batch": args.batch}
-        Path(args.json).write_text(json.dumps({"settings": settings, "results": rows}, indent=2) + "\n")
+        atomic_write_text(args.json, json.dumps({"settings": settings, "results": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -35,6 +35,9 @@ jobs use fewer threads than cores: oversubscribed intra-op threads made steps 70
 
 usage: python tools/bench_sampler.py [--preset tiny|small] [--seq-len L] [--steps S] [--batch B] [--ks 2,4,16]
        [--windows 0.2,1.0] [--vocab V] [--repeats N] [--threads N] [--gpu] [--compile] [--skip-ranks] [--draw gumbel|inverse_cdf] [--json PATH]
+       [--overwrite]
+
+--json PATH writes all results there (atomically); an existing PATH is replaced only with --overwrite.
 """
 
 from __future__ import annotations
@@ -55,11 +58,13 @@ from typing import Any, Callable
 import torch
 import torch.multiprocessing as mp
 
+from edlm_dist.config import exit_on_user_error
 from edlm_dist.config.schema import MODEL_PRESETS, ModelConfig
 from edlm_dist.diffusion import SamplingStats, draw_candidates, sample
 from edlm_dist.diffusion.sampling import CANDIDATE_DRAWS
 from edlm_dist.distributed import RankPool, autocast, compute_dtype, init_distributed, shutdown
 from edlm_dist.energy import AREnergy
+from edlm_dist.fileio import atomic_write_text, refuse_existing
 from edlm_dist.models import build_model
 from edlm_dist.runs.device_stats import median_seconds, peak_memory_gib, reset_peak_memory, synchronize
 
@@ -220,6 +225,7 @@ def _parse_list(kind: type) -> Callable[[str], list]:
     return lambda text: [kind(x) for x in text.split(",") if x.strip()]
 
 
+@exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(MODEL_PRESETS), default="tiny")
@@ -238,7 +244,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--draw", choices=CANDIDATE_DRAWS, default="gumbel",
                         help="how the k candidates are drawn (sample.candidate_draw)")
     parser.add_argument("--json", help="write all results to this file")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     args = parser.parse_args(argv)
+    refuse_existing([args.json] if args.json else [], args.overwrite, "another --json")
     sys.stdout.reconfigure(line_buffering=True)  # progress lines interleave with the workers' in order
     if args.gpu and not torch.cuda.is_available():
         sys.exit("[bench] --gpu: no CUDA device available")
@@ -312,7 +320,7 @@ def main(argv: list[str] | None = None) -> None:
                      f"vs 1 rank (target <= {MEMORY_TARGET})"], lines))
         results["candidates"] = cand
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        atomic_write_text(args.json, json.dumps(results, indent=2) + "\n")
         print(f"[bench] results written to {args.json}")
 
 

@@ -35,7 +35,7 @@ machine (dataloader workers, raw shards), carry its pure-Python wheel: `pip down
 torchdata==0.11.0 -d wheels` here; there, `pip install --no-index --no-deps --target /tmp/site
 wheels/*.whl` and PYTHONPATH=/tmp/site.
 
-usage: EDLM_DATA_DIR=DIR python tools/gpu_check.py [--out FOLDER] [--cpu-dry-run] [--only SECTIONS]
+usage: EDLM_DATA_DIR=DIR python tools/gpu_check.py [--out FOLDER] [--overwrite] [--cpu-dry-run] [--only SECTIONS]
     [--batch B] [--budget-s S] [--compile-backend NAME] [--block-modules NAMES]
 """
 
@@ -62,6 +62,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from unittest import mock
 
 import torch
+
+from edlm_dist.fileio import StorageError, refuse_existing
 
 if TYPE_CHECKING:
     from edlm_dist.config import TrainProgram
@@ -475,6 +477,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="gpu_check.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="gpu_check", help="folder of results.jsonl and table.md (default gpu_check)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the results.jsonl and table.md of --out")
     parser.add_argument("--cpu-dry-run", action="store_true", help="the same code paths on the CPU at tiny sizes")
     parser.add_argument("--only", default=",".join(SECTIONS),
                         help=f"comma-separated sections to run (default all: {','.join(SECTIONS)})")
@@ -523,6 +526,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.cpu_dry_run:
         torch.set_num_threads(1)  # 2 threads on 2 shared cores oversubscribe: steps ran 20x slower
     out, header = Path(args.out), table_header(args, sizes, backend)
+    try:
+        refuse_existing([out / "results.jsonl", out / "table.md"], args.overwrite)
+    except StorageError as err:
+        usage_error(str(err))
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.jsonl").write_text("")
     only = set(args.only.split(",")) | {"device", "data"}

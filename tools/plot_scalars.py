@@ -4,7 +4,8 @@
         runs/shakespeare_mdlm:val/nelbo_per_token runs/shakespeare_nce:val/accuracy,val/accuracy_t_ge_0.5
 
 Each positional argument is RUN_FOLDER:TAG[,TAG...]; the tags of one run share its panel row.
-Needs matplotlib (the `[plots]` extra). The image is written atomically.
+Needs matplotlib (the `[plots]` extra). The image is written atomically; an existing one is
+replaced only with --overwrite.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from edlm_dist.fileio import atomic_output
+from edlm_dist.config import exit_on_user_error
+from edlm_dist.fileio import atomic_output, refuse_existing
 
 
 def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -32,11 +34,14 @@ def parse_panel(spec: str) -> tuple[Path, list[str]]:
     return Path(run), tags.split(",")
 
 
+@exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("panels", nargs="+", help="RUN_FOLDER:TAG[,TAG...]")
     parser.add_argument("--out", required=True, help="image file (.png, .svg, .pdf)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out image")
     args = parser.parse_args(argv)
+    refuse_existing([args.out], args.overwrite)
     try:
         import matplotlib
 

@@ -22,6 +22,7 @@ import os
 import re
 import time
 from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,15 @@ from edlm_dist.diffusion.likelihood import (
 )
 from edlm_dist.distributed import DistEnv, RankPool, all_gather_object, autocast, compute_dtype, on_main_rank
 from edlm_dist.energy import Energy
-from edlm_dist.evaluation.outputs import check_output, refuse_training_run
+from edlm_dist.evaluation.outputs import (
+    EVALUATION,
+    check_output,
+    damaged_name,
+    refuse_foreign,
+    remove,
+    remove_leftovers,
+    result_name,
+)
 from edlm_dist.fileio import atomic_write_text
 from edlm_dist.models import Transformer
 from edlm_dist.energy.loading import load_denoiser, load_energy
@@ -246,12 +255,17 @@ class LikelihoodEvaluator:
 
     def result_path(self, ckpt: Checkpoint, label: str, spec: EvalSetSpec) -> Path:
         """Where the JSON of (checkpoint, model, set) goes: `<results folder>/<model>/<set>_<split>/step_<step>.json`."""
-        return self.results_folder(ckpt.run_dir) / label / spec.folder / f"step_{ckpt.step:08d}.json"
+        return self.results_folder(ckpt.run_dir) / label / spec.folder / result_name(ckpt.step)
+
+    def damaged_path(self, ckpt: Checkpoint, label: str, spec: EvalSetSpec) -> Path:
+        """Where the record of a damaged checkpoint goes instead (`record_damaged`): `.../step_<step>.damaged`."""
+        return self.results_folder(ckpt.run_dir) / label / spec.folder / damaged_name(ckpt.step)
 
     def check_outputs(self, ckpts: list[Checkpoint], overwrite: bool) -> None:
         """Before scoring anything (one-shot mode; a collective: rank 0 checks, every rank stops):
-        refuse a results folder that is a training run or cannot be written, results that exist
-        already (unless `overwrite`), and two checkpoints writing the same file."""
+        refuse a results folder that is a training run or a sampling output or cannot be written,
+        results (or records of a damaged checkpoint) that exist already (unless `overwrite`, which
+        also removes what interrupted writes of them left), and two checkpoints writing the same file."""
         on_main_rank(lambda: self._check(self._planned(ckpts), overwrite), self.env.is_main)
 
     def check_results_folder(self, run_dir: Path) -> None:
@@ -270,15 +284,18 @@ class LikelihoodEvaluator:
                 if other is not ckpt:
                     raise ConfigError(f"eval.checkpoint: {other.path} and {ckpt.path} would both write {path}; "
                                       f"evaluate them in separate commands with different --out")
-            planned.setdefault(self.results_folder(ckpt.run_dir), []).extend(paths)
+            records = [self.damaged_path(ckpt, label, spec) for spec in self.specs]
+            planned.setdefault(self.results_folder(ckpt.run_dir), []).extend(paths + records)
         return planned
 
     def _check(self, planned: dict[Path, list[Path]], overwrite: bool) -> None:
         root = self.output_root()
         if root is not None:
-            refuse_training_run(root, "eval.output (--out)")
+            refuse_foreign(root, "eval.output (--out)", EVALUATION)
         for folder, paths in planned.items():
-            check_output(folder, "the results folder", paths, overwrite)
+            check_output(folder, "the results folder", EVALUATION, paths, overwrite)
+        if overwrite:
+            remove_leftovers(path for paths in planned.values() for path in paths)
 
     def _tokenizer(self, run: TrainProgram) -> Tokenizer:
         """The run's tokenizer, built once per distinct `[data]`."""
@@ -297,7 +314,10 @@ class LikelihoodEvaluator:
 
     def evaluate_checkpoint(self, ckpt: Checkpoint) -> list[dict[str, Any]]:
         """Every set's results for `ckpt` (on rank 0; the other ranks get an empty list)."""
-        em = build_eval_model(ckpt, self.cfg, self.env.device)
+        return self.evaluate_model(build_eval_model(ckpt, self.cfg, self.env.device))
+
+    def evaluate_model(self, em: EvalModel) -> list[dict[str, Any]]:
+        """Every set's results for the model of a checkpoint (on rank 0; the other ranks get an empty list)."""
         return [r for r in (self.evaluate(em, spec) for spec in self.specs) if r]
 
     @torch.no_grad()
@@ -347,14 +367,31 @@ class LikelihoodEvaluator:
         return autocast(self.env.device, compute_dtype(self.cfg.runtime.mixed_precision, self.env.device))
 
     def _write(self, em: EvalModel, spec: EvalSetSpec, result: dict[str, Any]) -> None:
-        """The JSON file, and the per-token figures as TensorBoard scalars at the checkpoint's step."""
+        """The JSON file (in place of a record saying the checkpoint was damaged, which it
+        contradicts), and the per-token figures as TensorBoard scalars at the checkpoint's step."""
         path = self.result_path(em.ckpt, em.label, spec)
         atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+        remove([self.damaged_path(em.ckpt, em.label, spec)])
         tag = f"eval/{spec.folder}/{em.label}"
         scalars = {f"{tag}/{name}": f["nats_per_token"] for name, f in result["figures"].items()}
         scalars[f"{tag}/ppl"] = result["figures"][result["headline"]]["ppl"]
         scalars.update({f"{tag}/{name}": value for name, value in result.get("mean_ess", {}).items()})
         self._logger(self.results_folder(em.ckpt.run_dir)).scalars(em.ckpt.step, scalars)
+
+    def record_damaged(self, ckpt: Checkpoint, reason: str, attempts: int) -> list[Path]:
+        """Record that `ckpt` could not be read (`reason`, after `attempts` tries) where each set's
+        result would go, as `damaged_path` (JSON with `status`, `reason` and the checkpoint, no
+        figure), and as TensorBoard text `eval/<model>/damaged` at its step; the records (rank 0)."""
+        label = model_label(ckpt.config.training.task, self.cfg)
+        record = {"status": "damaged", "reason": reason, "model": label, "checkpoint": ckpt.path, "step": ckpt.step,
+                  "run": str(ckpt.run_dir), "attempts": attempts,
+                  "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        paths = [self.damaged_path(ckpt, label, spec) for spec in self.specs]
+        for spec, path in zip(self.specs, paths):
+            atomic_write_text(path, json.dumps({**record, "dataset": spec.label}, indent=2) + "\n")
+        self._logger(self.results_folder(ckpt.run_dir)).text(
+            f"eval/{label}/damaged", f"checkpoint {ckpt.path} is damaged and was not scored: {reason}", step=ckpt.step)
+        return paths
 
     def _logger(self, folder: Path) -> MetricsLogger:
         if folder not in self._loggers:

@@ -11,8 +11,10 @@ by (seed, first sequence, rank), so a run is reproducible for a given world size
 rank both modes give the same samples).
 
 The output folder is checked on rank 0 before anything is loaded beyond the denoiser: a training
-run folder is refused, earlier results (samples.jsonl, summary.json) are kept unless `overwrite`,
-and a folder that cannot be written fails at once, not after the sampling.
+run folder and an evaluation results folder are refused, earlier results (samples.jsonl,
+summary.json, TensorBoard events) are kept unless `overwrite`, and a folder that cannot be
+written fails at once, not after the sampling. Only `overwrite` removes anything: the earlier
+TensorBoard events, and what interrupted writes of the folder's files left behind.
 """
 
 from __future__ import annotations
@@ -33,14 +35,15 @@ from edlm_dist.data import BlockSource, DataError, build_dataset, run_tokenizer
 from edlm_dist.diffusion import SamplingStats, build_schedule, keyed_generator, sample
 from edlm_dist.distributed import RankPool, all_gather_object, autocast, compute_dtype, init_runtime, on_main_rank
 from edlm_dist.evaluation.generation import Oracle, build_oracle, gen_ppl, unigram_entropy
-from edlm_dist.evaluation.outputs import check_output, clear_tensorboard
+from edlm_dist.evaluation.outputs import SAMPLES, SAMPLING, check_output, remove, remove_leftovers, tensorboard_events
 from edlm_dist.fileio import atomic_write_text
 from edlm_dist.energy.loading import load_denoiser, load_energy
 from edlm_dist.runs.weights import Checkpoint, find_checkpoint
 from edlm_dist.runs.device_stats import peak_memory_gib, reset_peak_memory
 from edlm_dist.runs.tensorboard import MetricsLogger
 
-RESULTS = ("samples.jsonl", "summary.json")  # what a sampling run leaves, written in this order
+RESULTS = (SAMPLES, "summary.json")  # a sampling run's results, written in this order, then CONFIG and TensorBoard
+CONFIG = "config.toml"
 
 
 def sample_name(cfg: SampleProgram, step: int) -> str:
@@ -85,7 +88,7 @@ class Sampler:
     `overwrite` lets it replace the results of an earlier run in its output folder."""
 
     def __init__(self, cfg: SampleProgram, overwrite: bool = False) -> None:
-        self.cfg = cfg
+        self.cfg, self.overwrite = cfg, overwrite
         s = cfg.sample
         self.env = init_runtime(cfg.runtime)
         self.pool = RankPool() if s.mode == "candidates" and self.env.world_size > 1 else None
@@ -96,8 +99,7 @@ class Sampler:
             )
         self.denoiser, self.denoiser_ckpt = load_denoiser(cfg.energy, self.env.device)
         self.output = output_folder(cfg, self.denoiser_ckpt)
-        results = [self.output / name for name in RESULTS]
-        on_main_rank(lambda: check_output(self.output, "the output folder", results, overwrite), self.env.is_main)
+        on_main_rank(self._check_output, self.env.is_main)
         self.energy = load_energy(cfg.energy, self.denoiser_ckpt, self.env.device) if s.num_candidates > 1 else None
         self._refuse_oracle_as_energy()
         self.seq_len = self.denoiser_ckpt.config.data.seq_len
@@ -113,6 +115,11 @@ class Sampler:
             model = getattr(self.energy, "model", None) or getattr(self.energy, "ar_model", None)
             if model is not None:
                 model.compile()
+
+    def _check_output(self) -> None:
+        """`check_output` of the output folder, whose earlier results include its TensorBoard events."""
+        results = [self.output / name for name in RESULTS] + tensorboard_events(self.output / "tb")
+        check_output(self.output, "the output folder", SAMPLING, results, self.overwrite)
 
     def _refuse_oracle_as_energy(self) -> None:
         """Importance sampling toward the judge itself would make Gen PPL meaningless."""
@@ -200,15 +207,20 @@ class Sampler:
 
     def _write(self, records: list[dict[str, Any]], summary: dict[str, Any]) -> None:
         """samples.jsonl, then summary.json and the resolved config (with the output folder used),
-        each atomically, and TensorBoard in `<output>/tb` in place of any earlier events."""
+        each atomically, and TensorBoard in `<output>/tb`; with `overwrite`, in place of the
+        earlier events and of what interrupted writes of those files left behind."""
         cfg, s = self.cfg, self.cfg.sample
+        files = [self.output / name for name in (*RESULTS, CONFIG)]
+        if self.overwrite:
+            remove_leftovers(files)
         settings = {"steps": s.steps, "num_candidates": summary["num_candidates"], "window": s.window,
                     "mode": s.mode, "energy": summary["energy"], "seed": cfg.job.seed}
         lines = [json.dumps({**record, "settings": settings}) for record in records]
-        atomic_write_text(self.output / RESULTS[0], "\n".join(lines) + "\n")
-        atomic_write_text(self.output / RESULTS[1], json.dumps(summary, indent=2) + "\n")
-        save_config(replace(cfg, sample=replace(s, output=str(self.output))), self.output / "config.toml")
-        clear_tensorboard(self.output / "tb")
+        atomic_write_text(files[0], "\n".join(lines) + "\n")
+        atomic_write_text(files[1], json.dumps(summary, indent=2) + "\n")
+        save_config(replace(cfg, sample=replace(s, output=str(self.output))), files[2])
+        if self.overwrite:
+            remove(tensorboard_events(self.output / "tb"))
         logger = MetricsLogger(self.output / "tb", enabled=cfg.metrics.tensorboard)
         logger.text("samples", "\n\n".join(r["text"] for r in records[:16]))
         logger.scalars(0, {f"sample/{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None})
