@@ -3,7 +3,8 @@
 several ranks.
 
 `--checkpoint PATH`, as in `edlm_dist.eval`, names the run whose model is read: here the MDLM
-run (or a step_<8-digit step> folder) sampled from, `energy.denoiser`. Writes samples.jsonl,
+run (or a step_<8-digit step> folder) sampled from, `sample.checkpoint` (as `eval.checkpoint` is
+the runs scored). Writes samples.jsonl,
 summary.json (cost, ESS, Gen PPL, entropy), the resolved config.toml and TensorBoard (tb/) to the
 output folder: `--out FOLDER` (sample.output), else
 <denoiser run>/samples/<sampler>_T<steps>_seed<seed>_step<denoiser step>, e.g.
@@ -25,7 +26,7 @@ OVERWRITE = "--overwrite"
 @exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_cli(SampleProgram, argv, description=__doc__, aliases={
-        "--checkpoint": ("energy.denoiser", "the run whose model is read: the MDLM sampled from"),
+        "--checkpoint": ("sample.checkpoint", "the run whose model is read: the MDLM sampled from"),
         "--out": ("sample.output", "the output folder")},
         switches={OVERWRITE: "replace the samples and summary of an earlier run in the output folder"})
     if args.print_config:

@@ -452,10 +452,12 @@ def test_old_keys_in_a_file_or_on_the_command_line_are_read_at_their_new_places(
     assert (cfg.nce.ess_candidates, cfg.nce.ess_sequences, cfg.nce.max_batch) == (4, 3, 8)
     sample = load_config(SampleProgram, write(tmp_path, '[training]\ndevice = "cpu"\n[energy]\nkind = "ar"\n'
                                                          'denoiser = "runs/tiny"\n', "sample.toml"))
-    assert (sample.runtime.device, sample.energy.kind, sample.energy.denoiser) == ("cpu", "ar", "runs/tiny")
+    assert (sample.runtime.device, sample.energy.kind, sample.sample.checkpoint) == ("cpu", "ar", "runs/tiny")
+    scored = load_config(EvalProgram, None, ["--energy.denoiser=runs/tiny"])
+    assert scored.eval.denoiser == "runs/tiny"  # the one key of the MDLM an energy corrects, per program
     message = str(pytest.raises(ConfigError, load_config, EvalProgram, None, ["--energy.num_negatives=2"]).value)
-    assert message == ("config key energy.num_negatives on the command line is now nce.num_negatives, which "
-                       "edlm_dist.eval does not read (a key of edlm_dist.train)")
+    assert message == ("config key energy.num_negatives on the command line is now nce.num_negatives (a key of "
+                       "edlm_dist.train), which edlm_dist.eval does not read")
 
 
 def old_run_config(cfg: TrainProgram) -> str:
@@ -500,7 +502,7 @@ def test_checkpoint_names_the_runs_whose_models_sample_and_eval_read(capsys: pyt
     from edlm_dist.sample import main as sample
 
     printed = tomllib.loads(entry_point_output(sample, ["--checkpoint", "runs/tiny", "--print-config"], capsys))
-    assert printed["energy"]["denoiser"] == "runs/tiny"
+    assert printed["sample"]["checkpoint"] == "runs/tiny"  # one key per program: <program section>.checkpoint
     printed = tomllib.loads(entry_point_output(evaluate, ["--checkpoint=runs/a,runs/b", "--print-config"], capsys))
     assert printed["eval"]["checkpoint"] == "runs/a,runs/b"
     for main in (sample, evaluate):

@@ -13,6 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
 from edlm_dist.config import ConfigError, EnergyConfig, ModelConfig
 from edlm_dist.diffusion import effective_sample_size, nce_loss, pairwise_accuracy
 from edlm_dist.energy import AREnergy, NCEEnergy
@@ -21,7 +26,8 @@ from edlm_dist.runs import WeightsError, find_checkpoint
 from edlm_dist.training import Trainer
 from edlm_dist.energy.loading import load_denoiser, load_energy
 from distributed_utils import run_distributed
-from run_utils import debug_config, read_scalars
+from edlm_dist.train import main as train_main
+from run_utils import DEBUG_CONFIG, debug_config, read_scalars
 
 TINY = ModelConfig(n_layers=2, hidden_size=32, n_heads=2, cond_dim=16, dropout=0.0)
 
@@ -147,7 +153,7 @@ def test_nce_run_logs_its_diagnostics(runs):
 def test_nce_training_starts_from_the_mdlm_backbone(runs):
     trainer = Trainer(debug_config(runs, "--job.name=fresh_nce", "--training.task=nce",
                                    f"--nce.denoiser={runs / 'mdlm'}"))
-    denoiser, _ = load_denoiser(EnergyConfig(denoiser=str(runs / "mdlm")))
+    denoiser, _ = load_denoiser(str(runs / "mdlm"), "sample.checkpoint", EnergyConfig())
     mdlm = denoiser.state_dict()
     energy = trainer.model.state_dict()
     shared = [name for name in energy if name in mdlm]
@@ -158,11 +164,20 @@ def test_nce_training_starts_from_the_mdlm_backbone(runs):
     assert trainer.train_step()["train/loss"] == pytest.approx(2 * math.log(2))  # E = 0 at the start
 
 
+def test_print_config_shows_the_nce_model_config_resolved_from_its_denoiser(runs, capsys):
+    """The printed config is what the run would build: [model] is the denoiser's (a wider one here)."""
+    train_main(["--config", str(DEBUG_CONFIG), "--training.task=nce", f"--nce.denoiser={runs / 'mdlm'}",
+                "--model.n_layers=9", "--model.dropout=0.05", "--print-config"])
+    model = tomllib.loads(capsys.readouterr().out)["model"]
+    denoiser = find_checkpoint(runs / "mdlm").config.model
+    assert (model["n_layers"], model["hidden_size"], model["dropout"]) == (denoiser.n_layers, denoiser.hidden_size, 0.05)
+
+
 @pytest.mark.parametrize("kind", ["ar", "coar", "nce"])
 def test_energies_load_from_their_runs(runs, kind):
     checkpoint = runs / ("nce" if kind == "nce" else "ar")
-    cfg = EnergyConfig(kind=kind, checkpoint=str(checkpoint), denoiser=str(runs / "mdlm"))
-    denoiser, denoiser_ckpt = load_denoiser(cfg)
+    cfg = EnergyConfig(kind=kind, checkpoint=str(checkpoint))
+    denoiser, denoiser_ckpt = load_denoiser(str(runs / "mdlm"), "sample.checkpoint", cfg)
     energy = load_energy(cfg, denoiser_ckpt)
     assert isinstance(energy, NCEEnergy if kind == "nce" else AREnergy)
     x0 = torch.randint(0, denoiser.vocab_size, (3, 16), generator=torch.Generator().manual_seed(0))
@@ -172,7 +187,7 @@ def test_energies_load_from_their_runs(runs, kind):
 
 
 def test_an_nce_energy_finds_its_own_denoiser(runs):
-    _, ckpt = load_denoiser(EnergyConfig(kind="nce", checkpoint=str(runs / "nce")))
+    _, ckpt = load_denoiser("", "sample.checkpoint", EnergyConfig(kind="nce", checkpoint=str(runs / "nce")))
     assert ckpt.run_dir == runs / "mdlm"
 
 
@@ -183,7 +198,7 @@ def test_an_nce_energy_finds_its_own_denoiser(runs):
     ("ar_len", "data.seq_len of .* \\(32\\) does not match the denoiser"),
 ])
 def test_mismatched_energies_are_refused(runs, checkpoint, match):
-    cfg = EnergyConfig(kind="ar", checkpoint=str(runs / checkpoint) if checkpoint else "", denoiser=str(runs / "mdlm"))
+    cfg = EnergyConfig(kind="ar", checkpoint=str(runs / checkpoint) if checkpoint else "")
     with pytest.raises(WeightsError, match=match):
         load_energy(cfg, find_checkpoint(runs / "mdlm"))
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch.distributed.checkpoint as dcp
 
+import edlm_dist.runs.folder as folder_module
 import edlm_dist.runs.tensorboard as tensorboard
 from edlm_dist.data.corpus_writer import write_corpus
 from edlm_dist.data.tokenizers import build_tokenizer
@@ -114,7 +115,8 @@ def test_an_unreadable_checkpoint_leaves_only_the_failed_marker(root, capsys):
     assert err == (f"error: cannot load checkpoint {shard.parent}: {shard} is truncated "
                    f"(1000 bytes; the checkpoint's metadata needs {needed})")
     assert without(folder_digest(root), "debug/failed") == without(before, "debug/finished")
-    assert "is truncated" in json.loads((root / "debug" / "failed").read_text())["reason"]
+    failed = json.loads((root / "debug" / "failed").read_text())
+    assert "is truncated" in failed["reason"] and failed["step"] == 6  # the step the run had reached, not 0
 
 
 def _needed(shard: Path) -> int:
@@ -175,6 +177,24 @@ def test_a_stale_lock_is_taken_over_and_a_live_one_elsewhere_is_not(tmp_path, ca
     assert "taking over the lock of an earlier process of this job (job-7)" in capsys.readouterr().err
     lock.release()
     assert not path.exists()
+
+
+@pytest.mark.parametrize("text", ["", "{", "[]", "null", '"lock"', '{"host": 5}', '{"host": "h", "pid": "x"}'])
+def test_a_lock_file_without_a_lock_record_is_taken_over_once_untouched(tmp_path, capsys, monkeypatch, text):
+    """Empty (a trainer killed between creating and writing it) or damaged: taken over with a
+    message after DAMAGED_GRACE_S without a write, refused in one line before."""
+    path = tmp_path / "run" / "lock"
+    path.parent.mkdir()
+    path.write_text(text)
+    monkeypatch.setattr(folder_module, "DAMAGED_GRACE_S", 3600.0)
+    with pytest.raises(RunFolderLocked, match="which holds no lock record yet .* taken over once untouched for 3600 s"):
+        RunLock(path).check_free()
+    monkeypatch.setattr(folder_module, "DAMAGED_GRACE_S", 0.0)
+    lock = RunLock(path)
+    lock.acquire()
+    assert "taking over the lock of a" in capsys.readouterr().err
+    assert json.loads(path.read_text())["pid"] == os.getpid()
+    lock.release()
 
 
 def test_a_trainer_takes_over_the_lock_of_a_killed_one(root, capsys):
@@ -352,4 +372,6 @@ def test_check_refuses_what_the_trainer_would_and_prints_the_run_folder(root, ca
     write_lock(root / "debug" / "lock", host="node-17", pid=4242)
     assert "is in use by pid 4242 on node-17" in one_line_error(capsys, train, command(root, "--check"))
     (root / "debug" / "lock").unlink()
+    err = one_line_error(capsys, train, command(root, "--check", "--data.dataset=wikitxt2"))
+    assert err == "error: data.dataset: unknown dataset 'wikitxt2'; did you mean 'wikitext2'?"
     assert folder_digest(root) == before

@@ -111,14 +111,16 @@ def _field_type(root: type[Program], section: str, key: str, where: str) -> Any:
 
 def _new_key(root: type[Program], section: str, key: str, where: str) -> _Key:
     """`(section, key)` as the program reads it: an old key (`MOVED_KEYS`) that the program lacks
-    becomes its new key; one whose new key is another program's is a ConfigError naming it."""
+    becomes the first of its new keys the program has; one whose new keys are all another
+    program's is a ConfigError naming them."""
     old = f"{section}.{key}"
     if _has_key(root, old) or old not in MOVED_KEYS:
         return section, key
-    new_section, _, new_key = MOVED_KEYS[old].partition(".")
-    if not _has_key(root, MOVED_KEYS[old]):
-        raise ConfigError(f"config key {old} {where} is now {MOVED_KEYS[old]}, which {root.PROGRAM} does not read "
-                          f"(a key of {_readers(new_section, new_key)})")
+    mine = [new for new in MOVED_KEYS[old] if _has_key(root, new)]
+    if not mine:
+        theirs = ", ".join(f"{new} (a key of {_readers(*new.split('.'))})" for new in MOVED_KEYS[old])
+        raise ConfigError(f"config key {old} {where} is now {theirs}, which {root.PROGRAM} does not read")
+    new_section, _, new_key = mine[0].partition(".")
     return new_section, new_key
 
 

@@ -182,12 +182,10 @@ class NCEConfig:
 class EnergyConfig:
     """The EDLM residual energy that sampling and evaluation correct an MDLM with: `kind` built from
     `checkpoint` (the AR run for ar/coar, the NCE run for nce; a run or a step_<8-digit step>
-    folder). `denoiser` is the MDLM it corrects where the program does not name it otherwise
-    (sampling: `--checkpoint`; an NCE energy left without one: the MDLM it was trained against)."""
+    folder). The MDLM it corrects is the run each program reads (its --checkpoint)."""
 
     kind: Literal["nce", "ar", "coar"] = "nce"
     checkpoint: str = ""
-    denoiser: str = ""
     weights: Literal["auto", "ema", "model"] = "auto"  # auto: EMA weights when the checkpoint has them
     max_batch: int = 256  # sequences per energy forward when scoring many candidates
 
@@ -195,9 +193,12 @@ class EnergyConfig:
 @dataclass
 class SampleConfig:
     """Generation: the end-of-run samples of training, and `python -m edlm_dist.sample`, which
-    samples the MDLM of `energy.denoiser` (--checkpoint), corrected by the energy of [energy] when
+    samples the MDLM of `checkpoint` (--checkpoint), corrected by the energy of [energy] when
     `num_candidates` > 1."""
 
+    # the MDLM run (or a step_<8-digit step> folder) sampled from (--checkpoint); empty with an NCE
+    # energy: the MDLM that energy was trained against
+    checkpoint: str = ""
     num_samples: int = 4
     steps: int = 64
     num_candidates: int = 4  # EDLM importance sampling: candidates per step (1 = plain MDLM)
@@ -225,6 +226,8 @@ class EvalConfig:
     when `energy.checkpoint` names an energy (kind ar, coar or nce). See docs/evaluation.md."""
 
     checkpoint: str = ""  # comma-separated runs or step_<8-digit step> folders (--checkpoint)
+    # the MDLM an nce run's energy corrects when scored (empty: the one it was trained against)
+    denoiser: str = ""
     watch: str = ""  # a training run folder: evaluate each checkpoint it commits (--watch)
     # comma-separated sets: wikitext2, ptb, lambada (:val or :test), openwebtext, files (=folder or
     # URL of a prepared corpus), val (the evaluated run's own validation split)
@@ -311,15 +314,17 @@ class EvalProgram(_EnergyReader):
 Program = TrainProgram | SampleProgram | EvalProgram
 PROGRAMS: tuple[type[Program], ...] = (TrainProgram, SampleProgram, EvalProgram)
 
-# Keys of the single config that served every program before each had its own root: where each
-# went. A file or command line that gives one is read as the new key when its program has it.
-MOVED_KEYS: dict[str, str] = {
-    "training.device": "runtime.device",
-    "training.mixed_precision": "runtime.mixed_precision",
-    "parallel.backend": "runtime.backend",
-    "parallel.collective_timeout_s": "runtime.collective_timeout_s",
-    **{f"energy.{key}": f"nce.{key}" for key in ("denoiser", "weights", "time_conditioning", "num_negatives",
-                                                 "max_batch", "ess_candidates", "ess_sequences")},
+# Keys of the single config that served every program before each had its own root, and of
+# energy.denoiser (the run --checkpoint names in sampling, now sample.checkpoint): where each went.
+# A file or command line that gives one is read as the first of its new keys that its program has.
+MOVED_KEYS: dict[str, tuple[str, ...]] = {
+    "training.device": ("runtime.device",),
+    "training.mixed_precision": ("runtime.mixed_precision",),
+    "parallel.backend": ("runtime.backend",),
+    "parallel.collective_timeout_s": ("runtime.collective_timeout_s",),
+    "energy.denoiser": ("nce.denoiser", "sample.checkpoint", "eval.denoiser"),
+    **{f"energy.{key}": (f"nce.{key}",) for key in ("weights", "time_conditioning", "num_negatives", "max_batch",
+                                                    "ess_candidates", "ess_sequences")},
 }
 # Keys of one program that another answers with a key of its own: a training run's folder name
 # (job.name, job.dump_folder) is, for sampling and evaluation, the folder of their results.

@@ -1,6 +1,7 @@
 """The energies and the frozen denoiser that EDLM sampling, evaluation and NCE training read from
-runs: the MDLM of `energy.denoiser`, the energy of `energy.kind` from `energy.checkpoint`, and
-the model config an NCE run takes from its denoiser (`nce.denoiser`)."""
+runs: the MDLM a program names (sampling's --checkpoint, an nce run's denoiser when scored), the
+energy of `energy.kind` from `energy.checkpoint`, and the model config an NCE run takes from its
+denoiser (`nce.denoiser`)."""
 
 from __future__ import annotations
 
@@ -35,13 +36,13 @@ def resolve_model_config(cfg: TrainProgram) -> TrainProgram:
     return replace(cfg, model=nce_model_config(cfg, denoiser))
 
 
-def load_denoiser(cfg: EnergyConfig, device: torch.device | str = "cpu") -> tuple[Transformer, Checkpoint]:
-    """The MDLM of `energy.denoiser` (for an NCE energy left empty: the one the energy was trained
-    against), in eval mode on `device`."""
-    path = cfg.denoiser
+def load_denoiser(path: str, key: str, cfg: EnergyConfig,
+                  device: torch.device | str = "cpu") -> tuple[Transformer, Checkpoint]:
+    """The MDLM at `path` (the config key `key`; empty with an NCE energy: the one that energy was
+    trained against), in eval mode on `device`."""
     if not path and cfg.kind == "nce" and cfg.checkpoint:
         path = run_of_task(cfg.checkpoint, "nce", "energy.checkpoint").config.nce.denoiser
-    ckpt = run_of_task(path, "mdlm", "energy.denoiser")
+    ckpt = run_of_task(path, "mdlm", key)
     model, _ = load_weights(ckpt, cfg.weights, device=device)
     return model, ckpt
 

@@ -97,7 +97,7 @@ def build_eval_model(ckpt: Checkpoint, cfg: EvalProgram, device: torch.device) -
         return EvalModel(label, ckpt, model, None, checkpoint_vocab_size(ckpt), None, 0.0)
     if label == "edlm_nce":
         energy_cfg = replace(cfg.energy, kind="nce", checkpoint=ckpt.path, weights=cfg.eval.weights)
-        denoiser, denoiser_ckpt = load_denoiser(energy_cfg, device)
+        denoiser, denoiser_ckpt = load_denoiser(cfg.eval.denoiser, "eval.denoiser", energy_cfg, device)
         energy = load_energy(energy_cfg, denoiser_ckpt, device)
     else:
         denoiser, _ = load_weights(ckpt, cfg.eval.weights, device=device)

@@ -97,7 +97,8 @@ class Sampler:
                 f"sample.num_candidates ({s.num_candidates}) must be divisible by the world size "
                 f"({self.env.world_size}) in candidates mode"
             )
-        self.denoiser, self.denoiser_ckpt = load_denoiser(cfg.energy, self.env.device)
+        self.denoiser, self.denoiser_ckpt = load_denoiser(cfg.sample.checkpoint, "sample.checkpoint (--checkpoint)",
+                                                          cfg.energy, self.env.device)
         self.output = output_folder(cfg, self.denoiser_ckpt)
         on_main_rank(self._check_output, self.env.is_main)
         self.energy = load_energy(cfg.energy, self.denoiser_ckpt, self.env.device) if s.num_candidates > 1 else None

@@ -402,7 +402,7 @@ class Trainer:
                 self._mark_hang(str(explained), explained.stuck)
                 raise explained from err
             if getattr(type(err), "user_error", False) and self.env.is_main:
-                self.run_folder.mark_failed(self.step, str(err))
+                self.run_folder.mark_failed(self._step_reached(), str(err))
             raise
         finally:
             if self.env.is_main:
@@ -525,7 +525,15 @@ class Trainer:
         """Leave the `failed` marker for a hang or a lost peer: rank 0 writes it, or every other
         rank when rank 0 is among those that stopped."""
         if self.env.is_main or 0 in stuck:
-            self.run_folder.mark_failed(self.step, reason)
+            self.run_folder.mark_failed(self._step_reached(), reason)
+
+    def _step_reached(self) -> int:
+        """The step the run has reached: this process's, or before it resumed, its latest checkpoint's."""
+        if self.step:
+            return self.step
+        with contextlib.suppress(Exception):  # the storage itself may be what failed
+            return self.checkpoints.latest() or 0
+        return 0
 
     def _beat(self, step: int, phase: str) -> None:
         """Post this rank's progress (with more than one rank): it entered `phase` of step `step`."""
