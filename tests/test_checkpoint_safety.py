@@ -30,7 +30,7 @@ from edlm_dist.sample import main as sample_main
 from edlm_dist.train import main as train_main
 from edlm_dist.training import Trainer
 from cluster_utils import losses_logged
-from run_utils import DEBUG_CONFIG, DEBUG_EVAL, DEBUG_SAMPLE, REPO, debug_config, one_line_error
+from run_utils import DEBUG_CONFIG, DEBUG_EVAL, DEBUG_SAMPLE, REPO, debug_config, folder_digest, one_line_error
 
 FIXTURES = Path(__file__).parent / "fixtures"
 STEP = "step_00000002"
@@ -128,12 +128,16 @@ def test_a_planted_payload_never_runs_and_every_entry_point_refuses_naming_the_f
     checkpoint = run / "checkpoints" / STEP
     marker = tmp_path / "PAYLOAD_RAN"
     plant(checkpoint, where, marker)
+    before = folder_digest(run)
     for name, entry_point in ENTRY_POINTS.items():
         main, argv = entry_point(run, tmp_path / name.replace(" ", "_"))
         err = one_line_error(capsys, main, argv)
         assert not marker.exists(), f"{name}: the payload ran"
         assert str(checkpoint) in err and "refused" in err, f"{name}: {err}"
         assert ("os.makedirs" in err or "posix.makedirs" in err), f"{name}: {err}"
+        # the run folder is as it was; a refused resume leaves only the failed marker
+        assert {k: v for k, v in folder_digest(run).items() if k != "failed"} == \
+               {k: v for k, v in before.items() if k != "finished"}, name
 
 
 def test_a_tensor_whose_bytes_are_a_pickle_of_something_else_is_refused(trained, tmp_path, capsys):

@@ -73,6 +73,20 @@ def test_a_resume_that_changes_a_fixed_key_is_refused_and_changes_nothing(root, 
     assert folder_digest(root) == before  # config.toml, the finished marker and the checkpoints as they were
 
 
+@pytest.mark.parametrize("override,message", [
+    ("--optim.lr=inf", "error: config key optim.lr must be a finite number, got inf"),
+    ("--optim.lr=nan", "error: config key optim.lr must be a finite number, got nan"),
+    ("--optim.lr=1e38", "error: config key optim.lr must be in (0, 1], got 1e+38"),
+    ("--data.dataset=wikitxt2", "error: data.dataset: unknown dataset 'wikitxt2'; did you mean 'wikitext2'?"),
+    ("--training.on_nonfinite=ignore", "error: config key training.on_nonfinite must be one of 'rollback', 'stop'; "
+                                       "got 'ignore' on the command line"),
+])
+def test_impossible_values_are_refused_before_anything_is_written(root, capsys, override, message):
+    before = folder_digest(root)
+    assert one_line_error(capsys, train, command(root, override, "--training.steps=9")) == message
+    assert folder_digest(root) == before
+
+
 def test_steps_behind_the_latest_checkpoint_and_ema_switched_off_are_refused(root, capsys):
     before = folder_digest(root)
     err = one_line_error(capsys, train, command(root, "--training.steps=3"))
