@@ -130,6 +130,18 @@ def test_a_rank_frozen_inside_an_all_reduce_is_named_and_the_hang_leaves_a_faile
     assert "watchdog: rank 0 has made no progress" in output and "stopped answering: rank 1" in output
 
 
+def test_a_non_finite_update_on_one_rank_rolls_back_every_rank(uninterrupted_run, tmp_path):
+    """NaN in rank 1's shard after the update of step 4: the all-reduced check finds it on both
+    ranks, which reload step 3 and replay without step 4's batch; nothing non-finite is committed."""
+    proc = torchrun_standalone(tmp_path, *fault("nonfinite_update", 4, 1))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "step 4: the update made model.embed.weight non-finite; rolled back to step 3" in proc.stdout
+    losses, _ = uninterrupted_run
+    logged = losses_logged(proc.stdout)
+    assert {s: logged[s] for s in (1, 2, 3)} == {s: losses[s] for s in (1, 2, 3)}
+    assert committed_steps(tmp_path) == [3, 6] and run_summary(tmp_path)["skipped_steps"] == 1
+
+
 def test_heartbeat_names_a_rank_whose_sign_of_life_stopped_before_the_ranks_behind():
     store = dist.HashStore()
     beats = [Heartbeat(store, rank, 3) for rank in range(3)]

@@ -7,6 +7,8 @@ Default (CPU): the tiny config, eager vs compiled in this process (1 rank), and 
 random tokens at the exact GPT-2 vocabulary (50257), which is what the MFU target refers to.
 
 MFU = flops_per_token (6 N + 12 L H Q T) x tokens/s per device / the device's dense bf16 peak.
+Trainer rows also time the finiteness check of parameters, optimizer state and EMA that follows
+every update (`state_check_mean_s`, and its fraction of the step time).
 
 usage: python tools/bench_train.py [--gpu] [--out FILE] [--warmup N] [--steps N] [--gpu-states S] [--gpu-batch B]
 """
@@ -30,7 +32,7 @@ import torch
 
 from edlm_dist.config import TrainProgram, load_config
 from edlm_dist.data import Batch
-from edlm_dist.distributed import autocast, compute_dtype, shutdown
+from edlm_dist.distributed import autocast, compute_dtype, first_nonfinite, shutdown
 from edlm_dist.distributed.parallelize import apply_compile
 from edlm_dist.models import build_model
 from edlm_dist.training import Trainer, build_optimizer, build_task
@@ -126,13 +128,19 @@ def bench_trainer(name: str, config: str, overrides: list[str], warmup: int, ste
             lambda: waits.append(trainer.train_step()["train/data_wait_s"]), device, warmup, steps
         )
         bf16 = trainer.compute_dtype == torch.bfloat16
-        return step_record(
+        record = step_record(
             name, device, world, cfg.model.preset, trainer.data.tokenizer.vocab_size, cfg.data.seq_len,
             cfg.training.global_batch_size, cfg.parallel.compile, "bf16" if bf16 else "fp32", warmup, warmup_s,
             times, trainer.flops_per_token, param_and_optimizer_bytes(trainer.model, trainer.optimizer),
             path="trainer", dropout=cfg.model.dropout,
             data_wait_mean_s=round(statistics.mean(waits[warmup:]), 5),
         )
+        # the check of parameters, optimizer state and EMA that follows every update (inside the
+        # step times above too), timed alone
+        _, checks = time_steps(lambda: first_nonfinite(trainer.named_state()), device, 1, steps)
+        record.update(state_check_mean_s=round(statistics.mean(checks), 6),
+                      state_check_fraction_of_step=round(statistics.mean(checks) / statistics.mean(times), 4))
+        return record
 
 
 def bench_direct(
