@@ -13,7 +13,6 @@ import importlib.util
 import io
 import os
 import pickle
-import pickletools
 import shutil
 import sys
 from pathlib import Path

@@ -226,8 +226,8 @@ class Trainer:
             self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"]
         )
         if self.ema is not None:
-            ema = state["ema"]
-            self.ema.load_state_dict({**ema, "num_updates": stored_integer(ema["num_updates"], f"{path} (item ema.num_updates)")})
+            updates = stored_integer(state["ema"]["num_updates"], f"{path} (item ema.num_updates)")
+            self.ema.load_state_dict({**state["ema"], "num_updates": updates})
         counters = {key: stored_integer(value, f"{path} (item trainer.{key})") for key, value in state["trainer"].items()}
         if counters["denoiser_step"] != self._denoiser_step():
             raise ConfigError(
@@ -567,7 +567,9 @@ class Trainer:
             stop = self.guard.bad_loss(self.step)
             if stop:
                 self.save_checkpoint()
-                raise TrainingError(f"{stop}; the last good weights are saved at {self.checkpoints.path(self.step)}")
+                saved = f"saved at {self.checkpoints.path(self.step)}" if self.cfg.checkpoint.enable else \
+                    "not saved (checkpoint.enable = false)"
+                raise TrainingError(f"{stop}; the last good weights are {saved}")
             return False
         stop = self.guard.bad_update(self.step, self.nonfinite, self._newest_checkpoint())
         if stop:
