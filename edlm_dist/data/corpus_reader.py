@@ -144,7 +144,7 @@ class TokenCorpus:
         self._tokens: list[np.ndarray | None] = [None] * shards
         self._indexes: list[np.ndarray | None] = [None] * shards
         self._checks: list[np.ndarray | None] = [None] * shards
-        self._verified: list[np.ndarray | None] = [None] * shards  # per chunk of a local shard: hashed and good
+        self._verified: list[bytearray | None] = [None] * shards  # a flag per chunk of a local shard: hashed, good
         # format v1: the sha256 found of each shard hashed here (taken as the manifest's when shards_verified)
         self._digests: list[str | None] = [s["sha256"] if self.shards_verified else None for s in self._shards]
 
@@ -193,39 +193,39 @@ class TokenCorpus:
         lo, hi = start - self._starts[shard], stop - self._starts[shard]
         if self.check_tokens is None:
             return self._legacy_slice(shard, lo, hi)
-        size, length = self.check_tokens, self._shard_tokens(shard)
+        size = self.check_tokens
         first, last = lo // size, -(-hi // size)  # the chunks [lo, hi) lies in
         if self._local:
-            tokens = self._mapped(shard)
-            verified = self._verified[shard]
-            if verified is None:
-                verified = self._verified[shard] = np.zeros(len(self._checks_of(shard)), bool)
-            done = verified[first:last]
-            bad = [] if done.all() else self._bad_chunks(shard, tokens[first * size : last * size], first, done)
+            tokens, verified = self._tokens[shard], self._verified[shard]
+            if tokens is None or verified is None:
+                tokens = self._mapped(shard)
+                verified = self._verified[shard] = bytearray(len(self._checks_of(shard)))
+            unchecked = 0 in verified[first:last]  # a bytearray: cheaper than numpy on a few flags
+            bad = self._bad_chunks(shard, tokens[first * size : last * size], first, verified) if unchecked else []
             window = tokens[lo:hi]
         else:
-            chunks = self._fetch(shard, first * size, min(last * size, length))
+            chunks = self._fetch(shard, first * size, min(last * size, self._shard_tokens(shard)))
             bad = self._bad_chunks(shard, chunks, first)
             window = chunks[lo - first * size : hi - first * size]
         if not bad:
             return window
-        spans = [(c * size, min((c + 1) * size, length)) for c in bad]
+        spans = [(c * size, min((c + 1) * size, self._shard_tokens(shard))) for c in bad]
         return self._corrupt(shard, window, lo, spans,
                              f"do not match their CRC-32 in {join(self.folder, self._shards[shard]['checks'])}")
 
-    def _bad_chunks(self, shard: int, window: np.ndarray, first: int, verified: np.ndarray | None = None) -> list[int]:
+    def _bad_chunks(self, shard: int, window: np.ndarray, first: int, verified: bytearray | None = None) -> list[int]:
         """The chunks of `window` (the shard's tokens from chunk `first` on, whole chunks but the
         shard's last) whose CRC-32 differs from the check file's. With `verified` (a flag per chunk
-        of the window), flagged chunks are not hashed again and those that match are flagged."""
+        of the shard), flagged chunks are not hashed again and those that match are flagged."""
         size, checks = self.check_tokens, self._checks_of(shard)
         bad = []
-        for i in range(-(-len(window) // size)):
-            if verified is not None and verified[i]:
+        for chunk in range(first, first + -(-len(window) // size)):
+            if verified is not None and verified[chunk]:
                 continue
-            if zlib.crc32(window[i * size : (i + 1) * size]) != checks[first + i]:
-                bad.append(first + i)
+            if zlib.crc32(window[(chunk - first) * size : (chunk - first + 1) * size]) != checks[chunk]:
+                bad.append(chunk)
             elif verified is not None:
-                verified[i] = True
+                verified[chunk] = 1
         return bad
 
     def _legacy_slice(self, shard: int, lo: int, hi: int) -> np.ndarray:
