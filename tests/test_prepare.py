@@ -111,7 +111,7 @@ def damage(path: Path, at: int, data: bytes) -> None:
 
 
 def to_format_v1(folder: Path) -> None:
-    """Make a v2 corpus what tools/prepare_data.py wrote before check files: the old corpora that must still be read."""
+    """Make a v2 corpus what tools/prepare_data.py wrote before check files (old corpora must still be read)."""
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["format"] = "edlm_dist-corpus-v1"
     del manifest["check_tokens"]

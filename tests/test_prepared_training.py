@@ -130,3 +130,24 @@ def test_a_shard_damaged_on_disk_stops_the_run_before_its_data_trains(corpus, tm
     marker = json.loads((tmp_path / "debug" / "failed").read_text())
     assert (marker["step"], marker["reason"]) == (0, message) and "\n" not in message
     assert not list((tmp_path / "debug" / "checkpoints").glob("step_*"))
+
+
+def test_a_corpus_prepared_before_check_files_is_still_read_and_checked(corpus, tmp_path):
+    """Format v1 (no check files): trusted as hashed by the trainer under data.verify_shards, hashed
+    whole by the reader on its first read without it."""
+    from edlm_dist.data import BatchPlan, DataError, build_dataset
+    from test_prepare import to_format_v1
+
+    old = tmp_path / "v1"
+    shutil.copytree(corpus, old)
+    to_format_v1(old)
+    verified = build_dataset(config(tmp_path, old).data).train_loader(BatchPlan(4))
+    assert verified.blocks.corpus.shards_verified and verified.next_batch().tokens.shape == (4, 32)
+    for path in old.glob("train-*.tokens"):  # damaged everywhere: the first read meets it
+        data = bytearray(path.read_bytes())
+        data[::64] = bytes(b ^ 1 for b in data[::64])
+        path.write_bytes(bytes(data))
+    unverified = build_dataset(config(tmp_path, old, "--data.verify_shards=false").data).train_loader(BatchPlan(4))
+    with pytest.raises(DataError, match=rf"^{old}/train-\d{{5}}\.tokens: token offsets 0-\d+ \(bytes 0-\d+\) are in a "
+                                        rf"shard whose sha256 is [0-9a-f]{{16}}\.\.\., the corpus manifest says"):
+        unverified.next_batch()
