@@ -215,3 +215,36 @@ def test_real_token_corpus(tmp_path) -> None:
     assert np.array_equal(corpus.read(0, corpus.length), stand_in.read(0, stand_in.length))
     assert corpus.documents == stand_in.documents
     assert all(np.array_equal(corpus.document(i), doc) for i, doc in enumerate(stand_in.docs))
+
+
+def test_a_damaged_shard_stops_the_stream_before_any_batch_holds_its_tokens(tmp_path) -> None:
+    """With a token of one shard damaged on disk, every batch before the first that would read it is
+    exact, and that one is a DataError naming the shard and the damaged tokens, also through workers."""
+    from edlm_dist.data.corpus_reader import TokenCorpus
+    from edlm_dist.data.corpus_writer import write_corpus
+    from edlm_dist.data.loaders import next_from_workers
+    from edlm_dist.data.tokenizers import CharTokenizer
+
+    stand_in = corpus_of_length(NUM_BLOCKS * (SEQ_LEN - 2) + 3)
+    chars = [chr(0x4E00 + i) for i in range(EOS)]
+    write_corpus(str(tmp_path), CharTokenizer(chars), {"train": ["".join(chars[i] for i in d) for d in stand_in.docs],
+                                                       "val": [chars[0]]}, shard_tokens=100)
+    corpus = TokenCorpus(str(tmp_path), "train")
+    damaged_shard = 0  # with seed 3, step 0 reads none of it, step 1 does
+    shard = corpus.manifest.splits["train"]["token_shards"][damaged_shard]
+    begin = sum(s["tokens"] for s in corpus.manifest.splits["train"]["token_shards"][:damaged_shard])
+    with open(tmp_path / shard["path"], "r+b") as f:
+        f.seek(2 * 7)
+        f.write(np.array([1], "<u2").tobytes())  # an id in the vocabulary: only its check tells
+    reference, damaged = ranks(stand_in, 1, seed=3)[0], ranks(corpus, 1, seed=3)[0]
+    order = reference.epoch_order(0).reshape(STEPS, GLOBAL_BATCH)
+    overlaps = (order * (SEQ_LEN - 2) < begin + shard["tokens"]) & ((order + 1) * (SEQ_LEN - 2) > begin)
+    first_bad = int(np.flatnonzero(overlaps.any(axis=1))[0])
+    assert first_bad > 0
+    batches = iter(build_loader(damaged, num_workers=2))
+    for step in range(first_bad):
+        assert torch.equal(next_from_workers(batches), reference.batch(step))
+    with pytest.raises(DataError) as info:
+        next_from_workers(batches)
+    assert str(info.value) == (f"{tmp_path}/{shard['path']}: token offsets 0-{shard['tokens']} (bytes 0-"
+                               f"{2 * shard['tokens']}) do not match their CRC-32 in {tmp_path}/{shard['checks']}")

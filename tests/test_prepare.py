@@ -4,6 +4,7 @@ matches a direct GPT-2 encoding and resumes to the same bytes after an interrupt
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib.util
 import json
@@ -12,6 +13,7 @@ import pickle
 import re
 import shutil
 import uuid
+import zlib
 from pathlib import Path
 
 import fsspec
@@ -22,6 +24,7 @@ import zstandard
 from edlm_dist.data.errors import DataError, SkipCounter
 from edlm_dist.data.corpus_format import Manifest, manifest_fingerprint
 from edlm_dist.data.corpus_reader import TokenCorpus, read_manifest
+from edlm_dist.data import corpus_writer
 from edlm_dist.data.corpus_writer import CorpusWriter, write_corpus
 from edlm_dist.data.sources import iter_documents
 from edlm_dist.data.tokenizers import Tokenizer, build_tokenizer
@@ -100,18 +103,98 @@ def test_gpt2_corpus_reads_back(tmp_path: Path, data_dir: Path) -> None:
     assert all(corpus.document(i).tolist() == tokenizer.encode(docs[i]) for i in range(50))
 
 
-def test_out_of_range_token_id(tmp_path: Path) -> None:
-    tokenizer = char_corpus(str(tmp_path))
-    with open(tmp_path / "train-00001.tokens", "r+b") as f:
-        f.seek(3 * 2)
-        f.write(np.array([60000], "<u2").tobytes())
-    first = TokenCorpus(str(tmp_path), "train").manifest.splits["train"]["token_shards"][0]["tokens"]
-    with pytest.raises(DataError, match=r"train-00001\.tokens: token id 60000 at token offset 3 is >= the vocab"):
-        TokenCorpus(str(tmp_path), "train").read(0, first + 10)
+# ---- corruption is caught before anything reads it (data.verify_shards off) -----------------
+def damage(path: Path, at: int, data: bytes) -> None:
+    with open(path, "r+b") as f:
+        f.seek(at)
+        f.write(data)
+
+
+def to_format_v1(folder: Path) -> None:
+    """Make a v2 corpus what tools/prepare_data.py wrote before check files (old corpora must still be read)."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["format"] = "edlm_dist-corpus-v1"
+    del manifest["check_tokens"]
+    for info in manifest["splits"].values():
+        for shard in info["token_shards"]:
+            (folder / shard.pop("checks")).unlink()
+            del shard["checks_sha256"], shard["index_sha256"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+LONG_DOCS = CHAR_DOCS * 40
+
+
+def long_corpus(folder: Path) -> tuple[Tokenizer, np.ndarray]:
+    """A char corpus whose train shards hold several 1024-token chunks, and its train stream."""
+    tokenizer = build_tokenizer("char", corpus="".join(CHAR_DOCS))
+    write_corpus(str(folder), tokenizer, {"train": LONG_DOCS, "val": CHAR_DOCS[:10]}, shard_tokens=5000)
+    return tokenizer, stream_of(tokenizer, LONG_DOCS)
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_a_damaged_token_chunk_is_never_read(tmp_path: Path, where: str) -> None:
+    local = tmp_path / "corpus"
+    tokenizer, stream = long_corpus(local)
+    first = json.loads((local / "manifest.json").read_text())["splits"]["train"]["token_shards"][0]["tokens"]
+    damage(local / "train-00001.tokens", 2 * (2048 + 5), np.array([tokenizer.eos_id], "<u2").tobytes())
+    folder = str(local)
+    if where == "memory":
+        folder = f"memory://corrupt-{uuid.uuid4().hex}"
+        fsspec.filesystem("memory").put(str(local), folder, recursive=True)
+    corpus = TokenCorpus(folder, "train")
+    assert np.array_equal(corpus.read(first + 1024, first + 2048), stream[first + 1024 : first + 2048])
+    with pytest.raises(DataError) as info:
+        corpus.read(first + 1500, first + 2100)  # the damaged token is in the read's second chunk
+    assert str(info.value) == (f"{folder}/train-00001.tokens: token offsets 2048-3072 (bytes 4096-6144) do not match "
+                               f"their CRC-32 in {folder}/train-00001.check")
     skipped = SkipCounter()
-    corpus = TokenCorpus(str(tmp_path), "train", on_error="skip", skipped=skipped)
+    tokens = TokenCorpus(folder, "train", on_error="skip", skipped=skipped).read(first + 1500, first + 3100)
+    expected = stream[first + 1500 : first + 3100].copy()
+    expected[2048 - 1500 : 3072 - 1500] = tokenizer.eos_id
+    assert np.array_equal(tokens, expected) and skipped.count == 1
+    assert skipped.reasons[0] == str(info.value) + "; replaced by EOS"
+
+
+def test_damaged_index_and_check_files_are_named(tmp_path: Path) -> None:
+    long_corpus(tmp_path)
+    damage(tmp_path / "train-00000.index", 8 * 3, np.array([2], "<i8").tobytes())
+    damage(tmp_path / "train-00001.check", 4, b"\x00")
+    corpus = TokenCorpus(str(tmp_path), "train")
+    with pytest.raises(DataError, match=rf"^{tmp_path}/train-00000\.index: its sha256 is [0-9a-f]{{16}}\.\.\., the "
+                                        rf"corpus manifest says [0-9a-f]{{16}}\.\.\. \(corrupt or replaced"):
+        corpus.document(0)
+    first = corpus.manifest.splits["train"]["token_shards"][0]["tokens"]
+    with pytest.raises(DataError, match=rf"^{tmp_path}/train-00001\.check: its sha256 is "):
+        corpus.read(first, first + 10)
+    to_format_v1(tmp_path)  # the index's own framing is all a v1 corpus can check
+    with pytest.raises(DataError, match=rf"^{tmp_path}/train-00000\.index: entry 3 \(byte 24\) = 2 is not above"):
+        TokenCorpus(str(tmp_path), "train").document(0)
+
+
+def test_a_format_v1_corpus_is_still_read_and_its_shards_checked_whole(tmp_path: Path, caplog) -> None:
+    tokenizer = char_corpus(str(tmp_path))
+    to_format_v1(tmp_path)
+    stream = stream_of(tokenizer, CHAR_DOCS[:50])
+    corpus = TokenCorpus(str(tmp_path), "train")
+    assert corpus.check_tokens is None and np.array_equal(corpus.read(0, corpus.length), stream)
+    assert f"{tmp_path} was prepared before per-chunk checks (format v1)" in caplog.text
+    first = corpus.manifest.splits["train"]["token_shards"][0]["tokens"]
+    damage(tmp_path / "train-00001.tokens", 3 * 2, np.array([tokenizer.eos_id], "<u2").tobytes())
+    with pytest.raises(DataError, match=rf"^{tmp_path}/train-00001\.tokens: token offsets 0-\d+ \(bytes 0-\d+\) are in "
+                                        rf"a shard whose sha256 is [0-9a-f]{{16}}\.\.\., the corpus manifest says"):
+        TokenCorpus(str(tmp_path), "train").read(first + 5, first + 10)
+    skipped = SkipCounter()
+    tokens = TokenCorpus(str(tmp_path), "train", on_error="skip", skipped=skipped).read(first - 2, first + 10)
+    assert tokens.tolist() == stream[first - 2 : first].tolist() + [tokenizer.eos_id] * 10 and skipped.count == 1
+    # hashed already (data.verify_shards): only out-of-vocabulary ids are caught
+    damage(tmp_path / "train-00001.tokens", 3 * 2, np.array([60000], "<u2").tobytes())
+    with pytest.raises(DataError, match=r"train-00001\.tokens: token id 60000 at token offset 3 is >= the vocab"):
+        TokenCorpus(str(tmp_path), "train", shards_verified=True).read(0, first + 10)
+    skipped = SkipCounter()
+    corpus = TokenCorpus(str(tmp_path), "train", on_error="skip", skipped=skipped, shards_verified=True)
     tokens = corpus.read(first, first + 10)
-    expected = stream_of(tokenizer, CHAR_DOCS[:50])[first : first + 10]
+    expected = stream[first : first + 10]
     expected[3] = tokenizer.eos_id
     assert np.array_equal(tokens, expected) and skipped.count == 1 and "train-00001.tokens" in skipped.reasons[0]
 
@@ -161,7 +244,26 @@ def test_writer_rolls_shards_and_returns_entries(tmp_path: Path) -> None:
         ("train-00000.tokens", 2, 7), ("train-00001.tokens", 2, 7), ("train-00002.tokens", 1, 2)]
     assert [r["shard"] for r in records] == [0, 1, 2] and writer.raw_shards == []
     assert np.fromfile(tmp_path / "train-00001.index", "<i8").tolist() == [0, 2, 7]
-    assert sorted(os.listdir(tmp_path)) == [f"train-0000{i}.{ext}" for i in range(3) for ext in ("index", "tokens")]
+    assert sorted(os.listdir(tmp_path)) == [
+        f"train-0000{i}.{ext}" for i in range(3) for ext in ("check", "index", "tokens")]
+    tokens = np.fromfile(tmp_path / "train-00001.tokens", "<u2")
+    assert np.fromfile(tmp_path / "train-00001.check", "<u4").tolist() == [zlib.crc32(tokens)]  # one chunk
+
+
+def test_raw_shards_are_frames_of_whole_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(corpus_writer, "RAW_FRAME_BYTES", 100)
+    tokenizer = build_tokenizer("char", corpus="".join(CHAR_DOCS))
+    write_corpus(str(tmp_path), tokenizer, {"train": CHAR_DOCS[:50], "val": CHAR_DOCS[50:]}, shard_tokens=300,
+                 write_tokens=False, write_raw=True)
+    data, frames = (tmp_path / "train-00000.jsonl.zst").read_bytes(), []
+    while data:
+        frame = zstandard.ZstdDecompressor().decompressobj()
+        frames.append(frame.decompress(data))
+        assert zstandard.get_frame_parameters(data).has_checksum and frame.eof
+        data = frame.unused_data
+    assert len(frames) > 3 and all(f.endswith(b"\n") and len(f) >= 100 for f in frames[:-1])
+    assert [d for f in frames for d in f.decode().splitlines()] == [
+        json.dumps({"text": d}) for d in CHAR_DOCS[: len(b"".join(frames).splitlines())]]
 
 
 # ---- tools/prepare_data.py -------------------------------------------------------------------
@@ -224,6 +326,29 @@ def test_interrupted_run_resumes_to_the_same_bytes(
     assert not [p for p in os.listdir(out) if p.startswith(".")]  # no temporary files left
     prepare_data.main(owt_args(data_dir, out))
     assert "(2 kept from an earlier run)" in capsys.readouterr().out
+    assert file_hashes(out) == file_hashes(owt_reference)
+
+
+def test_a_full_disk_leaves_no_file_of_the_shard_it_interrupted(
+    owt_reference: Path, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    def full_disk(path, mode="r", *args, **kwargs):  # the last file of shard 1 finds the disk full
+        if "w" in mode and os.path.basename(path).startswith(".train-00001.jsonl.zst."):
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        return open(path, mode, *args, **kwargs)
+
+    out = tmp_path / "corpus"
+    with monkeypatch.context() as patch:
+        patch.setattr(corpus_writer, "open", full_disk, raising=False)
+        with pytest.raises(SystemExit) as info:
+            prepare_data.main(owt_args(data_dir, out))
+    assert info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: cannot write {out}/train-00001.jsonl.zst: [Errno 28] No space left on device")
+    shard_0 = [f"train-00000.{ext}" for ext in ("check", "index", "jsonl.zst", "tokens")]
+    assert sorted(os.listdir(out)) == ["progress.json", *shard_0]  # nothing of shard 1, no temporary file
+    prepare_data.main(owt_args(data_dir, out))  # space freed: the same command finishes the corpus
+    assert "(1 kept from an earlier run)" in capsys.readouterr().out
     assert file_hashes(out) == file_hashes(owt_reference)
 
 

@@ -4,6 +4,7 @@ token shards and raw shards, and a 2-rank checkpoint resumed on 1 rank."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -83,3 +84,70 @@ def test_a_missing_shard_stops_the_run_or_is_skipped_and_counted(corpus, tmp_pat
     trainer.run()
     scalars = read_scalars(trainer.run_folder.path)
     assert scalars["data/skipped_records"][-1][1] == 1.0
+
+
+@pytest.mark.parametrize("fmt", ["tokens", "raw"])
+def test_a_shard_damaged_on_disk_stops_the_run_before_its_data_trains(corpus, tmp_path, fmt):
+    """data.verify_shards = false and dataloader workers: the first read of damaged data stops the
+    run at step 0 with one line naming the shard and where it is damaged, and nothing is committed."""
+    from edlm_dist.data import DataError
+
+    broken = tmp_path / "broken"
+    shutil.copytree(corpus, broken)
+    trainer = Trainer(config(tmp_path, broken, "--data.verify_shards=false", f"--data.format={fmt}",
+                             "--data.num_workers=2", "--training.steps=2"))
+    if fmt == "tokens":  # a token of the first block that step 0 reads, replaced by another valid id
+        blocks = trainer.loader.blocks
+        offset = int(blocks.epoch_order(0)[0]) * blocks.span + 3
+        shards = trainer.data.blocks.manifest.splits["train"]["token_shards"]
+        while offset >= shards[0]["tokens"]:
+            offset, shards = offset - shards[0]["tokens"], shards[1:]
+        path = broken / shards[0]["path"]
+        with open(path, "r+b") as f:
+            f.seek(2 * offset)
+            token = f.read(1)[0]
+            f.seek(2 * offset)
+            f.write(bytes([token ^ 1]))
+        chunk = offset // 1024 * 1024
+        end = min(chunk + 1024, shards[0]["tokens"])
+        expected = (f"{path}: token offsets {chunk}-{end} (bytes {2 * chunk}-{2 * end}) do not match their CRC-32 in "
+                    f"{broken / shards[0]['checks']}")
+    else:  # every train shard, in the middle of its one frame
+        for path in broken.glob("train-*.jsonl.zst"):
+            data = bytearray(path.read_bytes())
+            data[len(data) // 2] ^= 0x10
+            path.write_bytes(bytes(data))
+    with pytest.raises(DataError) as info:
+        trainer.run()
+    message = str(info.value)
+    if fmt == "tokens":
+        assert message == expected
+    else:
+        path = re.match(rf"({broken}/train-\d{{5}}\.jsonl\.zst): zstd frame at compressed byte 0: corrupt zstd data: ",
+                        message).group(1)
+        low, high = map(int, re.search(r"compressed bytes (\d+)-(\d+)", message).groups())
+        assert low <= Path(path).stat().st_size // 2 < high
+    marker = json.loads((tmp_path / "debug" / "failed").read_text())
+    assert (marker["step"], marker["reason"]) == (0, message) and "\n" not in message
+    assert not list((tmp_path / "debug" / "checkpoints").glob("step_*"))
+
+
+def test_a_corpus_prepared_before_check_files_is_still_read_and_checked(corpus, tmp_path):
+    """Format v1 (no check files): trusted as hashed by the trainer under data.verify_shards, hashed
+    whole by the reader on its first read without it."""
+    from edlm_dist.data import BatchPlan, DataError, build_dataset
+    from test_prepare import to_format_v1
+
+    old = tmp_path / "v1"
+    shutil.copytree(corpus, old)
+    to_format_v1(old)
+    verified = build_dataset(config(tmp_path, old).data).train_loader(BatchPlan(4))
+    assert verified.blocks.corpus.shards_verified and verified.next_batch().tokens.shape == (4, 32)
+    for path in old.glob("train-*.tokens"):  # damaged everywhere: the first read meets it
+        data = bytearray(path.read_bytes())
+        data[::64] = bytes(b ^ 1 for b in data[::64])
+        path.write_bytes(bytes(data))
+    unverified = build_dataset(config(tmp_path, old, "--data.verify_shards=false").data).train_loader(BatchPlan(4))
+    with pytest.raises(DataError, match=rf"^{old}/train-\d{{5}}\.tokens: token offsets 0-\d+ \(bytes 0-\d+\) are in a "
+                                        rf"shard whose sha256 is [0-9a-f]{{16}}\.\.\., the corpus manifest says"):
+        unverified.next_batch()

@@ -19,6 +19,7 @@ import torch
 import zstandard
 
 from edlm_dist.data.errors import DataError
+from edlm_dist.data.loaders import next_from_workers
 from edlm_dist.data.raw_stream import (
     RawTextBlocks,
     build_raw_loader,
@@ -199,6 +200,38 @@ def test_bad_records_raise_or_are_skipped(tmp_path: Path) -> None:
     counts = Counter(t for b in out for t in b.tolist() if t != tokenizer.eos_id)
     assert counts == Counter({tokenizer.encode(d[0])[0]: len(d) for d in good + flawed})
     assert ds.skipped.count == 2
+
+
+def test_a_damaged_frame_stops_the_stream_before_any_block_holds_its_documents(tmp_path: Path) -> None:
+    """A raw shard of three checksummed frames, the middle one damaged: the blocks before the error
+    are those of the intact shard, none holds a token of the damaged frame's documents (intact
+    ones included), and the error, also from dataloader workers, names the shard and the frame."""
+    docs = [chr(0x4E00 + i) * (5 + i % 20) for i in range(300)]
+    compress = zstandard.ZstdCompressor(write_checksum=True).compress
+    frames = [compress("".join(line + "\n" for line in jsonl(docs[a : a + 100])).encode()) for a in (0, 100, 200)]
+    intact, damaged = tmp_path / "intact.jsonl.zst", tmp_path / "damaged.jsonl.zst"
+    intact.write_bytes(b"".join(frames))
+    broken = bytearray(b"".join(frames))
+    broken[len(frames[0]) + len(frames[1]) // 2] ^= 0x10
+    damaged.write_bytes(bytes(broken))
+    tokenizer = CharTokenizer.from_corpus("".join(d[0] for d in docs))
+
+    def dataset(path: Path) -> RawTextBlocks:
+        return RawTextBlocks([str(path)], tokenizer, seq_len=SEQ_LEN, shuffle_buffer=1, max_epochs=1)
+
+    reference, read = list(dataset(intact)), []
+    with pytest.raises(DataError) as info:
+        for block in dataset(damaged):
+            read.append(block)
+    assert str(info.value).startswith(f"{damaged}: zstd frame at compressed byte {len(frames[0])}: corrupt zstd data: ")
+    assert len(read) > 10 and all(torch.equal(a, b) for a, b in zip(read, reference))
+    held = {t for block in read for t in block.tolist()}
+    assert not held & set(tokenizer.encode("".join(d[0] for d in docs[100:200])))
+    with pytest.raises(DataError) as from_worker:
+        batches = iter(build_raw_loader(dataset(damaged), BATCH, num_workers=2))
+        while True:
+            next_from_workers(batches)
+    assert str(from_worker.value) == str(info.value)
 
 
 def test_slot_without_documents_is_an_error(tmp_path: Path) -> None:

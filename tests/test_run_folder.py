@@ -250,8 +250,13 @@ def test_a_corrupt_shard_is_refused_before_training_on_it(corpus_run, capsys, mo
     assert "set data.verify_shards = false to train on it as it is" in err
     assert calls == [str(shard)]  # only the rewritten shard was read again
     assert without(folder_digest(root), "debug/failed") == without(before, "debug/finished")
-    Trainer(debug_config(root, *data, "--training.steps=6", "--checkpoint.interval=2",
-                         "--data.verify_shards=false")).run()  # the user accepts the risk
+    # without the hash up front, the reader's own check refuses the damaged tokens when they are read
+    unchecked = ["--training.steps=6", "--checkpoint.interval=2", "--data.verify_shards=false"]
+    err = one_line_error(capsys, train, command(root, *data, *unchecked))
+    tokens = len(data_bytes) // 2  # the shard is one check chunk
+    assert err == (f"error: {shard}: token offsets 0-{tokens} (bytes 0-{2 * tokens}) do not match their CRC-32 in "
+                   f"{shard.with_suffix('.check')}")
+    Trainer(debug_config(root, *data, *unchecked, "--data.on_error=skip")).run()  # the user accepts the loss
     assert json.loads((root / "debug" / "finished").read_text())["step"] == 6
 
 

@@ -4,7 +4,9 @@ kind of bad input under on_error = "raise" (a DataError naming file and place) a
 from __future__ import annotations
 
 import json
+import random
 import re
+import string
 import uuid
 from pathlib import Path
 from typing import Callable
@@ -13,6 +15,7 @@ import fsspec
 import pytest
 import zstandard
 
+from edlm_dist.data import zstd_frames
 from edlm_dist.data.errors import DataError, SkipCounter
 from edlm_dist.data.sources import iter_documents, list_files
 
@@ -161,12 +164,14 @@ def bad_utf8_paragraph(tmp_path: Path) -> str:
 
 # (file maker, txt_mode, message pattern, documents left under "skip" or None when a prefix of DOCS)
 BAD_CASES = {
-    "truncated zst": (truncated_zst, "file", r"cut\.jsonl\.zst: frame at compressed byte 0: truncated zstd stream", None),
+    "truncated zst": (truncated_zst, "file", r"cut\.jsonl\.zst: zstd frame at compressed byte 0: truncated zstd stream", []),
     "garbage bytes": (
-        garbage_between_frames, "file", r"bad\.jsonl\.zst: frame at compressed byte \d+: corrupt zstd data after line 10",
+        garbage_between_frames, "file",
+        r"bad\.jsonl\.zst: zstd frame at compressed byte \d+: corrupt zstd data: its header is not a zstd frame header "
+        r".*; none of this frame's lines were read \(10 lines before it were\)",
         DOCS[:10],
     ),
-    "checksum": (checksum_mismatch, "file", r"sum\.jsonl\.zst: frame at compressed byte 0: corrupt zstd data", None),
+    "checksum": (checksum_mismatch, "file", r"sum\.jsonl\.zst: zstd frame at compressed byte 0: corrupt zstd data", []),
     "malformed json": (line_file(b'{"text": "oops'), "file", r"lines\.jsonl: line 4: malformed JSON", DOCS),
     "malformed json zst": (line_file(b"[1, 2", ".jsonl.zst"), "file", r"lines\.jsonl\.zst: line 4: malformed JSON", DOCS),
     "not utf-8 json": (line_file(b'{"text": "\xff"}'), "file", r"lines\.jsonl: line 4: malformed JSON", DOCS),
@@ -198,14 +203,100 @@ def test_bad_input(tmp_path: Path, case: str) -> None:
         assert docs == expected
 
 
-def test_truncated_keeps_complete_lines(tmp_path: Path) -> None:
-    """Cutting a stream into several reads still yields every line completed before the cut."""
-    data = zst(jsonl_bytes(DOCS * 50))
-    path = write(tmp_path / "cut.jsonl.zst", data[: len(data) // 2])
+# ---- corrupt zstd: nothing of a damaged frame is read, the true offset is named ----------------
+def word_docs(n: int, letters_only: bool = False) -> list[str]:
+    """Documents of words drawn from a Zipf law over a vocabulary of made-up words, so that zstd
+    encodes them with matches (damage there breaks decoding); with `letters_only`, of random
+    letters (mostly literals, where damage still decodes and only the checksum tells)."""
+    rng = random.Random(0)
+    if letters_only:
+        return ["".join(rng.choices(string.ascii_letters + " ", k=1200)) for _ in range(n)]
+    vocabulary = ["".join(rng.choices(string.ascii_lowercase, k=rng.randint(2, 9))) for _ in range(3000)]
+    weights = [1 / (rank + 1) for rank in range(len(vocabulary))]
+    return [" ".join(rng.choices(vocabulary, weights, k=200)) for _ in range(n)]
+
+
+BIG_DOCS = word_docs(1500)  # 2 MB of JSON lines: a frame of a third of them spans several zstd blocks
+
+
+def three_frames(docs: list[str] = BIG_DOCS) -> tuple[list[bytes], list[list[str]]]:
+    """`docs` as three checksummed frames of whole lines, and the documents of each."""
+    third = len(docs) // 3
+    parts = [docs[:third], docs[third : 2 * third], docs[2 * third :]]
+    return [zst(jsonl_bytes(d)) for d in parts], parts
+
+
+def flipped(data: bytes, at: int) -> bytes:
+    damaged = bytearray(data)
+    damaged[at] ^= 0x5A
+    return bytes(damaged)
+
+
+def read_until_error(path: str) -> tuple[list[str], str]:
+    """The documents read before the DataError, and its message."""
+    docs = []
+    with pytest.raises(DataError) as info:
+        for doc in iter_documents(path):
+            docs.append(doc)
+    assert "\n" not in str(info.value)
+    return docs, str(info.value)
+
+
+@pytest.mark.parametrize("text,fraction", [("words", 0.1), ("words", 0.5), ("words", 0.9), ("letters", 0.5)])
+def test_a_damaged_frame_gives_none_of_its_lines_and_names_where_it_fails(
+        tmp_path: Path, text: str, fraction: float) -> None:
+    frames, docs = three_frames(BIG_DOCS if text == "words" else word_docs(600, letters_only=True))
+    at = len(frames[0]) + int(len(frames[1]) * fraction)
+    path = write(tmp_path / "d.jsonl.zst", flipped(b"".join(frames), at))
+    read, message = read_until_error(path)
+    assert read == docs[0]  # the first frame, whole; nothing of the damaged one
+    assert message.startswith(f"{path}: zstd frame at compressed byte {len(frames[0])}: corrupt zstd data: ")
+    assert message.endswith(f"; none of this frame's lines were read ({len(docs[0])} lines before it were)")
+    # the block that does not decode or, for damage that still decodes, the frame holds the flipped byte
+    where = {"words": "the block at compressed bytes", "letters": "its blocks decode but not to the content its "
+             "checksum records: the damage is somewhere in compressed bytes"}[text]
+    low, high = map(int, re.search(where + r" (\d+)-(\d+)", message).groups())
+    assert low <= at < high
+    if text == "letters":
+        assert (low, high) == (len(frames[0]), len(frames[0]) + len(frames[1]))
     skipped = SkipCounter()
-    docs = read_all(path, on_error="skip", skipped=skipped)
-    assert 0 < len(docs) < len(DOCS) * 50 and docs == (DOCS * 50)[: len(docs)] and skipped.count == 1
-    assert f"the file ends (at byte {len(data) // 2})" in skipped.reasons[0]
+    assert read_all(path, on_error="skip", skipped=skipped) == docs[0] and skipped.reasons == [message]
+
+
+def test_a_truncated_or_extended_stream_names_its_end(tmp_path: Path) -> None:
+    frames, docs = three_frames()
+    cut = len(frames[0]) + len(frames[1]) // 2
+    path = write(tmp_path / "cut.jsonl.zst", b"".join(frames)[:cut])
+    read, message = read_until_error(path)
+    assert read == docs[0] and message.startswith(
+        f"{path}: zstd frame at compressed byte {len(frames[0])}: truncated zstd stream: the file ends at compressed "
+        f"byte {cut}, inside the frame; none of this frame's lines were read")
+    whole = b"".join(frames)
+    path = write(tmp_path / "tail.jsonl.zst", whole + b"appended garbage")
+    read, message = read_until_error(path)
+    assert read == BIG_DOCS and message.startswith(
+        f"{path}: zstd frame at compressed byte {len(whole)}: corrupt zstd data: its header is not a zstd frame header")
+
+
+def test_a_frame_too_large_to_hold_is_verified_then_read_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(zstd_frames, "HOLD_BYTES", 1000)
+    monkeypatch.setattr(zstd_frames, "READ_BYTES", 4096)
+    frames, docs = three_frames()
+    assert read_all(write(tmp_path / "ok.jsonl.zst", b"".join(frames))) == BIG_DOCS
+    one = zst(jsonl_bytes(BIG_DOCS))  # one frame, as the zstd tool writes a file
+    at = len(one) * 9 // 10
+    read, message = read_until_error(write(tmp_path / "one.jsonl.zst", flipped(one, at)))
+    assert read == [] and "zstd frame at compressed byte 0: corrupt zstd data" in message
+    low, high = map(int, re.search(r"compressed bytes (\d+)-(\d+)", message).groups())
+    assert low <= at < high
+
+
+def test_frames_without_checksum_are_read_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = write(tmp_path / "plain.jsonl.zst", zstandard.ZstdCompressor().compress(jsonl_bytes(DOCS)))
+    assert read_all(path) == DOCS
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path}: zstd frame at compressed byte 0 has no content checksum: damage that still decodes goes unnoticed "
+        f"(compress with checksums, e.g. the zstd tool's default)"]
 
 
 def test_unsupported_and_missing_files(tmp_path: Path) -> None:

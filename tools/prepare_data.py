@@ -28,7 +28,7 @@ from typing import Any
 from tqdm import tqdm
 
 from edlm_dist.config import exit_on_user_error
-from edlm_dist.data.corpus_format import MANIFEST_NAME, Manifest, file_sha256, join
+from edlm_dist.data.corpus_format import FORMAT, MANIFEST_NAME, Manifest, file_sha256, join
 from edlm_dist.data.corpus_writer import CorpusWriter, write_manifest
 from edlm_dist.data.errors import DataError, SkipCounter
 from edlm_dist.data.sources import filesystem, iter_documents, list_files
@@ -183,8 +183,9 @@ def shard_files(record: dict[str, Any]) -> list[tuple[str, str]]:
     """(file name, sha256) of every file of a finished shard."""
     files = []
     if record["token_shard"]:
-        files += [(record["token_shard"]["path"], record["token_shard"]["sha256"]),
-                  (record["token_shard"]["index"], record["index_sha256"])]
+        shard = record["token_shard"]
+        files += [(shard["path"], shard["sha256"]), (shard["index"], shard["index_sha256"]),
+                  (shard["checks"], shard["checks_sha256"])]
     if record["raw_shard"]:
         files.append((record["raw_shard"]["path"], record["raw_shard"]["sha256"]))
     return files
@@ -209,7 +210,7 @@ def prepare(args: argparse.Namespace) -> Manifest:
     n_train = total - args.val_docs
 
     settings = {
-        "source": source.description, "files": source.files, "counts": source.counts,
+        "corpus_format": FORMAT, "source": source.description, "files": source.files, "counts": source.counts,
         "tokenizer": tokenizer.fingerprint(), "format": args.format, "shard_tokens": args.shard_tokens,
         "val_docs": args.val_docs, "txt_mode": args.txt_mode, "text_key": args.text_key, "on_error": args.on_error,
     }

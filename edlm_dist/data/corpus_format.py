@@ -5,16 +5,26 @@ is a local path or an fsspec URL (read by `corpus_reader`, written by `corpus_wr
   raw little-endian uint16 (vocab_size <= 65536) or uint32; a shard holds whole documents.
 - `{split}-{i:05d}.index`: little-endian int64 offsets where each document starts within the
   shard, plus the shard length (documents + 1 entries).
-- `{split}-{i:05d}.jsonl.zst`: `{"text": ...}` per line, zstd-compressed (with checksums).
-- `manifest.json` (format "edlm_dist-corpus-v1"): tokenizer, dtype, and per split the document
-  and stream-token counts and the shard lists (paths relative to the folder, with sha256).
+- `{split}-{i:05d}.check`: little-endian uint32 CRC-32 of each chunk of `check_tokens` tokens of
+  the token shard (the last chunk shorter), so that a reader verifies what it reads at the cost
+  of hashing a chunk once, whatever the shard's size.
+- `{split}-{i:05d}.jsonl.zst`: `{"text": ...}` per line, zstd-compressed in frames of about
+  `RAW_FRAME_BYTES` of whole lines, each with its content checksum, so that a reader verifies a
+  frame before it uses any of it while holding little.
+- `manifest.json` (format "edlm_dist-corpus-v2"): tokenizer, dtype, `check_tokens`, and per split
+  the document and stream-token counts and the shard lists (paths relative to the folder, with
+  sha256; token shards also name their index and check files, with their sha256).
   Written last: a folder without it is not a (complete) corpus.
+
+Format v1 (before check files and multi-frame raw shards) is still read: its token shards are
+verified whole against their sha256, its raw shards (one frame each) by their zstd checksum.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import zlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -24,10 +34,14 @@ from edlm_dist.data.errors import DataError
 from edlm_dist.data.sources import open_binary
 from edlm_dist.data.tokenizers import Tokenizer
 
-FORMAT = "edlm_dist-corpus-v1"
+FORMAT = "edlm_dist-corpus-v2"
+FORMAT_V1 = "edlm_dist-corpus-v1"  # no check files, one zstd frame per raw shard
 MANIFEST_NAME = "manifest.json"
 SPLITS = ("train", "val")
 INDEX_DTYPE = np.dtype("<i8")
+CHECK_DTYPE = np.dtype("<u4")
+CHECK_TOKENS = 1024  # tokens per CRC-32 of a check file: what a read hashes beyond its own tokens, once
+RAW_FRAME_BYTES = 1 << 20  # uncompressed bytes per zstd frame of a raw shard (at least, but the last)
 HASH_BLOCK = 1 << 22
 
 
@@ -49,8 +63,19 @@ def index_name(split: str, i: int) -> str:
     return f"{split}-{i:05d}.index"
 
 
+def check_name(split: str, i: int) -> str:
+    return f"{split}-{i:05d}.check"
+
+
 def raw_shard_name(split: str, i: int) -> str:
     return f"{split}-{i:05d}.jsonl.zst"
+
+
+def chunk_checks(tokens: np.ndarray, check_tokens: int = CHECK_TOKENS) -> np.ndarray:
+    """The CRC-32 of each chunk of `check_tokens` tokens of a shard's `tokens` (a check file's content)."""
+    count = -(-len(tokens) // check_tokens)
+    return np.fromiter((zlib.crc32(tokens[i * check_tokens : (i + 1) * check_tokens]) for i in range(count)),
+                       CHECK_DTYPE, count)
 
 
 def tokenizer_info(tokenizer: Tokenizer) -> dict[str, Any]:
@@ -69,6 +94,7 @@ _TOP_KEYS = {"format": str, "source": str, "tokenizer": dict, "dtype": str, "val
 _TOKENIZER_KEYS = {"name": str, "fingerprint": str, "vocab_size": int, "eos_id": int, "config": dict}
 _SPLIT_KEYS = {"documents": int, "tokens": int, "token_shards": list, "raw_shards": list}
 _TOKEN_SHARD_KEYS = {"path": str, "index": str, "documents": int, "tokens": int, "sha256": str}
+_CHECKED_SHARD_KEYS = {"index_sha256": str, "checks": str, "checks_sha256": str}  # format v2
 _RAW_SHARD_KEYS = {"path": str, "documents": int, "bytes": int, "sha256": str}
 
 
@@ -84,7 +110,8 @@ def _check_keys(obj: Any, keys: dict[str, type], where: str) -> None:
 
 @dataclass
 class Manifest:
-    """`manifest.json` of a prepared corpus; splits and shard entries are kept as the JSON dicts."""
+    """`manifest.json` of a prepared corpus; splits and shard entries are kept as the JSON dicts.
+    `check_tokens` is None in format v1 (its token shards have no check files)."""
 
     source: str
     tokenizer: dict[str, Any]
@@ -92,6 +119,7 @@ class Manifest:
     val_documents: int
     splits: dict[str, dict[str, Any]]
     format: str = FORMAT
+    check_tokens: int | None = CHECK_TOKENS
 
     @classmethod
     def create(
@@ -101,9 +129,10 @@ class Manifest:
         return cls(source, tokenizer_info(tokenizer), dtype_name(tokenizer.vocab_size), val_documents, splits)
 
     def to_json(self) -> str:
+        checks = {} if self.check_tokens is None else {"check_tokens": self.check_tokens}
         return json.dumps(
             {"format": self.format, "source": self.source, "tokenizer": self.tokenizer, "dtype": self.dtype,
-             "val_documents": self.val_documents, "splits": self.splits},
+             **checks, "val_documents": self.val_documents, "splits": self.splits},
             indent=1, ensure_ascii=False,
         ) + "\n"
 
@@ -115,18 +144,25 @@ class Manifest:
         except ValueError as e:
             raise DataError(f"{where}: not valid JSON ({e})") from e
         _check_keys(obj, _TOP_KEYS, where)
-        if obj["format"] != FORMAT:
-            raise DataError(f"{where}: format {obj['format']!r} is not {FORMAT!r}")
+        if obj["format"] not in (FORMAT, FORMAT_V1):
+            raise DataError(f"{where}: format {obj['format']!r} is not {FORMAT!r} (or {FORMAT_V1!r})")
+        checked = obj["format"] == FORMAT
+        if checked:
+            _check_keys(obj, {"check_tokens": int}, where)
+            if obj["check_tokens"] < 1:
+                raise DataError(f"{where}: 'check_tokens' should be >= 1, got {obj['check_tokens']}")
         if obj["dtype"] not in ("uint16", "uint32"):
             raise DataError(f"{where}: dtype {obj['dtype']!r} is not 'uint16' or 'uint32'")
         _check_keys(obj["tokenizer"], _TOKENIZER_KEYS, f"{where}: tokenizer")
+        shard_keys = {**_TOKEN_SHARD_KEYS, **_CHECKED_SHARD_KEYS} if checked else _TOKEN_SHARD_KEYS
         for split, info in obj["splits"].items():
             _check_keys(info, _SPLIT_KEYS, f"{where}: splits.{split}")
             for n, shard in enumerate(info["token_shards"]):
-                _check_keys(shard, _TOKEN_SHARD_KEYS, f"{where}: splits.{split}.token_shards[{n}]")
+                _check_keys(shard, shard_keys, f"{where}: splits.{split}.token_shards[{n}]")
             for n, shard in enumerate(info["raw_shards"]):
                 _check_keys(shard, _RAW_SHARD_KEYS, f"{where}: splits.{split}.raw_shards[{n}]")
-        return cls(obj["source"], obj["tokenizer"], obj["dtype"], obj["val_documents"], obj["splits"], obj["format"])
+        return cls(obj["source"], obj["tokenizer"], obj["dtype"], obj["val_documents"], obj["splits"], obj["format"],
+                   obj["check_tokens"] if checked else None)
 
     def expected_files(self) -> dict[str, int]:
         """Every shard file the manifest lists, with its size in bytes."""
@@ -136,6 +172,8 @@ class Manifest:
             for shard in info["token_shards"]:
                 sizes[shard["path"]] = shard["tokens"] * itemsize
                 sizes[shard["index"]] = (shard["documents"] + 1) * INDEX_DTYPE.itemsize
+                if self.check_tokens is not None:
+                    sizes[shard["checks"]] = -(-shard["tokens"] // self.check_tokens) * CHECK_DTYPE.itemsize
             for shard in info["raw_shards"]:
                 sizes[shard["path"]] = shard["bytes"]
         return sizes

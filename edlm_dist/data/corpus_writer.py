@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -14,15 +15,19 @@ import numpy as np
 from edlm_dist.data.corpus_format import (
     INDEX_DTYPE,
     MANIFEST_NAME,
+    RAW_FRAME_BYTES,
     SPLITS,
     Manifest,
+    check_name,
+    chunk_checks,
     dtype_name,
     index_name,
     join,
     raw_shard_name,
     token_shard_name,
 )
-from edlm_dist.data.sources import filesystem, zstandard_module
+from edlm_dist.data.sources import filesystem
+from edlm_dist.data.zstd_frames import zstandard_module
 from edlm_dist.data.tokenizers import Tokenizer
 from edlm_dist.fileio import atomic_output, atomic_write_text
 
@@ -44,12 +49,12 @@ class CorpusWriter:
     A shard is closed once it holds at least `shard_tokens` stream tokens (and at the end), so
     token and raw shard `i` hold the same documents. Each file is written whole under a
     temporary name and renamed into place (local disks) or put as one object (fsspec), so an
-    interrupted run never leaves a partial file under a shard's name.
+    interrupted run never leaves a partial file under a shard's name; a shard whose files cannot
+    all be written (a full disk) leaves none of them.
 
     Each finished shard gets a record: {"split", "shard", "documents", "tokens", "token_shard",
-    "index_sha256", "raw_shard"} (the manifest entries, None when not written, and the index
-    file's hash, which the manifest does not hold). `on_shard` is called with it (e.g. to
-    record progress); `completed` continues a split after those records' shards.
+    "raw_shard"} (the manifest entries, None when not written). `on_shard` is called with it
+    (e.g. to record progress); `completed` continues a split after those records' shards.
     """
 
     def __init__(
@@ -82,8 +87,8 @@ class CorpusWriter:
         self._tokens = array(self._typecode)
         self._offsets = [0]
         self._count = 0
-        self._raw = self._compressor.compressobj() if self._compressor is not None else None
-        self._raw_chunks: list[bytes] = []
+        self._raw_lines = bytearray()  # JSON lines not yet compressed: the next raw frame's content
+        self._raw_frames: list[bytes] = []
 
     def add(self, text: str, ids: list[int] | None = None) -> None:
         """Append a document (`ids`: its tokens when already encoded, e.g. by a thread pool)."""
@@ -95,7 +100,9 @@ class CorpusWriter:
             self._tokens.extend(ids)
             self._tokens.append(self.tokenizer.eos_id)
         if self.write_raw:
-            self._raw_chunks.append(self._raw.compress(_json_line(text)))
+            self._raw_lines += _json_line(text)
+            if len(self._raw_lines) >= RAW_FRAME_BYTES:
+                self._compress_frame()
         if self._count >= self.shard_tokens:
             self._finish_shard()
 
@@ -116,43 +123,70 @@ class CorpusWriter:
             "raw_shards": self.raw_shards,
         }
 
+    def _compress_frame(self) -> None:
+        """The pending JSON lines as one zstd frame (content size and checksum in it)."""
+        self._raw_frames.append(self._compressor.compress(bytes(self._raw_lines)))
+        self._raw_lines.clear()
+
     def _finish_shard(self) -> None:
         i, documents = len(self.records), len(self._offsets) - 1
         record: dict[str, Any] = {
             "split": self.split, "shard": i, "documents": documents, "tokens": self._count,
-            "token_shard": None, "index_sha256": None, "raw_shard": None,
+            "token_shard": None, "raw_shard": None,
         }
+        files: dict[str, bytes] = {}
         if self.write_tokens:
             tokens = np.frombuffer(self._tokens, dtype=self.dtype.newbyteorder("=")).astype(self.dtype)
             if tokens.max() >= self.tokenizer.vocab_size:
                 raise ValueError(f"{self.tokenizer.name} tokenizer produced id {tokens.max()} >= its vocab size")
-            name, index = token_shard_name(self.split, i), index_name(self.split, i)
-            record["index_sha256"] = self._put(index, np.asarray(self._offsets, INDEX_DTYPE).tobytes())
+            name, index, checks = token_shard_name(self.split, i), index_name(self.split, i), check_name(self.split, i)
+            files = {name: tokens.tobytes(), index: np.asarray(self._offsets, INDEX_DTYPE).tobytes(),
+                     checks: chunk_checks(tokens).tobytes()}
             record["token_shard"] = {
                 "path": name, "index": index, "documents": documents, "tokens": self._count,
-                "sha256": self._put(name, tokens.tobytes()),
+                "sha256": _sha256(files[name]), "index_sha256": _sha256(files[index]),
+                "checks": checks, "checks_sha256": _sha256(files[checks]),
             }
-            self.token_shards.append(record["token_shard"])
         if self.write_raw:
-            data = b"".join(self._raw_chunks) + self._raw.flush()
+            if self._raw_lines:
+                self._compress_frame()
             name = raw_shard_name(self.split, i)
-            record["raw_shard"] = {
-                "path": name, "documents": documents, "bytes": len(data), "sha256": self._put(name, data),
-            }
+            files[name] = b"".join(self._raw_frames)
+            record["raw_shard"] = {"path": name, "documents": documents, "bytes": len(files[name]),
+                                   "sha256": _sha256(files[name])}
+        self._put_all(files)
+        if record["token_shard"]:
+            self.token_shards.append(record["token_shard"])
+        if record["raw_shard"]:
             self.raw_shards.append(record["raw_shard"])
         self.records.append(record)
         self._start_shard()
         if self.on_shard is not None:
             self.on_shard(record)
 
-    def _put(self, name: str, data: bytes) -> str:
-        """Write a whole file; its sha256."""
+    def _put_all(self, files: dict[str, bytes]) -> None:
+        """Write whole files: all of them, or (on an error, which is raised) none."""
+        written: list[str] = []
+        try:
+            for name, data in files.items():
+                self._put(name, data)
+                written.append(name)
+        except BaseException:
+            for name in written:
+                with contextlib.suppress(OSError):
+                    self._fs.rm_file(join(self._root, name))
+            raise
+
+    def _put(self, name: str, data: bytes) -> None:
         if self._local:
             with atomic_output(os.path.join(self._root, name)) as tmp, open(tmp, "wb") as f:
                 f.write(data)
         else:
             self._fs.pipe_file(join(self._root, name), data)
-        return hashlib.sha256(data).hexdigest()
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _json_line(text: str) -> bytes:

@@ -11,7 +11,7 @@ subclass: `StepIndexedLoader` here (in-memory sources), `PackedLoader` (pre-toke
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch.utils.data import get_worker_info
@@ -24,6 +24,21 @@ def worker_slot() -> tuple[int, int]:
     """(worker id, number of workers) of the dataloader worker we run in; (0, 1) outside one."""
     info = get_worker_info()
     return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+def next_from_workers(batches: Iterator[torch.Tensor]) -> torch.Tensor:
+    """The next batch of a DataLoader; a DataError raised in one of its worker processes is raised
+    again as the one-line error it was (torch re-raises it with the worker's whole traceback as its
+    message, the original line last)."""
+    try:
+        return next(batches)
+    except DataError as err:
+        lines = str(err).splitlines()
+        prefix = f"{DataError.__module__}.{DataError.__qualname__}: "
+        original = [line[len(prefix):] for line in lines if line.startswith(prefix)]
+        if not (lines[0].startswith("Caught DataError in DataLoader worker") and original):
+            raise
+        raise DataError(original[-1]) from err
 
 
 def check_fingerprint(saved: str, current: str, allow: bool) -> None:

@@ -21,7 +21,7 @@ from torch.utils.data import IterableDataset
 from edlm_dist.data.batches import Batch, BatchPlan
 from edlm_dist.data.corpus_reader import TokenCorpus
 from edlm_dist.data.errors import DataError, SkipCounter
-from edlm_dist.data.loaders import TrainLoader, worker_slot
+from edlm_dist.data.loaders import TrainLoader, next_from_workers, worker_slot
 from edlm_dist.diffusion.noise import keyed_generator
 
 
@@ -163,7 +163,7 @@ class PackedLoader(TrainLoader):
         if self._batches is None:
             self.blocks.load_state_dict({**self.blocks.state_dict(), "step": self.step})
             self._batches = iter(build_loader(self.blocks, self.num_workers))
-        batch = Batch(next(self._batches), self.plan.rows, self.step, self.plan.global_batch)
+        batch = Batch(next_from_workers(self._batches), self.plan.rows, self.step, self.plan.global_batch)
         self.step += 1
         return batch
 

@@ -71,8 +71,9 @@ class PreparedCorpus:
             raise DataError(f"data.format = {fmt!r}, but {self.folder} has no {fmt} shards for the train split")
         return fmt
 
-    def _token_corpus(self, split: str) -> TokenCorpus:
-        return TokenCorpus(self.folder, split, on_error=self.cfg.on_error, skipped=self.skipped, manifest=self.manifest)
+    def _token_corpus(self, split: str, shards_verified: bool = False) -> TokenCorpus:
+        return TokenCorpus(self.folder, split, on_error=self.cfg.on_error, skipped=self.skipped, manifest=self.manifest,
+                           shards_verified=shards_verified)
 
     def shard_files(self) -> tuple[ShardFile, ...]:
         """The shards training reads (its format's train shards, the val shards `batch` reads),
@@ -124,7 +125,9 @@ class PreparedCorpus:
     def train_loader(self, plan: BatchPlan, fingerprint: str, allow_fingerprint_mismatch: bool) -> TrainLoader:
         cfg = self.cfg
         if self.format == "tokens":
-            blocks = PackedBlocks(self._token_corpus("train"), seq_len=self.seq_len, plan=plan, seed=cfg.seed,
+            # under data.verify_shards the trainer hashes the train shards before it reads them
+            corpus = self._token_corpus("train", shards_verified=cfg.verify_shards)
+            blocks = PackedBlocks(corpus, seq_len=self.seq_len, plan=plan, seed=cfg.seed,
                                   allow_fingerprint_mismatch=allow_fingerprint_mismatch)
             return PackedLoader(blocks, cfg.num_workers, self.skipped)
         raw = RawTextBlocks(

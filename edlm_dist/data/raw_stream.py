@@ -30,7 +30,7 @@ from torch.utils.data import IterableDataset
 
 from edlm_dist.data.batches import Batch, BatchPlan
 from edlm_dist.data.errors import DataError, SkipCounter
-from edlm_dist.data.loaders import TrainLoader, check_fingerprint, worker_slot
+from edlm_dist.data.loaders import TrainLoader, check_fingerprint, next_from_workers, worker_slot
 from edlm_dist.data.sources import iter_documents
 from edlm_dist.data.tokenizers import Tokenizer
 from edlm_dist.diffusion.noise import keyed_generator
@@ -519,7 +519,7 @@ class RawLoader(TrainLoader):
     def next_batch(self) -> Batch:
         if self._batches is None:
             self._batches = iter(self.loader)
-        batch = Batch(next(self._batches), self.plan.rows, self.step, self.plan.global_batch)
+        batch = Batch(next_from_workers(self._batches), self.plan.rows, self.step, self.plan.global_batch)
         self.step += 1
         return batch
 

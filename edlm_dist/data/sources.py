@@ -5,10 +5,13 @@ lines), `.jsonl` and `.jsonl.zst` (one JSON object per line, the document under 
 `.parquet` (the `text_key` column; needs pyarrow). Files are streamed, never loaded whole
 (except a `.txt` file that is itself one document).
 
-Bad input is a `DataError` naming the file and the line (or compressed byte range, or row).
-With `on_error="skip"` a bad record is dropped, a corrupt or truncated compressed stream ends
-its file (documents already read stay read) and an empty file yields nothing; each is counted
-once in the `SkipCounter` (or logged as a warning when none is given), never dropped silently.
+Bad input is a `DataError` naming the file and the line (or row, or the compressed byte where
+a zstd frame starts and the block or checksum that fails in it). No document of a zstd frame is
+given out before the whole frame has decompressed and matched its checksum (`zstd_frames`), so
+corrupt compressed data never reaches a reader. With `on_error="skip"` a bad record is dropped,
+a corrupt or truncated compressed stream ends its file (documents of the frames before it stay
+read) and an empty file yields nothing; each is counted once in the `SkipCounter` (or logged as
+a warning when none is given), never dropped silently.
 """
 
 from __future__ import annotations
@@ -16,30 +19,19 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from types import ModuleType
-from typing import Any, BinaryIO, Literal
+from typing import BinaryIO, Literal
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from edlm_dist.data.errors import DataError, SkipCounter
+from edlm_dist.data.zstd_frames import FrameError, verified_content
 
 SUFFIXES = (".txt", ".jsonl", ".jsonl.zst", ".parquet")
-ZSTD_READ_BYTES = 1 << 20  # compressed bytes per read: the granularity of corruption offsets
 PARQUET_BATCH_ROWS = 1024
 GLOB_CHARS = "*?["
 
 log = logging.getLogger(__name__)
-
-
-def zstandard_module() -> ModuleType:
-    """The zstandard package, imported only where compressed data is read or written: it is
-    compiled, and a machine that never touches .zst files may lack it."""
-    try:
-        import zstandard
-    except ImportError as e:
-        raise DataError("reading or writing .jsonl.zst needs the zstandard package (pip install zstandard)") from e
-    return zstandard
 
 
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str, bool]:
@@ -228,12 +220,12 @@ def _jsonl(path: str, text_key: str, policy: _Policy, *, compressed: bool) -> It
 
 
 class _ZstdLines:
-    """The lines (without "\\n") of a zstd stream of one or more frames, decompressed as read.
+    """The lines (without "\\n") of a zstd stream of one or more frames, each frame's only once
+    the whole frame is verified (`verified_content`); a line may span frames.
 
-    A decompression error or a stream that ends inside a frame is reported through `policy`,
-    naming the compressed byte where the failing frame starts and the bytes read when it
-    failed; lines complete before the failure come out first. Under "skip" the stream then
-    ends (`failed` is set so the file is not also called empty).
+    A corrupt or truncated frame is reported through `policy`, naming the compressed byte where
+    it starts and where in it decoding fails; none of its lines come out. Under "skip" the
+    stream then ends (`failed` is set so the file is not also called empty).
     """
 
     def __init__(self, f: BinaryIO, policy: _Policy) -> None:
@@ -241,46 +233,20 @@ class _ZstdLines:
         self.failed = False
 
     def __iter__(self) -> Iterator[bytes]:
-        zstandard = zstandard_module()
-        decompressor = zstandard.ZstdDecompressor()
-        frame: Any = None  # the decompression object of the frame in progress
-        frame_start = offset = lines = 0
-        pending = b""
-        while chunk := self.f.read(ZSTD_READ_BYTES):
-            data, out, error = chunk, [], None
-            try:
-                while data:
-                    if frame is None:
-                        frame, frame_start = decompressor.decompressobj(), offset + len(chunk) - len(data)
-                    out.append(frame.decompress(data))
-                    data = frame.unused_data if frame.eof else b""
-                    frame = None if frame.eof else frame
-            except zstandard.ZstdError as e:
-                error = e
-            parts = (pending + b"".join(out)).split(b"\n")
-            pending = parts.pop()
-            lines += len(parts)
-            yield from parts
-            if error is not None:
-                self._fail(
-                    f"corrupt zstd data after line {lines}, "
-                    f"in compressed bytes {offset}-{offset + len(chunk)} ({error})",
-                    f"frame at compressed byte {frame_start}",
-                )
-                return
-            offset += len(chunk)
-        if frame is not None:
-            self._fail(
-                f"truncated zstd stream: the file ends (at byte {offset}) inside the frame, after line {lines}",
-                f"frame at compressed byte {frame_start}",
-            )
+        pending, lines = b"", 0
+        try:
+            for data in verified_content(self.f, self.policy.path):
+                parts = (pending + data).split(b"\n")
+                pending = parts.pop()
+                lines += len(parts)
+                yield from parts
+        except FrameError as e:
+            self.failed = True
+            self.policy.bad(f"{e.what}; none of this frame's lines were read ({lines} lines before it were)",
+                            f"zstd frame at compressed byte {e.start}")
             return
         if pending:
             yield pending
-
-    def _fail(self, what: str, where: str) -> None:
-        self.failed = True
-        self.policy.bad(what, where)
 
 
 def _parquet(path: str, text_key: str, policy: _Policy) -> Iterator[str]:
