@@ -247,7 +247,7 @@ def test_a_corrupt_shard_is_refused_before_training_on_it(corpus_run, capsys, mo
     before = folder_digest(root)
     err = one_line_error(capsys, train, command(root, *data, "--training.steps=6", "--checkpoint.interval=2"))
     assert err.startswith(f"error: {shard}: its sha256 is ") and "the corpus manifest says" in err
-    assert "set data.verify_shards = false to train on it as it is" in err
+    assert "set data.on_error = 'skip' to train on the rest (damaged parts read as EOS and counted)" in err
     assert calls == [str(shard)]  # only the rewritten shard was read again
     assert without(folder_digest(root), "debug/failed") == without(before, "debug/finished")
     # without the hash up front, the reader's own check refuses the damaged tokens when they are read
@@ -258,6 +258,10 @@ def test_a_corrupt_shard_is_refused_before_training_on_it(corpus_run, capsys, mo
                    f"{shard.with_suffix('.check')}")
     Trainer(debug_config(root, *data, *unchecked, "--data.on_error=skip")).run()  # the user accepts the loss
     assert json.loads((root / "debug" / "finished").read_text())["step"] == 6
+    # with the hash up front too, as the refusal's hint says: warned, and the damage skipped as it is read
+    Trainer(debug_config(root, *data, "--training.steps=7", "--checkpoint.interval=2", "--data.on_error=skip")).run()
+    assert f"warning: {shard}: its sha256 is " in capsys.readouterr().out
+    assert json.loads((root / "debug" / "finished").read_text())["step"] == 7
 
 
 # ---- 6: storage errors in one line, the failed marker where it can be written -------------------

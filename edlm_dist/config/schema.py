@@ -86,8 +86,9 @@ class DataConfig:
     shuffle_buffer: int = 1000  # raw-text streaming: blocks in the shuffle buffer
     on_error: Literal["raise", "skip"] = "raise"  # bad records: stop naming the file, or skip and count them
     allow_fingerprint_mismatch: bool = False  # resume on different data than the checkpoint saw
-    # prepared corpora: check every shard against the sha256 of its manifest once per run (a run
-    # remembers the shards it has checked, by size and modification time); false accepts the risk
+    # prepared corpora: check every shard against the sha256 of its manifest once per run, before
+    # the first step (a run remembers the shards it has checked, by size and modification time);
+    # false leaves the checks to the reads (damage then stops the run when it is reached)
     verify_shards: bool = True
     val_fraction: float = 0.05  # tail of a text file held out for validation
     synthetic_states: int = 48

@@ -433,7 +433,8 @@ class Trainer:
 
     def verify_data(self) -> None:
         """Check the corpus's shards against their manifest before training on them, split over
-        the ranks and once per run: the shards found good are recorded beside the run."""
+        the ranks and once per run: the shards found good are recorded beside the run. A damaged
+        one stops the run, or with `data.on_error = "skip"` is read with its damage skipped."""
         shards = self.data.shards
         if not (shards and self.cfg.data.verify_shards):
             return
@@ -445,8 +446,12 @@ class Trainer:
         problems = [p for _, part in gathered for p in part]
         if problems:
             more = f" (and {len(problems) - 1} more shards)" if len(problems) > 1 else ""
-            raise DataError(f"{problems[0]}{more}; prepare the corpus again, or set data.verify_shards = false "
-                            f"to train on it as it is")
+            if self.cfg.data.on_error == "raise":
+                raise DataError(f"{problems[0]}{more}; prepare the corpus again, or set data.on_error = 'skip' to "
+                                f"train on the rest (damaged parts read as EOS and counted)")
+            if self.env.is_main:
+                tqdm.write(f"warning: {problems[0]}{more}; data.on_error = 'skip': its damaged parts are read as EOS "
+                           f"and counted (data/skipped_records)")
         if self.env.is_main:
             self.run_folder.write_json(VERIFIED_SHARDS, {url: v for part, _ in gathered for url, v in part.items()})
 
