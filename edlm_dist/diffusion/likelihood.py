@@ -132,7 +132,8 @@ def logz_bounds(energies: torch.Tensor) -> LogZBounds:
 
     low = logmeanexp(-e); high = (2n - 1) low - 2 (n - 1) mean_j logmeanexp(-e without j).
     Both tend to log Z as n grows; `high` is above it only asymptotically, so read it with the
-    ESS and with how it moves with n.
+    ESS and with how it moves with n. Where at most one draw has weight (a leave-one-out sum is
+    empty) `high` equals `low`; where none has, both are -inf and the ESS is 0.
     """
     n = energies.shape[-1]
     if n < 2:
