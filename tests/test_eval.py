@@ -8,6 +8,7 @@ import errno
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -28,8 +29,8 @@ from edlm_dist.data.eval_sets import EvalSet, load_eval_set, parse_eval_sets
 from edlm_dist.distributed import init_distributed
 from edlm_dist.eval import main
 from edlm_dist.evaluation import EvalService, LikelihoodEvaluator
-from edlm_dist.diffusion.likelihood import CONSISTENT, GUARANTEED, PAPER
-from edlm_dist.evaluation.perplexity import judge, summarize
+from edlm_dist.diffusion.likelihood import CONSISTENT, ESS_FLOOR, GUARANTEED, PAPER
+from edlm_dist.evaluation.perplexity import format_result, judge, summarize, tensorboard_scalars
 from run_utils import DEBUG_CONFIG, DEBUG_EVAL, debug_config, folder_digest, read_scalars, wait_for
 
 SETS = "wikitext2:val, ptb:test"
@@ -165,20 +166,59 @@ def test_summary_means_errors_and_paired_differences():
                                                    "reason": "within 2 s.e. of MDLM's NELBO"}
 
 
-@pytest.mark.parametrize("kind, versus, moved, companion, verdict", [
-    (GUARANTEED, (-1.0, 0.1), 0.5, None, "below MDLM"),  # an upper bound below MDLM decides at once
-    (GUARANTEED, (+1.0, 0.1), 0.0, None, "undecided"),  # above MDLM a bound may just be loose
-    (CONSISTENT, (+1.0, 0.1), 0.1, (+0.9, 0.1), "above MDLM"),
-    (CONSISTENT, (+1.0, 0.1), 0.8, (+0.9, 0.1), "undecided"),  # still moving with n
-    (CONSISTENT, (-0.1, 0.1), 0.0, (-0.1, 0.1), "undecided"),  # within the noise
-    (CONSISTENT, (+22.4, 3.4), 3.8, (-22.6, 3.3), "undecided"),  # its other side is below MDLM
-    (PAPER, (-5.0, 0.1), 0.0, None, "undecided"),
+@pytest.mark.parametrize("kind, versus, moved, companion, ess, verdict", [
+    (GUARANTEED, (-1.0, 0.1), 0.5, None, 1.2, "below MDLM"),  # an upper bound below MDLM decides at once, at any ESS
+    (GUARANTEED, (+1.0, 0.1), 0.0, None, 12.0, "undecided"),  # above MDLM a bound may just be loose
+    (CONSISTENT, (+1.0, 0.1), 0.1, (+0.9, 0.1), 16 * ESS_FLOOR, "above MDLM"),
+    (CONSISTENT, (+1.0, 0.1), 0.1, (+0.9, 0.1), 16 * ESS_FLOOR - 0.01, "cannot decide"),  # too few effective proposals
+    (CONSISTENT, (-1.11, 0.27), 0.25, (-1.04, 0.27), 1.75, "cannot decide"),  # PTB's EDLM-AR, which read "below MDLM"
+    (CONSISTENT, (+1.0, 0.1), 0.8, (+0.9, 0.1), 12.0, "undecided"),  # still moving with n
+    (CONSISTENT, (-0.1, 0.1), 0.0, (-0.1, 0.1), 12.0, "undecided"),  # within the noise
+    (CONSISTENT, (+22.4, 3.4), 3.8, (-22.6, 3.3), 12.0, "undecided"),  # its other side is below MDLM
+    (CONSISTENT, (+1.0, None), 0.1, (+0.9, None), 12.0, "cannot decide"),  # one sequence: no standard error
+    (PAPER, (-5.0, 0.1), 0.0, None, 1.2, "undecided"),
 ])
-def test_each_kind_of_figure_decides_against_mdlm_by_its_own_rule(kind, versus, moved, companion, verdict):
+def test_each_kind_of_figure_decides_against_mdlm_by_its_own_rule(kind, versus, moved, companion, ess, verdict):
+    """At 16 proposals (2n in the reproduction), as the JSON records them."""
     companion = None if companion is None else {"nats_per_token": companion[0], "stderr": companion[1]}
     result = judge(kind, {"nats_per_token": versus[0], "stderr": versus[1]}, {"nats_per_token": moved, "stderr": 0.0},
-                   companion)
-    assert result["verdict"] == verdict and result["decides"] == (verdict != "undecided") and result["reason"]
+                   companion, ess, 16)
+    assert result["verdict"] == verdict and result["decides"] == verdict.endswith("MDLM") and result["reason"]
+    assert (result["limited_by"] == "ess") == (verdict == "cannot decide" and ess < 16 * ESS_FLOOR)
+
+
+def test_figures_that_are_not_finite_or_impossible_are_withheld_with_their_reason():
+    """The paper's estimate of an AR energy at a tiny ESS can fall below 0 nats (a perplexity
+    below 1), an estimator can return +inf (no proposal gave the data weight), a diverged model
+    NaN: none is written, logged or printed as a figure, and none is compared with MDLM."""
+    values = {"mdlm_nelbo": torch.tensor([4.0, 8.0, 6.0]), "coupled_n2": torch.tensor([3.0, math.inf, 5.0]),
+              "coupled_jackknife_n2": torch.tensor([3.0, 7.0, 5.0]), "paper_n2": torch.tensor([-2.0, -4.0, 1.0]),
+              "paper_low_n2": torch.tensor([-3.0, -5.0, 0.0]), "ess_coupled_n2": torch.tensor([1.0, 0.0, 2.0]),
+              "ess_paper_n2": torch.tensor([1.0, math.nan, 2.0])}
+    for name in list(values):
+        values[name.replace("n2", "n4")] = values[name] + 0.5
+    summary = summarize(values, seq_len=2, num_proposals=2)
+    figures = summary["figures"]
+    assert figures["coupled_n4"]["nats_per_token"] is None and figures["coupled_n4"]["ppl"] is None
+    assert figures["coupled_n4"]["not_reported"] == "not finite: infinite for 1 of 3 sequences"
+    assert figures["paper_n4"]["not_reported"].startswith("impossible: -0.5833 nats per token, below 0")
+    assert figures["paper_n4"]["kind"] == PAPER and figures["coupled_jackknife_n4"]["nats_per_token"] == 2.75
+    assert summary["differences"]["coupled_n4 - mdlm_nelbo"]["nats_per_token"] is None
+    assert summary["differences"]["coupled_n4 - mdlm_nelbo"]["not_reported"].startswith("coupled_n4 not finite")
+    assert summary["mean_ess"]["ess_paper_n4"] is None and summary["mean_ess"]["ess_coupled_n4"] == 1.5
+    for name in ("coupled_n4", "paper_n4"):
+        judged = summary["judgements"][name]
+        assert judged["verdict"] == "cannot decide" and not judged["decides"] and "not reported" in judged["reason"]
+    json.dumps(summary, allow_nan=False)  # no NaN or infinity anywhere in what is written
+    result = {"model": "edlm_ar", "step": 7, "dataset": "ptb:test", "sequences": 3, "seq_len": 2, **summary}
+    scalars = tensorboard_scalars(result, "eval/ptb_test/edlm_ar")
+    assert "eval/ptb_test/edlm_ar/coupled_jackknife_n4" in scalars and "eval/ptb_test/edlm_ar/paper_n4" not in scalars
+    assert "eval/ptb_test/edlm_ar/ppl" not in scalars  # the headline, coupled_n4, is withheld
+    assert all(math.isfinite(v) for v in scalars.values())
+    printed = format_result(result)
+    assert re.search(r"\*coupled_n4 +not reported: not finite: infinite for 1 of 3 sequences", printed)
+    assert re.search(r" paper_n4 +not reported: impossible: -0.5833 nats per token", printed)
+    assert not re.search(r"(inf|nan|-\d+\.\d+ ±)", printed.replace("infinite", "")), printed
 
 
 def test_bad_arguments_are_one_line_errors(runs, tmp_path, capsys):

@@ -4,6 +4,7 @@ from runs (with the errors a wrong run must give)."""
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 
@@ -12,6 +13,7 @@ import torch
 
 from edlm_dist.config import ModelConfig
 from edlm_dist.data import build_dataset
+from edlm_dist.diffusion import SamplingStats
 from edlm_dist.evaluation import (
     HFOracle,
     OracleError,
@@ -21,6 +23,7 @@ from edlm_dist.evaluation import (
     scored_span,
     unigram_entropy,
 )
+from edlm_dist.evaluation.sampler import format_summary, mean_ess_of
 from edlm_dist.models import build_model
 from edlm_dist.runs import find_checkpoint
 from edlm_dist.training import Trainer
@@ -129,6 +132,33 @@ def test_gen_ppl_is_token_weighted():
     assert (metrics["scored_tokens"], metrics["samples"], metrics["empty_samples"]) == (11, 3, 1)
     with pytest.raises(ValueError, match="has a token to score"):
         gen_ppl(FakeOracle([0.0], [0]), torch.zeros(1, 4, dtype=torch.long))
+
+
+@pytest.mark.parametrize("nll, reason", [
+    ([2.0, math.inf, 1.0], "not finite: infinite for 1 of 3 samples"),  # the oracle gave a token zero probability
+    ([2.0, math.nan, 1.0], "not finite: NaN for 1 of 3 samples"),  # a diverged oracle
+    ([-2.0, -30.0, 1.0], "impossible: -2.8182 nats per token, below 0 (a perplexity below 1)"),
+])
+def test_a_gen_ppl_that_is_not_finite_or_impossible_is_withheld_with_its_reason(nll, reason):
+    metrics = gen_ppl(FakeOracle(nll, [1, 10, 0]), torch.zeros(3, 4, dtype=torch.long))
+    assert metrics["gen_ppl"] is metrics["nll_per_token"] is metrics["mean_sample_nll_per_token"] is None
+    assert metrics["not_reported"] == reason and metrics["scored_tokens"] == 11
+    summary = {"num_samples": 3, "steps": 8, "num_candidates": 4, "window": 1.0, "mode": "batch", "world_size": 1,
+               "wall_time_per_sample_s": 0.5, "wall_time_per_step_s": 0.01, "entropy_bits": 1.5, "entropy_nats": 1.04,
+               "mean_ess": None, "not_reported": {"mean_ess": "not finite: a candidate's energy was NaN or -inf"},
+               "gen_ppl": metrics}
+    summary["reference"] = {"gen_ppl": gen_ppl(FakeOracle([2.0], [1]), torch.zeros(1, 4, dtype=torch.long))}
+    json.dumps(summary, allow_nan=False)
+    printed = format_summary(summary)
+    assert f"Gen PPL: not reported ({reason})" in printed and "reference Gen PPL (held-out data): 7.39" in printed
+    assert "mean ESS of the importance weights: not reported (not finite: a candidate's energy" in printed
+
+
+def test_the_mean_ess_of_the_importance_weights_is_withheld_where_an_energy_was_nan():
+    stats = [SamplingStats(ess_sum=6.0, ess_count=2), SamplingStats(ess_sum=2.0, ess_count=2)]
+    assert mean_ess_of(stats) == (2.0, None) and mean_ess_of([SamplingStats()]) == (None, None)
+    stats[1].ess_sum = math.nan
+    assert mean_ess_of(stats) == (None, "not finite: a candidate's energy was NaN or -inf")
 
 
 # ---- oracles built from runs -----------------------------------------------------------------

@@ -32,6 +32,7 @@ def pairwise_accuracy(positive: torch.Tensor, negatives: torch.Tensor) -> torch.
 
 def effective_sample_size(energies: torch.Tensor) -> torch.Tensor:
     """ESS (sum w)^2 / sum w^2 of the self-normalised weights w = softmax(-E) over the last
-    dim (k candidates): k for equal energies, 1 when one candidate takes all the weight."""
+    dim (k candidates): k for equal energies, 1 when one candidate takes all the weight, 0 when
+    none has any (every energy +inf: the weights cannot be normalised)."""
     weights = torch.softmax(-energies.double(), dim=-1)
-    return 1.0 / weights.square().sum(dim=-1)
+    return torch.where((energies == math.inf).all(dim=-1), 0.0, 1.0 / weights.square().sum(dim=-1))

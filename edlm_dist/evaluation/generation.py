@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from edlm_dist.data.tokenizers import Tokenizer
+from edlm_dist.evaluation.reportable import NOT_REPORTED, impossible_reason, non_finite_reason
 from edlm_dist.models.transformer import ARTransformer
 from edlm_dist.runs.weights import checkpoint_vocab_size, find_checkpoint, load_weights
 
@@ -262,7 +263,9 @@ def gen_ppl(oracle: Oracle, tokens: Tensor) -> dict[str, float | int]:
 
     Also reports the mean over samples of each one's NLL per token (each sample weighs the
     same; samples with no scored token left out), the scored-token count and how many samples
-    had none: a sampler that ends documents early scores few tokens, so read both.
+    had none: a sampler that ends documents early scores few tokens, so read both. When the
+    oracle's NLL is not finite or impossible (below 0) the three figures are None and
+    `not_reported` says why.
     """
     nll, counts = oracle.score(tokens)
     total = int(counts.sum())
@@ -270,11 +273,9 @@ def gen_ppl(oracle: Oracle, tokens: Tensor) -> dict[str, float | int]:
         raise ValueError(f"none of the {tokens.shape[0]} samples has a token to score after the EOS rule")
     nonempty = counts > 0
     per_token = float(nll.sum()) / total
-    return {
-        "gen_ppl": math.exp(per_token),
-        "nll_per_token": per_token,
-        "mean_sample_nll_per_token": float((nll[nonempty] / counts[nonempty]).mean()),
-        "scored_tokens": total,
-        "samples": int(tokens.shape[0]),
-        "empty_samples": int((~nonempty).sum()),
-    }
+    reason = non_finite_reason(nll, "samples") or impossible_reason(per_token)
+    figures = ({"gen_ppl": None, "nll_per_token": None, "mean_sample_nll_per_token": None} if reason else
+               {"gen_ppl": math.exp(per_token), "nll_per_token": per_token,
+                "mean_sample_nll_per_token": float((nll[nonempty] / counts[nonempty]).mean())})
+    return {**figures, "scored_tokens": total, "samples": int(tokens.shape[0]), "empty_samples": int((~nonempty).sum()),
+            **({NOT_REPORTED: reason} if reason else {})}

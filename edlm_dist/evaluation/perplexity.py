@@ -35,8 +35,10 @@ from edlm_dist.data.eval_sets import EvalSet, EvalSetSpec, FixedBlocks, load_eva
 from edlm_dist.diffusion import Schedule, build_schedule, edlm_nelbo, keyed_generator, nelbo
 from edlm_dist.diffusion.likelihood import (
     CONSISTENT,
+    ESS_FLOOR,
     GUARANTEED,
     PAPER,
+    below_ess_floor,
     estimator_kind,
     estimators_for,
     is_self_normalised,
@@ -52,6 +54,7 @@ from edlm_dist.evaluation.outputs import (
     remove_leftovers,
     result_name,
 )
+from edlm_dist.evaluation.reportable import NOT_REPORTED, finite_or_none, impossible_reason, non_finite_reason
 from edlm_dist.fileio import atomic_write_text
 from edlm_dist.models import Transformer
 from edlm_dist.energy.loading import load_denoiser, load_energy
@@ -65,6 +68,8 @@ COMPANIONS = {"conservative": "low", "paper": "low", "coupled": "jackknife", "tr
 COMPANION_KINDS = {"low": "the low side of log Z (not a bound)",
                    "jackknife": f"{CONSISTENT} (jackknife bias-corrected)"}
 Z = 2.0  # standard errors for a difference to count
+STATS = ("nats_per_token", "stderr", "ppl", "bits_per_token")
+CANNOT_DECIDE = "cannot decide"  # the verdict of a figure that is not compared with MDLM at all
 
 
 @dataclass
@@ -140,14 +145,35 @@ def sequence_figures(
     return out
 
 
-def _stats(per_sequence: torch.Tensor, seq_len: int) -> dict[str, float]:
+def _stats(per_sequence: torch.Tensor, seq_len: int) -> dict[str, float | None]:
     """Per-token mean, standard error over sequences (Monte-Carlo noise plus the spread of the
-    data, so an upper bound on the MC error), perplexity and bits of per-sequence nats."""
+    data, so an upper bound on the MC error; None for one sequence), perplexity and bits of
+    per-sequence nats."""
     n = per_sequence.numel()
     per_token = per_sequence / seq_len
     mean = float(per_token.mean())
-    stderr = float(per_token.std() / math.sqrt(n)) if n > 1 else math.nan
+    stderr = float(per_token.std() / math.sqrt(n)) if n > 1 else None
     return {"nats_per_token": mean, "stderr": stderr, "ppl": math.exp(mean), "bits_per_token": mean / math.log(2)}
+
+
+def _figure(per_sequence: torch.Tensor, seq_len: int, kind: str) -> dict[str, Any]:
+    """`_stats` of a figure and its kind; a figure that is not finite or is impossible (below 0
+    nats) keeps its fields empty (None) and says why under `NOT_REPORTED`."""
+    reason = non_finite_reason(per_sequence, "sequences") or impossible_reason(float(per_sequence.mean()) / seq_len)
+    if reason:
+        return {**dict.fromkeys(STATS), "kind": kind, NOT_REPORTED: reason}
+    return {**_stats(per_sequence, seq_len), "kind": kind}
+
+
+def _difference(values: dict[str, torch.Tensor], figures: dict[str, dict[str, Any]], a: str, b: str,
+                 seq_len: int) -> dict[str, Any]:
+    """The paired per-token difference a - b with its standard error; empty, with the reason,
+    when either figure is not reported."""
+    for name in (a, b):
+        if NOT_REPORTED in figures[name]:
+            return {"nats_per_token": None, "stderr": None, NOT_REPORTED: f"{name} {figures[name][NOT_REPORTED]}"}
+    d = _stats(values[a] - values[b], seq_len)
+    return {"nats_per_token": d["nats_per_token"], "stderr": d["stderr"]}
 
 
 def figure_kind(name: str, self_normalised: bool) -> str:
@@ -161,39 +187,66 @@ def figure_kind(name: str, self_normalised: bool) -> str:
     return COMPANION_KINDS[companion] if companion else estimator_kind(estimator, self_normalised)
 
 
-def judge(kind: str, versus_mdlm: dict[str, float], movement: dict[str, float],
-          companion_versus_mdlm: dict[str, float] | None = None) -> dict[str, Any]:
+def _undecided(limited_by: str, reason: str, verdict: str = "undecided") -> dict[str, Any]:
+    return {"decides": False, "verdict": verdict, "limited_by": limited_by, "reason": reason}
+
+
+def cannot_decide(kind: str, versus_mdlm: dict[str, Any], movement: dict[str, Any] | None = None,
+                  companion: dict[str, Any] | None = None, ess: float | None = None,
+                  num_proposals: int | None = None) -> dict[str, Any] | None:
+    """The judgement of a figure that is not compared with MDLM at all ("cannot decide"), or None
+    when it can be: what it is judged by (its difference to MDLM; for a consistent estimate also
+    its movement and companion) is not reported, or it is a consistent estimate whose mean ESS
+    of `num_proposals` weights lies below the floor (`below_ess_floor`)."""
+    needed = [versus_mdlm, movement, companion] if kind == CONSISTENT else [versus_mdlm]
+    for part in (p for p in needed if p is not None):
+        if NOT_REPORTED in part:
+            return _undecided("estimator", f"not reported: {part[NOT_REPORTED]}", CANNOT_DECIDE)
+    if kind == CONSISTENT and ess is not None and num_proposals and below_ess_floor(ess, num_proposals):
+        return _undecided("ess", f"mean ESS {ess:.2f} of {num_proposals}, below the floor of {ESS_FLOOR:.0%} of the "
+                                 "proposals (docs/likelihood.md): the estimate can then lie several standard errors "
+                                 "from its limit", CANNOT_DECIDE)
+    return None
+
+
+def judge(kind: str, versus_mdlm: dict[str, Any], movement: dict[str, Any],
+          companion_versus_mdlm: dict[str, Any] | None = None, ess: float | None = None,
+          num_proposals: int | None = None) -> dict[str, Any]:
     """Whether a figure decides against MDLM's NELBO at its standard error, why, and otherwise
-    what keeps it from deciding (`limited_by`: "kind", "noise" or "estimator").
+    what keeps it from deciding (`limited_by`: "kind", "noise", "estimator" or "ess").
 
     A guaranteed upper bound decides only when it lies below MDLM's NELBO beyond Z s.e. (above
     it, the bound may be loose). A consistent estimate decides when it differs beyond Z s.e.,
     moved less than half that difference from n to 2n proposals, and its companion (the
     jackknife correction, or log Z's other side) lies on the same side of MDLM's NELBO beyond Z
     s.e. too: with a tiny ESS an estimate can still be far from its limit while barely moving.
-    The paper's estimate never decides (not a bound).
+    With a mean ESS of its `num_proposals` weights below the floor (`ESS_FLOOR` of them) a
+    consistent estimate is not compared at all: "cannot decide", as for any figure whose
+    difference is not reported (not finite, or impossible) or has no standard error (one
+    sequence). The paper's estimate never decides (not a bound).
     """
-    diff, se, moved = versus_mdlm["nats_per_token"], versus_mdlm["stderr"], movement["nats_per_token"]
-
-    def undecided(limited_by: str, reason: str) -> dict[str, Any]:
-        return {"decides": False, "verdict": "undecided", "limited_by": limited_by, "reason": reason}
-
+    excluded = cannot_decide(kind, versus_mdlm, movement, companion_versus_mdlm, ess, num_proposals)
+    if excluded is not None:
+        return excluded
     if kind == PAPER:
-        return undecided("kind", "the paper's estimate is not a bound")
+        return _undecided("kind", "the paper's estimate is not a bound")
+    diff, se, moved = versus_mdlm["nats_per_token"], versus_mdlm["stderr"], movement["nats_per_token"]
+    if se is None:
+        return _undecided("noise", "one sequence gives no standard error", CANNOT_DECIDE)
     if kind == GUARANTEED:
         if diff + Z * se < 0:
             return {"decides": True, "verdict": "below MDLM", "limited_by": None,
                     "reason": f"an upper bound {-diff:.4f} nats/token below"}
-        return undecided("estimator", "an upper bound not below MDLM's NELBO beyond 2 s.e. says nothing against EDLM")
+        return _undecided("estimator", "an upper bound not below MDLM's NELBO beyond 2 s.e. says nothing against EDLM")
     if abs(diff) <= Z * se:
-        return undecided("noise", "within 2 s.e. of MDLM's NELBO")
+        return _undecided("noise", "within 2 s.e. of MDLM's NELBO")
     if abs(moved) > abs(diff) / 2:
-        return undecided("estimator", f"still moving: {moved:+.4f} nats/token from n to 2n proposals")
+        return _undecided("estimator", f"still moving: {moved:+.4f} nats/token from n to 2n proposals")
     if companion_versus_mdlm is not None:
         other = companion_versus_mdlm["nats_per_token"]
         if other * diff <= 0 or abs(other) <= Z * companion_versus_mdlm["stderr"]:
-            return undecided("estimator", f"its companion is at {other:+.4f} nats/token from MDLM's NELBO, "
-                                          "not on the same side beyond 2 s.e.")
+            return _undecided("estimator", f"its companion is at {other:+.4f} nats/token from MDLM's NELBO, "
+                                           "not on the same side beyond 2 s.e.")
     return {"decides": True, "verdict": "below MDLM" if diff < 0 else "above MDLM", "limited_by": None,
             "reason": f"{diff:+.4f} ± {se:.4f} nats/token, moved {moved:+.4f} from n to 2n"}
 
@@ -201,11 +254,12 @@ def judge(kind: str, versus_mdlm: dict[str, float], movement: dict[str, float],
 def summarize(values: dict[str, torch.Tensor], seq_len: int, num_proposals: int,
               self_normalised: bool = False) -> dict[str, Any]:
     """Per-token means, standard errors and perplexities of per-sequence values, each with its
-    kind; for EDLM also, per estimator at 2n proposals, the mean ESS, the paired difference to
-    MDLM, the movement from n to 2n and whether the figure decides against MDLM (`judge`)."""
-    figures = {name: {**_stats(v, seq_len), "kind": figure_kind(name, self_normalised)}
+    kind (a figure that is not finite or impossible is withheld with its reason, `_figure`); for
+    EDLM also, per estimator at 2n proposals, the mean ESS, the paired difference to MDLM, the
+    movement from n to 2n and whether the figure decides against MDLM (`judge`)."""
+    figures = {name: _figure(v, seq_len, figure_kind(name, self_normalised))
                for name, v in values.items() if not name.startswith("ess_")}
-    ess = {name: float(v.mean()) for name, v in values.items() if name.startswith("ess_")}
+    ess = {name: finite_or_none(float(v.mean())) for name, v in values.items() if name.startswith("ess_")}
     summary: dict[str, Any] = {"figures": figures}
     if "nll" in values or "nelbo" in values:
         summary["headline"] = "nll" if "nll" in values else "nelbo"
@@ -217,13 +271,13 @@ def summarize(values: dict[str, torch.Tensor], seq_len: int, num_proposals: int,
     differences, judgements = {}, {}
     for estimator in estimators:
         name = f"{estimator}_n{n2}"
-        versus = _stats(values[name] - values["mdlm_nelbo"], seq_len)
-        moved = _stats(values[name] - values[f"{estimator}_n{n}"], seq_len)
-        companion = _stats(values[f"{estimator}_{COMPANIONS[estimator]}_n{n2}"] - values["mdlm_nelbo"], seq_len)
-        differences[f"{name} - mdlm_nelbo"] = {k: versus[k] for k in ("nats_per_token", "stderr")}
-        differences[f"{name} - {estimator}_n{n}"] = {k: moved[k] for k in ("nats_per_token", "stderr")}
-        judgements[name] = {"kind": figures[name]["kind"], "ess": ess.get(f"ess_{estimator}_n{n2}"),
-                            **judge(figures[name]["kind"], versus, moved, companion)}
+        versus = differences[f"{name} - mdlm_nelbo"] = _difference(values, figures, name, "mdlm_nelbo", seq_len)
+        moved = differences[f"{name} - {estimator}_n{n}"] = _difference(values, figures, name, f"{estimator}_n{n}",
+                                                                         seq_len)
+        companion = _difference(values, figures, f"{estimator}_{COMPANIONS[estimator]}_n{n2}", "mdlm_nelbo", seq_len)
+        mean_ess = ess.get(f"ess_{estimator}_n{n2}")
+        judgements[name] = {"kind": figures[name]["kind"], "ess": mean_ess,
+                            **judge(figures[name]["kind"], versus, moved, companion, mean_ess, n2)}
     summary["differences"] = differences
     summary["judgements"] = judgements
     return summary
@@ -358,7 +412,7 @@ class LikelihoodEvaluator:
             "num_samples": cfg.eval.num_samples, "world_size": env.world_size, "split": "proposals" if pool else "sequences",
             **({"num_proposals": [cfg.eval.num_proposals, 2 * cfg.eval.num_proposals]} if em.energy is not None else {}),
             **summarize(values, blocks.seq_len, cfg.eval.num_proposals, is_self_normalised(em.energy)),
-            "wall_time_s": wall, "sequences_per_s": total / wall if wall > 0 else math.nan,
+            "wall_time_s": wall, "sequences_per_s": total / wall if wall > 0 else None,
         }
         self._write(em, spec, result)
         return result
@@ -372,10 +426,7 @@ class LikelihoodEvaluator:
         path = self.result_path(em.ckpt, em.label, spec)
         atomic_write_text(path, json.dumps(result, indent=2) + "\n")
         remove([self.damaged_path(em.ckpt, em.label, spec)])
-        tag = f"eval/{spec.folder}/{em.label}"
-        scalars = {f"{tag}/{name}": f["nats_per_token"] for name, f in result["figures"].items()}
-        scalars[f"{tag}/ppl"] = result["figures"][result["headline"]]["ppl"]
-        scalars.update({f"{tag}/{name}": value for name, value in result.get("mean_ess", {}).items()})
+        scalars = tensorboard_scalars(result, f"eval/{spec.folder}/{em.label}")
         self._logger(self.results_folder(em.ckpt.run_dir)).scalars(em.ckpt.step, scalars)
 
     def record_damaged(self, ckpt: Checkpoint, reason: str, attempts: int) -> list[Path]:
@@ -398,6 +449,16 @@ class LikelihoodEvaluator:
             self._loggers[folder] = MetricsLogger(folder / "tb", enabled=self.cfg.metrics.tensorboard)
         return self._loggers[folder]
 
+
+def tensorboard_scalars(result: dict[str, Any], tag: str) -> dict[str, float]:
+    """The scalars of one evaluation under `tag`: each figure per token, the headline's
+    perplexity as `<tag>/ppl` and the mean ESS; a withheld figure is left out, never logged."""
+    scalars = {f"{tag}/{name}": f["nats_per_token"] for name, f in result["figures"].items()}
+    scalars[f"{tag}/ppl"] = result["figures"][result["headline"]]["ppl"]
+    scalars.update({f"{tag}/{name}": value for name, value in result.get("mean_ess", {}).items()})
+    return {name: value for name, value in scalars.items() if value is not None}
+
+
 def checkpoints_to_evaluate(cfg: EvalProgram) -> list[Checkpoint]:
     """The checkpoints `eval.checkpoint` names (comma-separated runs or step folders)."""
     paths = [p.strip() for p in cfg.eval.checkpoint.split(",") if p.strip()]
@@ -406,18 +467,30 @@ def checkpoints_to_evaluate(cfg: EvalProgram) -> list[Checkpoint]:
     return [find_checkpoint(os.path.expanduser(os.path.expandvars(p))) for p in paths]
 
 
+def _plus_minus(d: dict[str, Any], signed: bool) -> str:
+    """`value ± s.e.` of a figure, or of a difference (`signed`); `n/a` for a missing standard error."""
+    se = "n/a" if d["stderr"] is None else f"{d['stderr']:.4f}"
+    return f"{d['nats_per_token']:>{'+' if signed else ''}9.4f} ± {se}"
+
+
 def format_result(result: dict[str, Any]) -> str:
-    """One evaluation's figures as a small table for the console."""
+    """One evaluation's figures as a small table for the console; a withheld figure shows its
+    reason, never a number."""
     lines = [f"{result['model']} step {result['step']} on {result['dataset']}: {result['sequences']} sequences "
              f"x {result['seq_len']} tokens"]
     for name, f in result["figures"].items():
         mark = "*" if name == result["headline"] else " "
-        lines.append(f" {mark}{name:<16}{f['nats_per_token']:>9.4f} ± {f['stderr']:.4f} nats/token"
-                     f"   ppl {f['ppl']:>10.2f}   ({f['kind']})")
+        if NOT_REPORTED in f:
+            lines.append(f" {mark}{name:<16} not reported: {f[NOT_REPORTED]}   ({f['kind']})")
+            continue
+        lines.append(f" {mark}{name:<16}{_plus_minus(f, signed=False)} nats/token   ppl {f['ppl']:>10.2f}"
+                     f"   ({f['kind']})")
     for name, value in result.get("mean_ess", {}).items():
-        lines.append(f"  {name:<16}{value:>9.2f} (mean effective sample size of the proposals' weights)")
+        shown = "not reported (not finite)" if value is None else f"{value:>9.2f}"
+        lines.append(f"  {name:<16}{shown} (mean effective sample size of the proposals' weights)")
     for name, d in result.get("differences", {}).items():
-        lines.append(f"  {name:<32}{d['nats_per_token']:>+9.4f} ± {d['stderr']:.4f}")
+        shown = f"not reported: {d[NOT_REPORTED]}" if NOT_REPORTED in d else _plus_minus(d, signed=True)
+        lines.append(f"  {name:<32}{shown}")
     for name, j in result.get("judgements", {}).items():
         lines.append(f"  {name} against MDLM: {j['verdict']} ({j['reason']})")
     return "\n".join(lines)

@@ -36,6 +36,7 @@ from edlm_dist.diffusion import SamplingStats, build_schedule, keyed_generator, 
 from edlm_dist.distributed import RankPool, all_gather_object, autocast, compute_dtype, init_runtime, on_main_rank
 from edlm_dist.evaluation.generation import Oracle, build_oracle, gen_ppl, unigram_entropy
 from edlm_dist.evaluation.outputs import SAMPLES, SAMPLING, check_output, remove, remove_leftovers, tensorboard_events
+from edlm_dist.evaluation.reportable import NOT_REPORTED
 from edlm_dist.fileio import atomic_write_text
 from edlm_dist.energy.loading import load_denoiser, load_energy
 from edlm_dist.runs.weights import Checkpoint, find_checkpoint
@@ -234,6 +235,7 @@ class Sampler:
         n = len(records)
         # in candidates mode every rank runs the same denoiser forwards; in batch mode each its own
         denoiser_rows = stats[0].denoiser_rows if s.mode == "candidates" else sum(st.denoiser_rows for st in stats)
+        mean_ess, unreported_ess = mean_ess_of(stats)
         summary: dict[str, Any] = {
             "num_samples": n,
             "steps": s.steps,
@@ -248,12 +250,13 @@ class Sampler:
             "wall_time_per_step_s": wall / max(1, max(st.steps for st in stats)),
             "denoiser_evals_per_sample": denoiser_rows / n,
             "energy_evals_per_sample": sum(st.energy_rows for st in stats) / n,
-            "mean_ess": (sum(st.ess_sum for st in stats) / sum(st.ess_count for st in stats)
-                         if any(st.ess_count for st in stats) else None),
+            "mean_ess": mean_ess,
             "peak_memory_gib_per_rank": peak_memory,
             "entropy_bits": float(bits.mean()),
             "entropy_nats": float(nats.mean()),
         }
+        if unreported_ess:
+            summary[NOT_REPORTED] = {"mean_ess": unreported_ess}
         if self.oracle is not None:
             summary["gen_ppl"] = gen_ppl(self.oracle, tokens)
             if self.reference is not None:
@@ -292,6 +295,23 @@ class Sampler:
         return torch.cat(parts)[:n]
 
 
+def mean_ess_of(stats: list[SamplingStats]) -> tuple[float | None, str | None]:
+    """The mean ESS of the importance weights over every choice of every rank (None without
+    importance sampling), and why it is not reported when a weight was NaN (None otherwise)."""
+    count = sum(st.ess_count for st in stats)
+    if not count:
+        return None, None
+    mean = sum(st.ess_sum for st in stats) / count
+    return (mean, None) if math.isfinite(mean) else (None, "not finite: a candidate's energy was NaN or -inf")
+
+
+def _gen_ppl_line(label: str, figures: dict[str, Any]) -> str:
+    """`<label>: <Gen PPL>`, or the reason it is not reported."""
+    if NOT_REPORTED in figures:
+        return f"{label}: not reported ({figures[NOT_REPORTED]})"
+    return f"{label}: {figures['gen_ppl']:.2f}"
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """The figures of a sampling run, as printed on the console."""
     lines = [
@@ -302,8 +322,10 @@ def format_summary(summary: dict[str, Any]) -> str:
     ]
     if summary.get("mean_ess") is not None:
         lines.append(f"mean ESS of the importance weights: {summary['mean_ess']:.2f} of {summary['num_candidates']}")
+    if "mean_ess" in summary.get(NOT_REPORTED, {}):
+        lines.append(f"mean ESS of the importance weights: not reported ({summary[NOT_REPORTED]['mean_ess']})")
     if "gen_ppl" in summary:
-        lines.append(f"Gen PPL: {summary['gen_ppl']['gen_ppl']:.2f}")
+        lines.append(_gen_ppl_line("Gen PPL", summary["gen_ppl"]))
         if "reference" in summary:
-            lines.append(f"reference Gen PPL (held-out data): {summary['reference']['gen_ppl']['gen_ppl']:.2f}")
+            lines.append(_gen_ppl_line("reference Gen PPL (held-out data)", summary["reference"]["gen_ppl"]))
     return "\n".join(lines)

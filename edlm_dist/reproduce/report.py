@@ -14,8 +14,9 @@ from typing import Any
 
 import torch
 
-from edlm_dist.diffusion.likelihood import CONSISTENT, GUARANTEED
+from edlm_dist.diffusion.likelihood import CONSISTENT, ESS_FLOOR, GUARANTEED
 from edlm_dist.evaluation.perplexity import COMPANIONS
+from edlm_dist.evaluation.reportable import NOT_REPORTED
 from edlm_dist.reproduce.results import (
     SamplePoint,
     claim_likelihood,
@@ -47,8 +48,12 @@ class SettingReport:
     seeds: dict[str, tuple[int, int]]  # run -> (job.seed, data.seed)
 
 
-def _value(nats: float, se: float, unit: str) -> str:
-    """A per-token figure in the table's unit with its standard error."""
+def _value(figure: dict[str, Any], unit: str) -> str:
+    """A per-token figure in the table's unit with its standard error; the reason it is not
+    reported (not finite, or impossible) instead of a number."""
+    if NOT_REPORTED in figure:
+        return f"not reported: {figure[NOT_REPORTED]}"
+    nats, se = figure["nats_per_token"], figure["stderr"]
     if unit == "bpc":
         return f"{nats / math.log(2):.3f} ± {se / math.log(2):.3f}"
     ppl = math.exp(nats)
@@ -65,24 +70,29 @@ def likelihood_table(rows: dict[str, dict[str, Any]], unit: str) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|"]
     for label, r in rows.items():
         f = r["figures"]
-        main = _value(f[r["headline"]]["nats_per_token"], f[r["headline"]]["stderr"], unit)
+        main = _value(f[r["headline"]], unit)
         if label in ("ar", "mdlm"):
             what = "exact NLL" if label == "ar" else "NELBO, upper bound"
-            lines.append(f"| {ROW_NAMES[label]} | | {what} | {'=' if label == 'ar' else '<='} {main} | | | | | |")
+            sign = "" if NOT_REPORTED in f[r["headline"]] else "= " if label == "ar" else "<= "
+            lines.append(f"| {ROW_NAMES[label]} | | {what} | {sign}{main} | | | | | |")
             continue
         n, n2 = r["num_proposals"]
         for name, j in r["judgements"].items():
             estimator = name.rsplit("_n", 1)[0]
             companion = f[f"{estimator}_{COMPANIONS[estimator]}_n{n2}"]
             d_mdlm, d_n = r["differences"][f"{name} - mdlm_nelbo"], r["differences"][f"{name} - {estimator}_n{n}"]
-            sign = {GUARANTEED: "<= ", CONSISTENT: "~ "}.get(j["kind"], "")
+            sign = "" if NOT_REPORTED in f[name] else {GUARANTEED: "<= ", CONSISTENT: "~ "}.get(j["kind"], "")
             ess = f"{j['ess']:.2f} of {n2}" if j["ess"] is not None else "(exact log Z)"
             lines.append(
-                f"| {ROW_NAMES[label]} | {estimator} | {j['kind']} | {sign}{_value(f[name]['nats_per_token'], f[name]['stderr'], unit)} "
-                f"| {_value(companion['nats_per_token'], companion['stderr'], unit)} ({COMPANIONS[estimator]}) "
-                f"| {d_mdlm['nats_per_token']:+.4f} ± {d_mdlm['stderr']:.4f} "
-                f"| {d_n['nats_per_token']:+.4f} ± {d_n['stderr']:.4f} | {ess} | {j['verdict']} |")
+                f"| {ROW_NAMES[label]} | {estimator} | {j['kind']} | {sign}{_value(f[name], unit)} "
+                f"| {_value(companion, unit)} ({COMPANIONS[estimator]}) | {_difference(d_mdlm)} | {_difference(d_n)} "
+                f"| {ess} | {j['verdict']} |")
     return lines
+
+
+def _difference(d: dict[str, Any]) -> str:
+    """A paired difference in nats/token with its standard error, or "not reported"."""
+    return "not reported" if NOT_REPORTED in d else f"{d['nats_per_token']:+.4f} ± {d['stderr']:.4f}"
 
 
 def _gen_ppl(nll: float, se: float) -> str:
@@ -168,8 +178,9 @@ def write_report(reports: list[SettingReport], out: Path, command: str) -> str:
               "companion beside it), or the paper's eq. 13 estimate, which is not a bound and can sit below the true "
               "NLL. Claim 1 is judged with the tightest guaranteed bound; where none decides, the consistent estimate "
               "is shown and the report says the estimator, not the model, decides. Differences are judged at 2 "
-              "standard errors. Seeds: every "
-              "training run's `job.seed` and `data.seed` are in its config file (the oracle uses other seeds than "
-              "the energy); sampling seeds are listed per table. Wall time is per sample on the shared CPU, so it "
-              "carries the noise of other work on the machine.", "", *sections]
+              f"standard errors. A consistent estimate whose mean ESS is below {ESS_FLOOR:.0%} of its proposals "
+              "cannot decide; a figure that is not finite or impossible (below 0 nats) is not reported, its reason "
+              "in its place. Seeds: every training run's `job.seed` and `data.seed` are in its config file (the "
+              "oracle uses other seeds than the energy); sampling seeds are listed per table. Wall time is per "
+              "sample on the shared CPU, so it carries the noise of other work on the machine.", "", *sections]
     return "\n".join(lines)

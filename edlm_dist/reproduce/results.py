@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from edlm_dist.diffusion.likelihood import CONSISTENT, GUARANTEED, PAPER
+from edlm_dist.evaluation.perplexity import COMPANIONS, STATS, cannot_decide
+from edlm_dist.evaluation.reportable import NOT_REPORTED, impossible_reason
 from edlm_dist.reproduce.setting import Setting
 from edlm_dist.reproduce.stages import EVAL_MODELS, likelihood_folder, sample_name, sampler_configs
 
@@ -41,8 +43,44 @@ def likelihood_rows(root: Path, setting: Setting) -> dict[str, dict[str, Any]]:
         files = sorted(likelihood_folder(root, setting, label).glob("step_*.json"))
         if not files:
             raise FileNotFoundError(f"no evaluation of {label} under {root / 'likelihood'}")
-        rows[label] = json.loads(files[-1].read_text())
+        rows[label] = screened(json.loads(files[-1].read_text()))
     return rows
+
+
+def _screened_figure(figure: dict[str, Any]) -> dict[str, Any]:
+    """A figure of an evaluation JSON, withheld (None, with the reason) when its value is not
+    finite or impossible, as the evaluation does now."""
+    if NOT_REPORTED in figure:
+        return figure
+    reason = impossible_reason(figure["nats_per_token"])
+    if reason is None:
+        se = figure["stderr"]
+        return {**figure, "stderr": se if se is not None and math.isfinite(se) else None}
+    return {**figure, **dict.fromkeys(STATS), NOT_REPORTED: reason}
+
+
+def screened(result: dict[str, Any]) -> dict[str, Any]:
+    """An evaluation result as the current rules report it, also one written before them (a
+    stage skipped because its JSON exists): figures that are not finite or impossible withheld,
+    with the differences to them, and every judgement that cannot decide (a withheld figure, a
+    consistent estimate below the ESS floor) saying so. Judgements that can decide are kept."""
+    figures = {name: _screened_figure(f) for name, f in result["figures"].items()}
+    if "judgements" not in result:
+        return {**result, "figures": figures}
+    differences = {}
+    for name, d in result["differences"].items():
+        withheld = [part for part in name.split(" - ") if NOT_REPORTED in figures[part]]
+        differences[name] = ({"nats_per_token": None, "stderr": None,
+                              NOT_REPORTED: f"{withheld[0]} {figures[withheld[0]][NOT_REPORTED]}"} if withheld else d)
+    n, n2 = result["num_proposals"]
+    judgements = {}
+    for name, j in result["judgements"].items():
+        estimator = name.rsplit("_n", 1)[0]
+        companion = figures[f"{estimator}_{COMPANIONS[estimator]}_n{n2}"]
+        excluded = cannot_decide(j["kind"], differences[f"{name} - mdlm_nelbo"],
+                                 differences[f"{name} - {estimator}_n{n}"], companion, j["ess"], n2)
+        judgements[name] = j if excluded is None else {"kind": j["kind"], "ess": j["ess"], **excluded}
+    return {**result, "figures": figures, "differences": differences, "judgements": judgements}
 
 
 def sampler_label(energy: str, k: int, window: float) -> str:
@@ -83,10 +121,16 @@ def not_worse(p: SamplePoint, q: SamplePoint) -> bool:
 
 
 def _figure_text(r: dict[str, Any], name: str) -> str:
-    """`<estimator> - MDLM = d ± se nats/token: <verdict> (<reason>)` for the figure `name` of `r`."""
+    """`<estimator> - MDLM = d ± se nats/token: <verdict> (<reason>)` for the figure `name` of `r`
+    (without the difference when it is not reported: the reason says why)."""
     d, j = r["differences"][f"{name} - mdlm_nelbo"], r["judgements"][name]
-    return (f"{name.rsplit('_n', 1)[0]} - MDLM = {d['nats_per_token']:+.4f} ± {d['stderr']:.4f} nats/token: "
-            f"{j['verdict']} ({j['reason']})")
+    versus = "" if NOT_REPORTED in d else f" - MDLM = {d['nats_per_token']:+.4f} ± {d['stderr']:.4f} nats/token"
+    return f"{name.rsplit('_n', 1)[0]}{versus}: {j['verdict']} ({j['reason']})"
+
+
+def _nats(r: dict[str, Any], name: str) -> float | None:
+    """The per-token figure `name` of `r`, None when it is not reported."""
+    return r["figures"][name]["nats_per_token"]
 
 
 def _bound_effect(r: dict[str, Any], name: str) -> str:
@@ -94,7 +138,10 @@ def _bound_effect(r: dict[str, Any], name: str) -> str:
     estimator) or not (the coAR joint, which reads no unmasked token right of a position)."""
     diff = r["differences"][f"{name} - mdlm_nelbo"]["nats_per_token"]
     n = r["num_proposals"][0]
-    moved = r["differences"][f"{name} - {name.rsplit('_n', 1)[0]}_n{n}"]["nats_per_token"]
+    movement = r["differences"][f"{name} - {name.rsplit('_n', 1)[0]}_n{n}"]
+    if NOT_REPORTED in movement:
+        return f"its movement from n to 2n is not reported ({movement[NOT_REPORTED]}): the estimator keeps it open"
+    moved = movement["nats_per_token"]
     if diff > 0 and abs(moved) < diff / 2:
         return (f"the bound moved only {moved:+.4f} from n to 2n, so its gap above MDLM is the coAR joint's (it reads "
                 "no unmasked token to the right of a position), not the estimator's")
@@ -106,8 +153,11 @@ def claim_likelihood(rows: dict[str, dict[str, Any]]) -> tuple[str, str]:
     beyond Z s.e.: held), with the consistent estimate beside it and the paper's estimate for
     reference. "held" when a guaranteed bound shows it for some EDLM; "did not hold" when every
     EDLM's consistent estimate decides above MDLM; otherwise "not shown", saying for each EDLM
-    whether the estimator or the noise leaves it open."""
-    mdlm, ar = rows["mdlm"]["figures"]["nelbo"]["nats_per_token"], rows["ar"]["figures"]["nll"]["nats_per_token"]
+    whether the estimator (its ESS among it) or the noise leaves it open. A figure that is not
+    reported (not finite, or impossible) is named with its reason, never compared."""
+    mdlm, ar = _nats(rows["mdlm"], "nelbo"), _nats(rows["ar"], "nll")
+    if mdlm is None:
+        return "not shown", f"MDLM's NELBO is not reported: {rows['mdlm']['figures']['nelbo'][NOT_REPORTED]}"
     parts, held, above = [], False, True
     for label, name in EDLM_NAMES.items():
         r = rows[label]
@@ -117,13 +167,14 @@ def claim_likelihood(rows: dict[str, dict[str, Any]]) -> tuple[str, str]:
         paper = next(n for n, j in judged.items() if j["kind"] == PAPER)
         texts, decided, by_estimator = [], False, False
         if bounds:
-            tight = min(bounds, key=lambda n: r["figures"][n]["nats_per_token"])
+            reported = [n for n in bounds if _nats(r, n) is not None]
+            tight = min(reported, key=lambda n: _nats(r, n)) if reported else bounds[0]
             texts.append("tightest guaranteed bound, " + _figure_text(r, tight))
             if judged[tight]["decides"]:
                 held = decided = True
-                gap = (mdlm - r["figures"][tight]["nats_per_token"]) / (mdlm - ar) if mdlm != ar else math.nan
-                texts.append(f"{100 * gap:.0f}% of the MDLM-to-AR gap closed")
-            else:
+                if ar is not None and mdlm != ar:
+                    texts.append(f"{100 * (mdlm - _nats(r, tight)) / (mdlm - ar):.0f}% of the MDLM-to-AR gap closed")
+            elif reported:
                 texts.append(_bound_effect(r, tight))
                 by_estimator = "estimator keeps" in texts[-1]
         else:
@@ -132,22 +183,29 @@ def claim_likelihood(rows: dict[str, dict[str, Any]]) -> tuple[str, str]:
             texts.append("consistent estimate, " + _figure_text(r, consistent))
             above &= judged[consistent]["verdict"] == "above MDLM"
             decided |= judged[consistent]["decides"]
-            by_estimator |= judged[consistent]["limited_by"] == "estimator"
+            by_estimator |= judged[consistent]["limited_by"] in ("estimator", "ess")
         else:
             above = False
         if not decided and by_estimator:
             texts.append("the estimator, not the model, decides here")
-        estimate = r["figures"][paper]["nats_per_token"]
-        exact = judged[paper]["ess"] is None  # coAR: log Z = 0, so the estimate is the AR NLL of the masked tokens
-        flags = [text for text, hit in (("below zero, impossible for a likelihood", estimate < 0),
-                                        ("below the AR model's exact NLL", 0 <= estimate < ar and not exact),
-                                        ("exact here: the AR model's NLL of the masked tokens (log Z = 0)", exact)) if hit]
-        d = r["differences"][f"{paper} - mdlm_nelbo"]
-        texts.append(f"the paper's estimate (not a bound) - MDLM = {d['nats_per_token']:+.4f} ± {d['stderr']:.4f}"
-                     + (f", the estimate itself {' and '.join(flags)}" if flags else ""))
+        texts.append(_paper_text(r, paper, ar))
         parts.append(f"{name}: " + "; ".join(texts))
     status = "held" if held else "did not hold" if above else "not shown"
     return status, ". ".join(parts)
+
+
+def _paper_text(r: dict[str, Any], paper: str, ar: float | None) -> str:
+    """The paper's estimate against MDLM, flagged when below the AR model's exact NLL or exact
+    itself (coAR: the AR model's NLL of the masked tokens, log Z = 0); its reason when withheld."""
+    estimate = _nats(r, paper)
+    if estimate is None:
+        return f"the paper's estimate (not a bound) is not reported: {r['figures'][paper][NOT_REPORTED]}"
+    exact = r["judgements"][paper]["ess"] is None  # coAR: no proposals drawn
+    flags = [text for text, hit in (("below the AR model's exact NLL", ar is not None and estimate < ar and not exact),
+                                    ("exact here: the AR model's NLL of the masked tokens (log Z = 0)", exact)) if hit]
+    d = r["differences"][f"{paper} - mdlm_nelbo"]
+    return (f"the paper's estimate (not a bound) - MDLM = {d['nats_per_token']:+.4f} ± {d['stderr']:.4f}"
+            + (f", the estimate itself {' and '.join(flags)}" if flags else ""))
 
 
 def claim_same_steps(points: list[SamplePoint], entropy_tolerance: float = 0.02) -> tuple[bool, str]:

@@ -15,16 +15,21 @@ import torch
 from edlm_dist.data import build_dataset
 from edlm_dist.data.eval_sets import load_eval_set, parse_eval_sets
 from edlm_dist.evaluation.generation import build_oracle, unigram_entropy
+from edlm_dist.evaluation.reportable import impossible_reason, non_finite_reason
 from edlm_dist.fileio import atomic_write_text
 from edlm_dist.runs.weights import find_checkpoint
 
 
-def corpus_figures(nll: torch.Tensor, counts: torch.Tensor, tokens: torch.Tensor) -> dict[str, float]:
+def corpus_figures(nll: torch.Tensor, counts: torch.Tensor, tokens: torch.Tensor, source: str) -> dict[str, float]:
     """Gen PPL (token-weighted) with the delta-method standard error of its log, and the mean
-    unigram entropy with its standard error, of samples [N, L]."""
+    unigram entropy with its standard error, of samples [N, L] from `source`; an error naming it
+    where Gen PPL is not finite or impossible (no claim can be judged on it)."""
     nll, counts = nll.double(), counts.double()
     n, total = nll.numel(), float(counts.sum())
     rate = float(nll.sum()) / total
+    reason = non_finite_reason(nll, "samples") or impossible_reason(rate)
+    if reason:
+        raise RuntimeError(f"{source}: the oracle's Gen PPL is not reported: {reason}")
     residual = nll - rate * counts
     se = math.sqrt(float((residual**2).sum()) * n / max(n - 1, 1)) / total
     bits, _ = unigram_entropy(tokens)
@@ -53,7 +58,7 @@ def score_setting(root: Path, oracle_spec: str, eval_set: str, names: list[str])
     for name in names:
         folder = root / "samples" / name
         tokens = read_samples(folder)
-        figures = corpus_figures(*oracle.score(tokens), tokens)
+        figures = corpus_figures(*oracle.score(tokens), tokens, str(folder))
         logged = json.loads((folder / "summary.json").read_text())["gen_ppl"]["gen_ppl"]
         if not math.isclose(figures["gen_ppl"], logged, rel_tol=1e-6):
             raise RuntimeError(f"{folder}: rescored Gen PPL {figures['gen_ppl']:.6g} != the sampler's {logged:.6g}")
@@ -61,7 +66,8 @@ def score_setting(root: Path, oracle_spec: str, eval_set: str, names: list[str])
     n = max(f["samples"] for f in runs.values())
     blocks = load_eval_set(parse_eval_sets(eval_set)[0], tokenizer, mdlm, data.blocks)
     reference = blocks.blocks(0, min(n, len(blocks)))
-    scores = {"reference": corpus_figures(*oracle.score(reference), reference), "runs": runs}
+    scores = {"reference": corpus_figures(*oracle.score(reference), reference, f"the reference row ({eval_set})"),
+              "runs": runs}
     atomic_write_text(root / "scores.json", json.dumps(scores, indent=2) + "\n")
 
 
