@@ -35,13 +35,18 @@ def resolve_model_config(cfg: TrainProgram) -> TrainProgram:
     return replace(cfg, model=nce_model_config(cfg, denoiser))
 
 
-def load_denoiser(cfg: EnergyConfig, device: torch.device | str = "cpu") -> tuple[Transformer, Checkpoint]:
-    """The MDLM of `energy.denoiser` (for an NCE energy left empty: the one the energy was trained
-    against), in eval mode on `device`."""
+def denoiser_checkpoint(cfg: EnergyConfig) -> Checkpoint:
+    """The checkpoint of `energy.denoiser` (for an NCE energy left empty: the MDLM the energy was
+    trained against); only run configs are read."""
     path = cfg.denoiser
     if not path and cfg.kind == "nce" and cfg.checkpoint:
         path = run_of_task(cfg.checkpoint, "nce", "energy.checkpoint").config.nce.denoiser
-    ckpt = run_of_task(path, "mdlm", "energy.denoiser")
+    return run_of_task(path, "mdlm", "energy.denoiser")
+
+
+def load_denoiser(cfg: EnergyConfig, device: torch.device | str = "cpu") -> tuple[Transformer, Checkpoint]:
+    """The MDLM of `energy.denoiser` (`denoiser_checkpoint`), in eval mode on `device`."""
+    ckpt = denoiser_checkpoint(cfg)
     model, _ = load_weights(ckpt, cfg.weights, device=device)
     return model, ckpt
 

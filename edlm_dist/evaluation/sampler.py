@@ -35,9 +35,10 @@ from edlm_dist.distributed import RankPool, all_gather_object, autocast, compute
 from edlm_dist.evaluation.generation import Oracle, build_oracle, gen_ppl, unigram_entropy
 from edlm_dist.evaluation.outputs import check_output, clear_tensorboard
 from edlm_dist.fileio import atomic_write_text
-from edlm_dist.energy.loading import load_denoiser, load_energy
+from edlm_dist.energy.loading import denoiser_checkpoint, load_denoiser, load_energy
 from edlm_dist.runs.weights import Checkpoint, find_checkpoint
 from edlm_dist.runs.device_stats import peak_memory_gib, reset_peak_memory
+from edlm_dist.runs.memory_check import check_sampling_memory
 from edlm_dist.runs.tensorboard import MetricsLogger
 
 RESULTS = ("samples.jsonl", "summary.json")  # what a sampling run leaves, written in this order
@@ -94,6 +95,7 @@ class Sampler:
                 f"sample.num_candidates ({s.num_candidates}) must be divisible by the world size "
                 f"({self.env.world_size}) in candidates mode"
             )
+        check_sampling_memory(cfg, denoiser_checkpoint(cfg.energy), self.env.world_size, self.env.device)
         self.denoiser, self.denoiser_ckpt = load_denoiser(cfg.energy, self.env.device)
         self.output = output_folder(cfg, self.denoiser_ckpt)
         results = [self.output / name for name in RESULTS]

@@ -55,12 +55,12 @@ GUMBEL_ARRAYS = 4
 @dataclass(frozen=True)
 class MemoryItem:
     """One figure of a plan, held in `phases` (("resident",): throughout; (): shown for comparison,
-    not counted); `keys` are the settings that lower it."""
+    not counted); `remedy` says which settings lower it."""
 
     name: str
     bytes: int
     phases: tuple[str, ...]
-    keys: str
+    remedy: str
 
 
 @dataclass(frozen=True)
@@ -296,8 +296,8 @@ def planned_vocab_size(data: DataConfig) -> int:
     return build_dataset(data).tokenizer.vocab_size
 
 
-_MODEL_KEYS = "model.hidden_size, model.n_layers, more ranks (parallel.dp_shard)"
-_BATCH_KEYS = "training.micro_batch_size, data.seq_len"
+_MODEL_KEYS = "lower model.hidden_size or model.n_layers, or shard over more ranks (parallel.dp_shard)"
+_BATCH_KEYS = "lower training.micro_batch_size or data.seq_len"
 
 
 def training_plan(cfg: TrainProgram, world_size: int, vocab_size: int, device_type: str,
@@ -317,7 +317,7 @@ def training_plan(cfg: TrainProgram, world_size: int, vocab_size: int, device_ty
         MemoryItem("AdamW state (2 x float32)", 2 * local, (RESIDENT,), _MODEL_KEYS),
     ]
     if training.ema_decay > 0:
-        items.append(MemoryItem("EMA weights (float32)", local, (RESIDENT,), "training.ema_decay = 0, " + _MODEL_KEYS))
+        items.append(MemoryItem("EMA weights (float32)", local, (RESIDENT,), "set training.ema_decay = 0, or " + _MODEL_KEYS))
     items += _compute_weights("", shape, precision, sharded, par.reshard_after_forward)
     rows, denoiser = micro, shape
     if training.task == "nce":
@@ -332,7 +332,8 @@ def training_plan(cfg: TrainProgram, world_size: int, vocab_size: int, device_ty
         label = f"activations, checkpointing {mode}" + (f" every {par.ac_every}" if mode == "selective" else "")
         items.append(MemoryItem(label, activation_bytes(shape, rows, seq_len, precision, mode, par.ac_every),
                                 STEP_PHASES if mode == par.activation_checkpoint else (),
-                                "parallel.activation_checkpoint, " + _BATCH_KEYS))
+                                _BATCH_KEYS if par.activation_checkpoint == "full" else
+                                "set parallel.activation_checkpoint = full, or " + _BATCH_KEYS))
     if shape.has_logits:
         loss = Loss.of(training.task, micro, seq_len, shape, precision, masked_fraction(micro, training.global_batch_size))
         items.append(MemoryItem("logits and loss", loss.forward, ("forward",), _BATCH_KEYS))
@@ -343,7 +344,8 @@ def training_plan(cfg: TrainProgram, world_size: int, vocab_size: int, device_ty
     items.append(MemoryItem("gradients (float32)", local, (*STEP_PHASES[1:], "optimizer step"), _MODEL_KEYS))
     if sharded:  # reduce-scattered in float32
         unsharded = shape.block_numel * (precision.compute + (FP32 if precision.compute < FP32 else 0))
-        items.append(MemoryItem("one block's unsharded gradients", unsharded, ("blocks backward",), "model.hidden_size"))
+        items.append(MemoryItem("one block's unsharded gradients", unsharded, ("blocks backward",),
+                                _MODEL_KEYS))
     # AdamW: foreach on CUDA (a temporary as large as the states' shard), one tensor at a time elsewhere
     temporaries = local if device_type == "cuda" else shape.largest_numel * FP32
     items.append(MemoryItem("AdamW step temporaries", temporaries, ("optimizer step",), _MODEL_KEYS))
@@ -363,14 +365,14 @@ def _compute_weights(owner: str, shape: ModelShape, precision: Precision, sharde
         blocks = 2 if reshard else shape.n_layers
         return [MemoryItem(f"{owner}gathered weights (root + {blocks} blocks)",
                            (shape.root_numel + blocks * shape.block_numel) * precision.compute, (RESIDENT,),
-                           "parallel.reshard_after_forward = true, model.hidden_size")]
+                           "set parallel.reshard_after_forward = true, or lower model.hidden_size")]
     if precision.autocast:
         return [MemoryItem(f"{owner}bf16 weight copies (autocast)", shape.numel() * precision.compute, (RESIDENT,),
-                           "model.hidden_size, model.n_layers")]
+                           _MODEL_KEYS)]
     return []
 
 
-def _no_grad_forward(phase: str, shape: ModelShape, rows: int, seq_len: int, precision: Precision, keys: str,
+def _no_grad_forward(phase: str, shape: ModelShape, rows: int, seq_len: int, precision: Precision, remedy: str,
                      after_logits: int) -> list[MemoryItem]:
     """A forward without gradients over `rows` sequences: one block's working set (phase "<phase>
     forward"), then, not at the same time, the logits and the `after_logits` bytes computed from
@@ -378,8 +380,8 @@ def _no_grad_forward(phase: str, shape: ModelShape, rows: int, seq_len: int, pre
     elements = shape.elements(rows, seq_len)
     logits = rows * seq_len * shape.padded_vocab * precision.compute
     return [MemoryItem(f"{phase}: one block's forward", block_working_bytes(elements, precision, shape.mlp_ratio),
-                       (f"{phase} forward",), keys),
-            MemoryItem(f"{phase}: logits and what follows", logits + after_logits, (f"{phase} logits",), keys)]
+                       (f"{phase} forward",), remedy),
+            MemoryItem(f"{phase}: logits and what follows", logits + after_logits, (f"{phase} logits",), remedy)]
 
 
 def _evaluation_items(cfg: TrainProgram, shape: ModelShape, denoiser: ModelShape, precision: Precision) -> list[MemoryItem]:
@@ -397,17 +399,81 @@ def _evaluation_items(cfg: TrainProgram, shape: ModelShape, denoiser: ModelShape
             draws = loss.logits * num // rows + gumbel_bytes(num, vocab, precision.compute)
         else:
             draws = gumbel_bytes(math.ceil(num * seq_len / min(cfg.sample.steps, seq_len)), vocab, precision.compute)
-        return [*_no_grad_forward("validation", shape, rows, seq_len, precision, "metrics.eval_batch_size",
+        return [*_no_grad_forward("validation", shape, rows, seq_len, precision, "lower metrics.eval_batch_size",
                                   loss.forward - loss.logits),
-                *_no_grad_forward("samples", shape, num, seq_len, precision, "sample.num_samples", draws)]
-    k = cfg.sample.num_candidates
-    energies = [("validation", rows, (1 + cfg.nce.num_negatives) * rows, gumbel_bytes(seq_len, vocab, precision.compute)),
-                ("samples", num, min(cfg.nce.max_batch, k * num), gumbel_bytes(k * num * seq_len, vocab, precision.compute))]
-    items = []
-    for phase, denoised, scored, draws in energies:
-        keys = "metrics.eval_batch_size" if phase == "validation" else "sample.num_samples, nce.max_batch"
-        items += _no_grad_forward(phase, denoiser, denoised, seq_len, precision, keys, draws)
-        logits = denoised * seq_len * denoiser.padded_vocab * precision.compute
-        items.append(MemoryItem(f"{phase}: energy network's forward", logits + block_working_bytes(
-            shape.elements(scored, seq_len), precision, shape.mlp_ratio), (f"{phase} energies",), keys))
+                *_no_grad_forward("samples", shape, num, seq_len, precision, "lower sample.num_samples", draws)]
+    items = _no_grad_forward("validation negatives", denoiser, rows, seq_len, precision, "lower metrics.eval_batch_size",
+                             gumbel_bytes(seq_len, vocab, precision.compute))
+    items.append(MemoryItem("validation: energy network's forward", block_working_bytes(
+        shape.elements((1 + cfg.nce.num_negatives) * rows, seq_len), precision, shape.mlp_ratio),
+        ("validation energies",), "lower metrics.eval_batch_size"))
+    return items + sampling_items(denoiser, shape, num, seq_len, cfg.sample.steps, cfg.sample.num_candidates,
+                                  cfg.nce.max_batch, "gumbel", precision, "lower sample.num_samples or nce.max_batch")
+
+
+def inverse_cdf_bytes(positions: int, candidates: int, vocab: int, compute: int) -> int:
+    """The inverse-CDF draw of `candidates` tokens at each of `positions` positions: the float64
+    uniforms, and a chunk of at most `MAX_NOISE_ELEMENTS` logits (in their dtype, then float64,
+    and their float64 cumulative softmax)."""
+    chunk = min(positions * vocab, max(vocab, MAX_NOISE_ELEMENTS))
+    return candidates * positions * FP64 + chunk * (compute + 2 * FP64)
+
+
+def sampling_items(denoiser: ModelShape, energy: ModelShape | None, rows: int, seq_len: int, steps: int,
+                   candidates: int, max_batch: int, method: str, precision: Precision, remedy: str) -> list[MemoryItem]:
+    """Sampling `rows` sequences: the denoiser's forward, then its logits and a plain step's draw
+    (the L / steps positions it unmasks); with an energy, the `candidates` full denoisings of
+    every masked position (all of them at the first step) drawn by `method`, then scored by the
+    energy `max_batch` at a time (an AR energy: its logits and float32 log-softmax), the
+    denoiser's logits held throughout."""
+    vocab, compute = denoiser.vocab, precision.compute
+    plain = gumbel_bytes(math.ceil(rows * seq_len / min(steps, seq_len)), vocab, compute)
+    items = _no_grad_forward("samples", denoiser, rows, seq_len, precision, remedy, plain)
+    if energy is None:
+        return items
+    logits = rows * seq_len * denoiser.padded_vocab * compute
+    positions = rows * seq_len
+    drawn = candidates * positions
+    # the candidates and their float64 log-probabilities per position, the rows and draws (int64)
+    # and the draws' float64 log-probabilities
+    held = logits + drawn * (INT64 + FP64) + drawn * (2 * INT64 + FP64)
+    draw = gumbel_bytes(drawn, vocab, compute) if method == "gumbel" else inverse_cdf_bytes(positions, candidates,
+                                                                                            vocab, compute)
+    items.append(MemoryItem(f"samples: {candidates} candidates' draw ({method})", held + draw, ("samples candidates",),
+                            remedy))
+    scored = min(max_batch, rows * candidates)
+    scoring = block_working_bytes(energy.elements(scored, seq_len), precision, energy.mlp_ratio)
+    if energy.has_logits:
+        scoring = max(scoring, Loss.of("ar", scored, seq_len, energy, precision, 1.0).forward)
+    items.append(MemoryItem(f"samples: energies of {scored} candidates at a time", held + scoring,
+                            ("samples energies",), remedy))
     return items
+
+
+def sampling_plan(cfg: SampleProgram, denoiser: TrainProgram, vocab_size: int, energy: TrainProgram | None,
+                  world_size: int, device_type: str) -> MemoryPlan:
+    """The memory plan of `python -m edlm_dist.sample` with `cfg` on `world_size` ranks of
+    `device_type`: the MDLM of the run config `denoiser` (data vocabulary `vocab_size`), corrected
+    by the energy of the run config `energy` (None: plain MDLM sampling). Every rank holds both
+    models whole; in candidates mode it draws and scores num_candidates / world size candidates."""
+    s = cfg.sample
+    precision = Precision.of(cfg.runtime.mixed_precision, device_type, sharded=False)
+    models = [("denoiser", ModelShape.of("dit", denoiser.model, vocab_size))]
+    if energy is not None:
+        models.append((f"energy ({cfg.energy.kind})", ModelShape.of(MODEL_KINDS[energy.training.task], energy.model,
+                                                                    vocab_size)))
+    items = []
+    for name, shape in models:
+        items.append(MemoryItem(f"{name} weights (float32)", shape.numel() * FP32, (RESIDENT,),
+                                f"sample a smaller {name.split()[0]}"))
+        items += _compute_weights(f"{name} ", shape, precision, False, True)
+    candidates = s.num_candidates // world_size if s.mode == "candidates" else s.num_candidates
+    remedy = "lower sample.batch_size" + (" or energy.max_batch" + (", or set sample.mode = candidates"
+                                           if world_size > 1 and s.mode == "batch" else "") if energy is not None else "")
+    items += sampling_items(models[0][1], models[-1][1] if energy is not None else None, s.batch_size,
+                            denoiser.data.seq_len, s.steps, candidates, cfg.energy.max_batch, s.candidate_draw,
+                            precision, remedy)
+    setting = (f"{'EDLM, ' + str(s.num_candidates) + ' candidates' if energy is not None else 'MDLM'} on {world_size} "
+               f"x {device_type} ({s.mode} mode), {precision.name} compute, batches of {s.batch_size} x "
+               f"{denoiser.data.seq_len} tokens, vocabulary {vocab_size}")
+    return MemoryPlan("sampling", setting, tuple(items))
