@@ -43,6 +43,7 @@ from edlm_dist.data import BatchPlan, build_dataset
 from edlm_dist.data.tokenizers import GPT2_VOCAB_SIZE
 from edlm_dist.diffusion.sampling import MAX_NOISE_ELEMENTS
 from edlm_dist.distributed import compute_dtype
+from edlm_dist.distributed.parallelize import mesh_shape
 from edlm_dist.models import MODEL_KINDS, meta_model, padded_vocab_size
 
 FP32, FP64, INT64 = 4, 8, 8
@@ -52,6 +53,8 @@ STEP_PHASES = ("forward", "loss backward", "blocks backward")
 # float64 arrays of [rows, V] that a Gumbel-max draw holds at once: the uniforms, the noise, the
 # logits in float64 and their sum (with the chunk of logits it was given, in their own dtype)
 GUMBEL_ARRAYS = 4
+
+
 @dataclass(frozen=True)
 class MemoryItem:
     """One figure of a plan, held in `phases` (("resident",): throughout; (): shown for comparison,
@@ -188,11 +191,12 @@ class ModelShape:
 
 def block_saved_bytes(elements: int, precision: Precision, mlp_ratio: int, dropout: float) -> int:
     """Bytes one block saves for backward, `elements` = B L hidden. Per element: the float32
-    inputs of its two LayerNorms (8), their outputs in the stream dtype, and in the compute dtype
-    the inputs of the qkv, attention-out, MLP-in and MLP-out matmuls, the qkv output (3, kept
-    by v), the rotated q and k (2), the outputs of attention-out and MLP-out kept by their gates,
-    the MLP hidden before GELU (mlp_ratio; after GELU it is MLP-out's input); with dropout, its
-    two masks."""
+    inputs of its two LayerNorms (8), their outputs in the stream dtype (2), and in the compute
+    dtype the qkv input and output (1 + 3, the output kept by v), the rotated q and k (2), the
+    attention output (1), the attention projection's and the MLP's outputs, kept by their gates
+    (2), the MLP input (1) and its hidden before and after GELU (2 mlp_ratio); with dropout, its
+    two masks. (Tensors that do not grow with the hidden size, such as LayerNorm statistics and
+    the rotary tables, are left out: tests/test_memory_plan.py checks the count.)"""
     per_element = 8 + 2 * precision.stream + (10 + 2 * mlp_ratio) * precision.compute
     if dropout > 0:
         per_element += 2 * precision.dropout_mask
@@ -306,7 +310,7 @@ def training_plan(cfg: TrainProgram, world_size: int, vocab_size: int, device_ty
     with FSDP2 when `sharded` (default: more than one rank), for a data vocabulary of `vocab_size`."""
     sharded = world_size > 1 if sharded is None else sharded
     training, par, seq_len = cfg.training, cfg.parallel, cfg.data.seq_len
-    shard = (par.dp_shard if par.dp_shard != -1 else world_size // par.dp_replicate) if sharded else 1
+    shard = mesh_shape(par, world_size)[1] if sharded else 1
     micro = BatchPlan.from_config(training, world_size, 0).micro
     precision = Precision.of(cfg.runtime.mixed_precision, device_type, sharded)
     shape = ModelShape.of(MODEL_KINDS[training.task], cfg.model, vocab_size)
@@ -325,7 +329,7 @@ def training_plan(cfg: TrainProgram, world_size: int, vocab_size: int, device_ty
         items.append(MemoryItem(f"frozen denoiser (float32, {part})", denoiser.numel(shard) * FP32, (RESIDENT,),
                                 _MODEL_KEYS))
         items += _compute_weights("frozen denoiser's ", denoiser, precision, sharded, par.reshard_after_forward)
-        items += _no_grad_forward("negatives", denoiser, micro, seq_len, precision, "training.micro_batch_size",
+        items += _no_grad_forward("negatives", denoiser, micro, seq_len, precision, "lower training.micro_batch_size",
                                   gumbel_bytes(seq_len, vocab_size, precision.compute))
         rows = (1 + cfg.nce.num_negatives) * micro  # the positives and their negatives in one forward
     for mode in ("none", "full", "selective"):
@@ -345,7 +349,7 @@ def training_plan(cfg: TrainProgram, world_size: int, vocab_size: int, device_ty
     if sharded:  # reduce-scattered in float32
         unsharded = shape.block_numel * (precision.compute + (FP32 if precision.compute < FP32 else 0))
         items.append(MemoryItem("one block's unsharded gradients", unsharded, ("blocks backward",),
-                                _MODEL_KEYS))
+                                "lower model.hidden_size"))
     # AdamW: foreach on CUDA (a temporary as large as the states' shard), one tensor at a time elsewhere
     temporaries = local if device_type == "cuda" else shape.largest_numel * FP32
     items.append(MemoryItem("AdamW step temporaries", temporaries, ("optimizer step",), _MODEL_KEYS))
@@ -407,6 +411,13 @@ def _evaluation_items(cfg: TrainProgram, shape: ModelShape, denoiser: ModelShape
     items.append(MemoryItem("validation: energy network's forward", block_working_bytes(
         shape.elements((1 + cfg.nce.num_negatives) * rows, seq_len), precision, shape.mlp_ratio),
         ("validation energies",), "lower metrics.eval_batch_size"))
+    if cfg.nce.ess_candidates:  # the ESS diagnostics score k candidates of a few sequences, max_batch at a time
+        sequences = min(cfg.nce.ess_sequences, rows)
+        scored = min(cfg.nce.max_batch, cfg.nce.ess_candidates * sequences)
+        logits = sequences * seq_len * denoiser.padded_vocab * precision.compute
+        items.append(MemoryItem(f"validation: energies of {scored} ESS candidates", logits + block_working_bytes(
+            shape.elements(scored, seq_len), precision, shape.mlp_ratio), ("validation ESS",),
+            "lower nce.ess_candidates or nce.max_batch"))
     return items + sampling_items(denoiser, shape, num, seq_len, cfg.sample.steps, cfg.sample.num_candidates,
                                   cfg.nce.max_batch, "gumbel", precision, "lower sample.num_samples or nce.max_batch")
 
