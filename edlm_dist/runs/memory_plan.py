@@ -5,8 +5,8 @@ it is submitted (`python -m edlm_dist.train --check` prints its plan).
 
 A plan is a list of items, each resident (held from start to end) or held during one or more
 phases of the work; the peak is the resident bytes plus the largest phase. Figures count tensors
-only (not the data, the interpreter or the CUDA context) and are for the eager model: a compiled
-block saves at most as much. What the code allocates, and so what is counted:
+only (not the data, the interpreter or the CUDA context) and are for the eager model (a compiled
+block usually saves less). What the code allocates, and so what is counted:
 
 - Parameters, AdamW's two states, the EMA and the gradients are float32, each a 1/`dp_shard` slice
   of every tensor's first dimension under FSDP2 (HSDP replicates them over `dp_replicate`). FSDP2
