@@ -76,7 +76,8 @@ def test_the_peak_is_the_resident_memory_plus_the_largest_phase_and_sharding_div
     assert plan.peak == plan.resident + max(plan.phase_bytes().values())
     assert plan.peak_phase == "blocks backward"  # the activations dominate at a vocabulary of 49
     shape = ModelShape.of("dit", cfg.model, 49)
-    modes = [activation_bytes(shape, 64, 64, Precision(4, 4, 4, False), mode, 2) for mode in ("none", "selective", "full")]
+    float32 = Precision(4, 4, 4, False)
+    modes = [activation_bytes(shape, 64, 64, float32, mode, 2) for mode in ("none", "selective", "full")]
     assert modes[0] > modes[1] > modes[2]
     sharded = training_plan(cfg, 2, 49, "cpu")
     assert sharded.items[0].bytes == 4 * shape.numel(2) < plan.items[0].bytes

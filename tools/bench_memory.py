@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -106,11 +107,13 @@ def measure(phase: Callable[[], Any], held: Callable[[], int]) -> int:
 
 
 def record(name: str, phase: str, measured: int, plan: MemoryPlan, **extra: Any) -> dict[str, Any]:
-    """One result line: the measured peak against the plan's resident bytes + its largest phase of the group."""
-    planned = plan.resident + max(size for name_, size in plan.phase_bytes().items()
-                                  if name_.startswith(PHASE_GROUPS[phase]))
-    return {"case": name, "phase": phase, "measured_mib": round(measured / 2**20, 1), "plan_mib": round(planned / 2**20, 1),
-            "plan_over_measured": round(planned / measured, 3), "setting": plan.setting, **extra}
+    """One result line: the measured peak against the plan's resident bytes plus its largest phase
+    of the kind measured."""
+    planned = plan.resident + max(size for planned_phase, size in plan.phase_bytes().items()
+                                  if planned_phase.startswith(PHASE_GROUPS[phase]))
+    return {"case": name, "phase": phase, "measured_mib": round(measured / 2**20, 1),
+            "plan_mib": round(planned / 2**20, 1), "plan_over_measured": round(planned / measured, 3),
+            "setting": plan.setting, **extra}
 
 
 def trainer_held(trainer: Trainer) -> int:
@@ -134,6 +137,7 @@ def warm_up(dump: str) -> None:
 
 
 def bench_training(name: str, case: Case, dump: str) -> list[dict[str, Any]]:
+    """The trainer's phases (steps, validation, samples) against its plan at this world size."""
     cfg = load_config(TrainProgram, ROOT / case.config, [*COMMON, f"--job.dump_folder={dump}", *case.overrides])
     if cfg.training.task == "nce":  # its frozen denoiser: the tiny MDLM after one step
         Trainer(load_config(TrainProgram, ROOT / "configs" / "tiny.toml", [
@@ -143,10 +147,10 @@ def bench_training(name: str, case: Case, dump: str) -> list[dict[str, Any]]:
     trainer = Trainer(cfg)
     trainer.train_step()  # creates the AdamW state
     plan = training_plan(cfg, trainer.env.world_size, trainer.data.tokenizer.vocab_size, "cpu")
-    held = lambda: trainer_held(trainer)  # noqa: E731
     phases = {"training step": lambda: [trainer.train_step() for _ in range(2)], "validation": trainer.evaluate,
               "end-of-run samples": lambda: trainer.generate(cfg.sample.num_samples)}
-    return [record(name, phase, measure(run, held), plan, ranks=trainer.env.world_size) for phase, run in phases.items()]
+    return [record(name, phase, measure(run, partial(trainer_held, trainer)), plan, ranks=trainer.env.world_size)
+            for phase, run in phases.items()]
 
 
 def bench_sampling(name: str, case: Case) -> list[dict[str, Any]]:
@@ -169,8 +173,8 @@ def bench_sampling(name: str, case: Case) -> list[dict[str, Any]]:
                    schedule=build_schedule("loglinear", 1e-3), energy=energy, num_candidates=s.num_candidates,
                    window=s.window, generator=generator, candidate_draw=s.candidate_draw)
 
-    held = lambda: local_bytes([*denoiser.parameters(), *ar_model.parameters()])  # noqa: E731
-    return [record(name, "sampling", measure(run, held), plan, ranks=1)]
+    weights = [*denoiser.parameters(), *ar_model.parameters()]
+    return [record(name, "sampling", measure(run, partial(local_bytes, weights)), plan, ranks=1)]
 
 
 def worker(spec: str) -> None:

@@ -300,8 +300,8 @@ def planned_vocab_size(data: DataConfig) -> int:
     return build_dataset(data).tokenizer.vocab_size
 
 
-_MODEL_KEYS = "lower model.hidden_size or model.n_layers, or shard over more ranks (parallel.dp_shard)"
-_BATCH_KEYS = "lower training.micro_batch_size or data.seq_len"
+_MODEL_REMEDY = "lower model.hidden_size or model.n_layers, or shard over more ranks (parallel.dp_shard)"
+_BATCH_REMEDY = "lower training.micro_batch_size or data.seq_len"
 
 
 def training_plan(cfg: TrainProgram, world_size: int, vocab_size: int, device_type: str,
@@ -317,17 +317,18 @@ def training_plan(cfg: TrainProgram, world_size: int, vocab_size: int, device_ty
     local = shape.numel(shard) * FP32
     part = f"1/{shard} of each" if shard > 1 else "whole"
     items = [
-        MemoryItem(f"parameters (float32, {part})", local, (RESIDENT,), _MODEL_KEYS),
-        MemoryItem("AdamW state (2 x float32)", 2 * local, (RESIDENT,), _MODEL_KEYS),
+        MemoryItem(f"parameters (float32, {part})", local, (RESIDENT,), _MODEL_REMEDY),
+        MemoryItem("AdamW state (2 x float32)", 2 * local, (RESIDENT,), _MODEL_REMEDY),
     ]
     if training.ema_decay > 0:
-        items.append(MemoryItem("EMA weights (float32)", local, (RESIDENT,), "set training.ema_decay = 0, or " + _MODEL_KEYS))
+        items.append(MemoryItem("EMA weights (float32)", local, (RESIDENT,),
+                                "set training.ema_decay = 0, or " + _MODEL_REMEDY))
     items += _compute_weights("", shape, precision, sharded, par.reshard_after_forward)
     rows, denoiser = micro, shape
     if training.task == "nce":
         denoiser = ModelShape.of("dit", cfg.model, vocab_size)
         items.append(MemoryItem(f"frozen denoiser (float32, {part})", denoiser.numel(shard) * FP32, (RESIDENT,),
-                                _MODEL_KEYS))
+                                _MODEL_REMEDY))
         items += _compute_weights("frozen denoiser's ", denoiser, precision, sharded, par.reshard_after_forward)
         items += _no_grad_forward("negatives", denoiser, micro, seq_len, precision, "lower training.micro_batch_size",
                                   gumbel_bytes(seq_len, vocab_size, precision.compute))
@@ -336,23 +337,24 @@ def training_plan(cfg: TrainProgram, world_size: int, vocab_size: int, device_ty
         label = f"activations, checkpointing {mode}" + (f" every {par.ac_every}" if mode == "selective" else "")
         items.append(MemoryItem(label, activation_bytes(shape, rows, seq_len, precision, mode, par.ac_every),
                                 STEP_PHASES if mode == par.activation_checkpoint else (),
-                                _BATCH_KEYS if par.activation_checkpoint == "full" else
-                                "set parallel.activation_checkpoint = full, or " + _BATCH_KEYS))
+                                _BATCH_REMEDY if par.activation_checkpoint == "full" else
+                                "set parallel.activation_checkpoint = full, or " + _BATCH_REMEDY))
     if shape.has_logits:
-        loss = Loss.of(training.task, micro, seq_len, shape, precision, masked_fraction(micro, training.global_batch_size))
-        items.append(MemoryItem("logits and loss", loss.forward, ("forward",), _BATCH_KEYS))
-        items.append(MemoryItem("loss backward", loss.backward, ("loss backward",), _BATCH_KEYS))
+        fraction = masked_fraction(micro, training.global_batch_size)
+        loss = Loss.of(training.task, micro, seq_len, shape, precision, fraction)
+        items.append(MemoryItem("logits and loss", loss.forward, ("forward",), _BATCH_REMEDY))
+        items.append(MemoryItem("loss backward", loss.backward, ("loss backward",), _BATCH_REMEDY))
     items.append(MemoryItem("one block's backward", block_backward_bytes(shape.elements(rows, seq_len), precision,
                                                                          shape.mlp_ratio), ("blocks backward",),
-                            _BATCH_KEYS))
-    items.append(MemoryItem("gradients (float32)", local, (*STEP_PHASES[1:], "optimizer step"), _MODEL_KEYS))
+                            _BATCH_REMEDY))
+    items.append(MemoryItem("gradients (float32)", local, (*STEP_PHASES[1:], "optimizer step"), _MODEL_REMEDY))
     if sharded:  # reduce-scattered in float32
         unsharded = shape.block_numel * (precision.compute + (FP32 if precision.compute < FP32 else 0))
         items.append(MemoryItem("one block's unsharded gradients", unsharded, ("blocks backward",),
                                 "lower model.hidden_size"))
     # AdamW: foreach on CUDA (a temporary as large as the states' shard), one tensor at a time elsewhere
     temporaries = local if device_type == "cuda" else shape.largest_numel * FP32
-    items.append(MemoryItem("AdamW step temporaries", temporaries, ("optimizer step",), _MODEL_KEYS))
+    items.append(MemoryItem("AdamW step temporaries", temporaries, ("optimizer step",), _MODEL_REMEDY))
     items += _evaluation_items(cfg, shape, denoiser, precision)
     layout = "one process"
     if sharded:
@@ -362,7 +364,8 @@ def training_plan(cfg: TrainProgram, world_size: int, vocab_size: int, device_ty
     return MemoryPlan("training", setting, tuple(items))
 
 
-def _compute_weights(owner: str, shape: ModelShape, precision: Precision, sharded: bool, reshard: bool) -> list[MemoryItem]:
+def _compute_weights(owner: str, shape: ModelShape, precision: Precision, sharded: bool,
+                     reshard: bool) -> list[MemoryItem]:
     """The weights in the compute dtype: FSDP2's gathered root and two blocks (every block when
     they are not resharded after forward), or autocast's bf16 copies in one process."""
     if sharded:
@@ -372,7 +375,7 @@ def _compute_weights(owner: str, shape: ModelShape, precision: Precision, sharde
                            "set parallel.reshard_after_forward = true, or lower model.hidden_size")]
     if precision.autocast:
         return [MemoryItem(f"{owner}bf16 weight copies (autocast)", shape.numel() * precision.compute, (RESIDENT,),
-                           _MODEL_KEYS)]
+                           _MODEL_REMEDY)]
     return []
 
 
@@ -388,7 +391,8 @@ def _no_grad_forward(phase: str, shape: ModelShape, rows: int, seq_len: int, pre
             MemoryItem(f"{phase}: logits and what follows", logits + after_logits, (f"{phase} logits",), remedy)]
 
 
-def _evaluation_items(cfg: TrainProgram, shape: ModelShape, denoiser: ModelShape, precision: Precision) -> list[MemoryItem]:
+def _evaluation_items(cfg: TrainProgram, shape: ModelShape, denoiser: ModelShape,
+                      precision: Precision) -> list[MemoryItem]:
     """Training's validation batches and end-of-run samples, without gradients: for mdlm and ar
     the trained model, its logits and its loss or draws; for nce the frozen denoiser's forward and
     draws, then the energy network's forward over the positives and negatives (validation) or
@@ -400,14 +404,14 @@ def _evaluation_items(cfg: TrainProgram, shape: ModelShape, denoiser: ModelShape
         # a step draws the positions it unmasks, L / steps of each sequence (mdlm); or one position
         # of each, from the logits of a forward made while the last step's were still held (ar)
         if task == "ar":
-            draws = loss.logits * num // rows + gumbel_bytes(num, vocab, precision.compute)
+            draws = num * seq_len * shape.padded_vocab * precision.compute + gumbel_bytes(num, vocab, precision.compute)
         else:
             draws = gumbel_bytes(math.ceil(num * seq_len / min(cfg.sample.steps, seq_len)), vocab, precision.compute)
         return [*_no_grad_forward("validation", shape, rows, seq_len, precision, "lower metrics.eval_batch_size",
                                   loss.forward - loss.logits),
                 *_no_grad_forward("samples", shape, num, seq_len, precision, "lower sample.num_samples", draws)]
-    items = _no_grad_forward("validation negatives", denoiser, rows, seq_len, precision, "lower metrics.eval_batch_size",
-                             gumbel_bytes(seq_len, vocab, precision.compute))
+    items = _no_grad_forward("validation negatives", denoiser, rows, seq_len, precision,
+                             "lower metrics.eval_batch_size", gumbel_bytes(seq_len, vocab, precision.compute))
     items.append(MemoryItem("validation: energy network's forward", block_working_bytes(
         shape.elements((1 + cfg.nce.num_negatives) * rows, seq_len), precision, shape.mlp_ratio),
         ("validation energies",), "lower metrics.eval_batch_size"))
@@ -469,22 +473,24 @@ def sampling_plan(cfg: SampleProgram, denoiser: TrainProgram, vocab_size: int, e
     models whole; in candidates mode it draws and scores num_candidates / world size candidates."""
     s = cfg.sample
     precision = Precision.of(cfg.runtime.mixed_precision, device_type, sharded=False)
-    models = [("denoiser", ModelShape.of("dit", denoiser.model, vocab_size))]
+    denoiser_shape = ModelShape.of("dit", denoiser.model, vocab_size)
+    models = {"denoiser": denoiser_shape}
+    remedy, sampler = "lower sample.batch_size", "MDLM"
+    energy_shape = None
     if energy is not None:
-        models.append((f"energy ({cfg.energy.kind})", ModelShape.of(MODEL_KINDS[energy.training.task], energy.model,
-                                                                    vocab_size)))
+        energy_shape = ModelShape.of(MODEL_KINDS[energy.training.task], energy.model, vocab_size)
+        models[f"energy ({cfg.energy.kind})"] = energy_shape
+        remedy += " or energy.max_batch" + (", or set sample.mode = candidates" if world_size > 1 and s.mode == "batch"
+                                            else "")
+        sampler = f"EDLM, {s.num_candidates} candidates"
     items = []
-    for name, shape in models:
+    for name, shape in models.items():
         items.append(MemoryItem(f"{name} weights (float32)", shape.numel() * FP32, (RESIDENT,),
-                                f"sample a smaller {name.split()[0]}"))
+                                f"use a smaller {name} run"))
         items += _compute_weights(f"{name} ", shape, precision, False, True)
     candidates = s.num_candidates // world_size if s.mode == "candidates" else s.num_candidates
-    remedy = "lower sample.batch_size" + (" or energy.max_batch" + (", or set sample.mode = candidates"
-                                           if world_size > 1 and s.mode == "batch" else "") if energy is not None else "")
-    items += sampling_items(models[0][1], models[-1][1] if energy is not None else None, s.batch_size,
-                            denoiser.data.seq_len, s.steps, candidates, cfg.energy.max_batch, s.candidate_draw,
-                            precision, remedy)
-    setting = (f"{'EDLM, ' + str(s.num_candidates) + ' candidates' if energy is not None else 'MDLM'} on {world_size} "
-               f"x {device_type} ({s.mode} mode), {precision.name} compute, batches of {s.batch_size} x "
-               f"{denoiser.data.seq_len} tokens, vocabulary {vocab_size}")
+    items += sampling_items(denoiser_shape, energy_shape, s.batch_size, denoiser.data.seq_len, s.steps, candidates,
+                            cfg.energy.max_batch, s.candidate_draw, precision, remedy)
+    setting = (f"{sampler} on {world_size} x {device_type} ({s.mode} mode), {precision.name} compute, batches of "
+               f"{s.batch_size} x {denoiser.data.seq_len} tokens, vocabulary {vocab_size}")
     return MemoryPlan("sampling", setting, tuple(items))
