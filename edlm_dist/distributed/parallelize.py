@@ -21,6 +21,18 @@ from torch.utils.checkpoint import checkpoint
 from edlm_dist.config import ConfigError, ParallelConfig
 
 
+def mesh_shape(cfg: ParallelConfig, world_size: int) -> tuple[int, int]:
+    """(replicas, ranks sharding each) of the data-parallel mesh at `world_size`: `dp_shard = -1`
+    takes every rank that `dp_replicate` leaves; a product other than the world size is refused."""
+    shard = cfg.dp_shard if cfg.dp_shard != -1 else world_size // cfg.dp_replicate
+    if cfg.dp_replicate * shard != world_size:
+        raise ConfigError(
+            f"parallel.dp_replicate ({cfg.dp_replicate}) x parallel.dp_shard ({cfg.dp_shard}) "
+            f"must equal the world size ({world_size})"
+        )
+    return cfg.dp_replicate, shard
+
+
 def build_mesh(cfg: ParallelConfig, world_size: int, device_type: str) -> DeviceMesh | None:
     """The data-parallel mesh `dp_replicate x dp_shard` (None in a single process without a
     process group; a process group of one rank, as torchrun at one process makes, gets a 1-rank
@@ -31,12 +43,7 @@ def build_mesh(cfg: ParallelConfig, world_size: int, device_type: str) -> Device
     """
     if world_size == 1 and not dist.is_initialized():
         return None
-    shard = cfg.dp_shard if cfg.dp_shard != -1 else world_size // cfg.dp_replicate
-    if cfg.dp_replicate * shard != world_size:
-        raise ConfigError(
-            f"parallel.dp_replicate ({cfg.dp_replicate}) x parallel.dp_shard ({cfg.dp_shard}) "
-            f"must equal the world size ({world_size})"
-        )
+    _, shard = mesh_shape(cfg, world_size)
     if cfg.dp_replicate == 1:
         return init_device_mesh(device_type, (shard,), mesh_dim_names=("dp_shard",))
     return init_device_mesh(device_type, (cfg.dp_replicate, shard), mesh_dim_names=("dp_replicate", "dp_shard"))

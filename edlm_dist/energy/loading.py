@@ -36,13 +36,18 @@ def resolve_model_config(cfg: TrainProgram) -> TrainProgram:
     return replace(cfg, model=nce_model_config(cfg, denoiser))
 
 
-def load_denoiser(path: str, key: str, cfg: EnergyConfig,
-                  device: torch.device | str = "cpu") -> tuple[Transformer, Checkpoint]:
-    """The MDLM at `path` (the config key `key`; empty with an NCE energy: the one that energy was
-    trained against), in eval mode on `device`."""
+def denoiser_checkpoint(path: str, key: str, cfg: EnergyConfig) -> Checkpoint:
+    """The checkpoint of the MDLM at `path` (the config key `key`; empty with an NCE energy: the
+    MDLM that energy was trained against); only run configs are read."""
     if not path and cfg.kind == "nce" and cfg.checkpoint:
         path = run_of_task(cfg.checkpoint, "nce", "energy.checkpoint").config.nce.denoiser
-    ckpt = run_of_task(path, "mdlm", key)
+    return run_of_task(path, "mdlm", key)
+
+
+def load_denoiser(path: str, key: str, cfg: EnergyConfig,
+                  device: torch.device | str = "cpu") -> tuple[Transformer, Checkpoint]:
+    """The MDLM of `denoiser_checkpoint(path, key, cfg)`, in eval mode on `device`."""
+    ckpt = denoiser_checkpoint(path, key, cfg)
     model, _ = load_weights(ckpt, cfg.weights, device=device)
     return model, ckpt
 

@@ -38,9 +38,10 @@ from edlm_dist.evaluation.generation import Oracle, build_oracle, gen_ppl, unigr
 from edlm_dist.evaluation.outputs import SAMPLES, SAMPLING, check_output, remove, remove_leftovers, tensorboard_events
 from edlm_dist.evaluation.reportable import NOT_REPORTED
 from edlm_dist.fileio import atomic_write_text
-from edlm_dist.energy.loading import load_denoiser, load_energy
+from edlm_dist.energy.loading import denoiser_checkpoint, load_denoiser, load_energy
 from edlm_dist.runs.weights import Checkpoint, find_checkpoint
 from edlm_dist.runs.device_stats import peak_memory_gib, reset_peak_memory
+from edlm_dist.runs.memory_check import check_sampling_memory
 from edlm_dist.runs.tensorboard import MetricsLogger
 
 RESULTS = (SAMPLES, "summary.json")  # a sampling run's results, written in this order, then CONFIG and TensorBoard
@@ -98,8 +99,9 @@ class Sampler:
                 f"sample.num_candidates ({s.num_candidates}) must be divisible by the world size "
                 f"({self.env.world_size}) in candidates mode"
             )
-        self.denoiser, self.denoiser_ckpt = load_denoiser(cfg.sample.checkpoint, "sample.checkpoint (--checkpoint)",
-                                                          cfg.energy, self.env.device)
+        denoiser = (cfg.sample.checkpoint, "sample.checkpoint (--checkpoint)", cfg.energy)
+        check_sampling_memory(cfg, denoiser_checkpoint(*denoiser), self.env.world_size, self.env.device)
+        self.denoiser, self.denoiser_ckpt = load_denoiser(*denoiser, self.env.device)
         self.output = output_folder(cfg, self.denoiser_ckpt)
         on_main_rank(self._check_output, self.env.is_main)
         self.energy = load_energy(cfg.energy, self.denoiser_ckpt, self.env.device) if s.num_candidates > 1 else None

@@ -13,6 +13,7 @@ from edlm_dist.models.transformer import (
     FinalLayer,
     Transformer,
     build_model,
+    meta_model,
     padded_vocab_size,
 )
 
@@ -30,6 +31,7 @@ __all__ = [
     "apply_rotary",
     "attention",
     "build_model",
+    "meta_model",
     "modulate",
     "padded_vocab_size",
     "rotary_tables",

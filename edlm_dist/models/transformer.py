@@ -289,6 +289,15 @@ _MODELS: dict[str, type[Transformer]] = {"dit": DiT, "ar": ARTransformer, "energ
 MODEL_KINDS = {"mdlm": "dit", "ar": "ar", "nce": "energy"}  # training.task -> the kind of model it trains
 
 
+def meta_model(kind: Literal["dit", "ar", "energy"], config: ModelConfig, vocab_size: int) -> Transformer:
+    """The model of `kind` on the meta device: its shapes without any memory (what `build_model`
+    starts from, and what a memory plan counts)."""
+    if kind not in _MODELS:
+        raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(_MODELS)}")
+    with torch.device("meta"):
+        return _MODELS[kind](config, vocab_size)
+
+
 def build_model(
     kind: Literal["dit", "ar", "energy"],
     config: ModelConfig,
@@ -303,10 +312,7 @@ def build_model(
     The weights depend on the seed alone (not on the device, the sharding or the global RNG,
     which is left untouched).
     """
-    if kind not in _MODELS:
-        raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(_MODELS)}")
-    with torch.device("meta"):
-        model = _MODELS[kind](config, vocab_size)
+    model = meta_model(kind, config, vocab_size)
     if prepare is not None:
         prepare(model)
     model.to_empty(device=torch.device(device))

@@ -1,6 +1,6 @@
 """The run infrastructure every program shares, beneath training and evaluation: the run folder
-(config, markers, lock), DCP checkpoints, loading a run's weights, TensorBoard output and device
-figures."""
+(config, markers, lock), DCP checkpoints, loading a run's weights, TensorBoard output, device
+figures, and memory plans with the check that a program fits its device."""
 
 from edlm_dist.runs.checkpoint import CheckpointError, CheckpointManager
 from edlm_dist.runs.folder import RunFolder

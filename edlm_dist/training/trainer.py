@@ -56,6 +56,7 @@ from edlm_dist.training.faults import FaultInjector
 from edlm_dist.energy.loading import nce_model_config
 from edlm_dist.runs.weights import Checkpoint, WeightsError, check_same_data, load_weights, read_weights, run_of_task
 from edlm_dist.runs.device_stats import device_peak_flops, peak_memory_gib, reset_peak_memory
+from edlm_dist.runs.memory_check import check_training_memory
 from edlm_dist.runs.tensorboard import MetricsLogger
 from edlm_dist.training.optim import build_lr_scheduler, build_optimizer, follow_config
 from edlm_dist.training.preflight import check_command
@@ -107,6 +108,7 @@ class Trainer:
         self.cfg = cfg
         par = cfg.parallel
         self.env = init_runtime(cfg.runtime)
+        check_training_memory(cfg, self.env.world_size, self.env.device)  # refused before anything is built
         configure_determinism(cfg.debug.deterministic)
         self.run_folder = RunFolder(Path(cfg.job.dump_folder) / cfg.job.name)
         self.faults = FaultInjector(cfg.debug, self.env.rank, self.env.world_size, self.run_folder.path)
