@@ -26,6 +26,7 @@ LAYER = {unit: level for level, units in enumerate(LAYERS) for unit in units}
 # the layers inside `data`, lowest first (its __init__ sits above them all)
 DATA_LAYERS = (
     ("errors",),
+    ("token_table", "chat_template", "hf_files"),
     ("tokenizers", "zstd_frames", "sources", "detokenizers"),
     ("corpus_format", "corpus_reader", "corpus_writer", "integrity"),
     ("batches", "loaders", "packed", "raw_stream"),

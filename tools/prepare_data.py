@@ -10,7 +10,7 @@ source documents covered so far). A re-run with the same settings verifies those
 the shards before the first that fails, and continues after the documents they cover. The
 manifest is written last, so a folder without one is never taken as a complete corpus.
 
-usage: python tools/prepare_data.py --source PATH_OR_GLOB_OR_URL --out FOLDER [--tokenizer gpt2|char]
+usage: python tools/prepare_data.py --source PATH_OR_GLOB_OR_URL --out FOLDER [--tokenizer gpt2|hf|char]
     [--tokenizer-path DIR] [--format tokens|raw|both] [--shard-tokens N] [--val-docs N]
     [--txt-mode file|blank_line] [--text-key KEY] [--on-error raise|skip] [--hf-dataset NAME] [--workers N]
 """
@@ -197,9 +197,9 @@ def prepare(args: argparse.Namespace) -> Manifest:
         source: FileSource | HFSource = HFSource(args.hf_dataset, text_key=args.text_key)
     else:
         source = FileSource(args.source, text_key=args.text_key, txt_mode=args.txt_mode, on_error=args.on_error)
-    # GPT-2 is loaded first so that a missing file is reported before the long counting pass;
-    # the char vocabulary is collected by that pass.
-    tokenizer = build_tokenizer("gpt2", args.tokenizer_path) if args.tokenizer == "gpt2" else None
+    # GPT-2's or a model folder's tokenizer is loaded first so that a missing file is reported
+    # before the long counting pass; the char vocabulary is collected by that pass.
+    tokenizer = build_tokenizer(args.tokenizer, args.tokenizer_path) if args.tokenizer != "char" else None
     chars = source.scan(want_chars=tokenizer is None)
     tokenizer = tokenizer or build_tokenizer(args.tokenizer, corpus="".join(sorted(chars)))
     total = sum(source.counts)
@@ -269,8 +269,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     where.add_argument("--source", help="file, folder or glob (local or fsspec URL) of .txt/.jsonl/.jsonl.zst/.parquet")
     where.add_argument("--hf-dataset", help="Hugging Face dataset name, e.g. Skylion007/openwebtext (needs datasets)")
     parser.add_argument("--out", required=True, help="output folder (local or fsspec URL)")
-    parser.add_argument("--tokenizer", choices=("gpt2", "char"), default="gpt2")
-    parser.add_argument("--tokenizer-path", default="", help="folder with the GPT-2 BPE files")
+    parser.add_argument("--tokenizer", choices=("gpt2", "hf", "char"), default="gpt2")
+    parser.add_argument("--tokenizer-path", default="",
+                        help="gpt2: folder with the GPT-2 BPE files; hf: the Hugging Face model folder (required)")
     parser.add_argument("--format", choices=("tokens", "raw", "both"), default="tokens")
     parser.add_argument("--shard-tokens", type=int, default=50_000_000, help="stream tokens per shard (at least)")
     parser.add_argument("--val-docs", type=int, default=100_000, help="the last N documents are the val split")

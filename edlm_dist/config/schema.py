@@ -78,8 +78,11 @@ class DataConfig:
     # (the files under $EDLM_DATA_DIR or data.path)
     dataset: str = "synthetic"
     seq_len: int = 64
-    tokenizer: Literal["synthetic", "gpt2", "char", "word"] = "synthetic"
-    tokenizer_path: str = ""  # folder with GPT-2 BPE files; empty = $EDLM_DATA_DIR/gpt2_tokenizer or tiktoken's cache
+    # hf: a Hugging Face model folder's tokenizer (tokenizer.json, its special and mask tokens, chat template)
+    tokenizer: Literal["synthetic", "gpt2", "hf", "char", "word"] = "synthetic"
+    # gpt2: folder with GPT-2 BPE files (empty = $EDLM_DATA_DIR/gpt2_tokenizer or tiktoken's cache);
+    # hf: the model folder (a prepared corpus's manifest names one where this is empty)
+    tokenizer_path: str = ""
     path: str = ""  # the file (text) or prepared corpus folder (files, openwebtext); empty = the dataset's default
     format: Literal["auto", "tokens", "raw"] = "auto"  # prepared corpora: pre-tokenised shards or raw .jsonl.zst
     num_workers: int = 0  # dataloader worker processes per rank (streamed corpora)

@@ -18,10 +18,12 @@ from edlm_dist.data.text import TextBlocks
 from edlm_dist.data.tokenizers import (
     CharTokenizer,
     GPT2Tokenizer,
+    HFTokenizer,
     Tokenizer,
     TokenizerError,
     WordTokenizer,
     build_tokenizer,
+    check_same_token_ids,
     tokenizer_from_dict,
 )
 
@@ -40,6 +42,7 @@ __all__ = [
     "run_tokenizer",
     "CharTokenizer",
     "GPT2Tokenizer",
+    "HFTokenizer",
     "MarkovSource",
     "SyntheticBlocks",
     "SyntheticTokenizer",
@@ -47,6 +50,7 @@ __all__ = [
     "TokenizerError",
     "WordTokenizer",
     "build_tokenizer",
+    "check_same_token_ids",
     "is_primitive",
     "syllable",
     "tokenizer_from_dict",

@@ -69,6 +69,8 @@ def check_dataset(cfg: DataConfig) -> None:
         raise DataError(f"data.dataset: unknown dataset {cfg.dataset!r}; {hint}")
     if cfg.tokenizer == "synthetic" and cfg.dataset != "synthetic":
         raise DataError("data.tokenizer = 'synthetic' only works with data.dataset = 'synthetic'")
+    if cfg.tokenizer == "hf" and not cfg.tokenizer_path and not DATASETS[cfg.dataset].prepared:
+        raise DataError("data.tokenizer = 'hf' needs data.tokenizer_path: a Hugging Face model folder")
 
 
 def build_dataset(cfg: DataConfig) -> Dataset:
@@ -78,10 +80,11 @@ def build_dataset(cfg: DataConfig) -> Dataset:
 
 
 def run_tokenizer(cfg: DataConfig) -> Tokenizer:
-    """The tokenizer of a run's data; GPT-2's without reading the corpus, which sampling and
-    zero-shot evaluation do not need (a run imported from MDLM has none prepared here)."""
-    if cfg.tokenizer == "gpt2":
-        return build_tokenizer("gpt2", cfg.tokenizer_path)
+    """The tokenizer of a run's data; GPT-2's or a model folder's without reading the corpus,
+    which sampling and zero-shot evaluation do not need (an imported run has none prepared here);
+    a prepared corpus's model folder, where `data.tokenizer_path` names none, from its manifest."""
+    if cfg.tokenizer == "gpt2" or (cfg.tokenizer == "hf" and cfg.tokenizer_path):
+        return build_tokenizer(cfg.tokenizer, cfg.tokenizer_path)
     return build_dataset(cfg).tokenizer
 
 

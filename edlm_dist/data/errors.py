@@ -12,6 +12,12 @@ class DataError(ValueError):
     user_error = True
 
 
+class TokenizerError(ValueError):
+    """A tokenizer problem caused by user input (files, settings, text); printed as one line."""
+
+    user_error = True
+
+
 @dataclass
 class SkipCounter:
     """Records skipped under `data.on_error = "skip"`: how many, and the last few reasons (for logs)."""

@@ -38,8 +38,13 @@ def prepared_dataset(cfg: DataConfig) -> Dataset:
 
 
 def _manifest_tokenizer(manifest: Manifest, cfg: DataConfig) -> Tokenizer:
+    """The corpus's tokenizer, its files read from `data.tokenizer_path` where the config names
+    them (GPT-2's: also its default places), checked against the manifest's fingerprint."""
     info = manifest.tokenizer
-    tokenizer = build_tokenizer("gpt2", cfg.tokenizer_path) if info["name"] == "gpt2" else tokenizer_from_dict(info["config"])
+    if info["name"] == "gpt2" or (info["name"] == "hf" and cfg.tokenizer_path):
+        tokenizer = build_tokenizer(info["name"], cfg.tokenizer_path)
+    else:
+        tokenizer = tokenizer_from_dict(info["config"])
     if tokenizer.fingerprint() != info["fingerprint"]:
         raise DataError(
             f"the corpus was tokenised with {info['name']} {info['fingerprint']}, but the tokenizer here is "

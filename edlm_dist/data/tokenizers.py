@@ -1,8 +1,12 @@
-"""Tokenizers: GPT-2 BPE (tiktoken), characters, words, and the shared interface.
+"""Tokenizers: GPT-2 BPE (tiktoken), Hugging Face model folders (`tokenizers`), characters,
+words, and the shared interface.
 
-Conventions: `vocab_size` counts the DATA tokens (EOS included); the diffusion mask token is
-`mask_id = vocab_size`, so models embed `vocab_size + 1` ids. EOS doubles as BOS. `encode`
-never adds EOS; `decode` renders ids it cannot map to text (the mask) with a marker instead
+Conventions: `vocab_size` counts the tokenizer's ids (EOS included). The diffusion mask token is
+`mask_id`: one past them (`mask_id = vocab_size`) unless the model's own vocabulary holds one
+(LLaDA's, Dream's: `mask_in_vocabulary`); `num_token_ids` counts the ids a model reads and
+writes, the mask included (`vocab_size + 1`, or `vocab_size` where the mask is inside). EOS
+doubles as BOS where a tokenizer names no BOS. `encode` adds no special token and reads special
+tokens' text as text; `decode` renders ids it cannot map to text (the mask) with a marker instead
 of failing, so model samples can always be printed.
 """
 
@@ -14,27 +18,32 @@ import hashlib
 import json
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import tiktoken
+from tokenizers import Tokenizer as HFBackend
+
+from edlm_dist.data.chat_template import render_chat
+from edlm_dist.data.errors import TokenizerError
+from edlm_dist.data.hf_files import read_model_tokenizer
+from edlm_dist.data.token_table import (
+    GPT2_PATTERN,
+    TokenTable,
+    byte_alphabet,
+    table_difference,
+    table_from_hf,
+    table_from_tiktoken,
+)
 
 GPT2_VOCAB_SIZE = 50257
 GPT2_EOS_ID = 50256
 ENDOFTEXT = "<|endoftext|>"
-# The split pattern of the original GPT-2 release.
-GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 GPT2_FILES_HINT = (
     "set data.tokenizer_path to a folder holding vocab.bpe + encoder.json (or r50k_base.tiktoken), "
     "or set EDLM_DATA_DIR to a folder containing gpt2_tokenizer/"
 )
-
-
-class TokenizerError(ValueError):
-    """A tokenizer problem caused by user input (files, settings, text); printed as one line."""
-
-    user_error = True
 
 
 class Tokenizer(ABC):
@@ -48,6 +57,17 @@ class Tokenizer(ABC):
     def mask_id(self) -> int:
         """The diffusion mask token, one past the data tokens."""
         return self.vocab_size
+
+    @property
+    def mask_in_vocabulary(self) -> bool:
+        """Whether the mask is one of the tokenizer's own ids (LLaDA, Dream) rather than one past them."""
+        return self.mask_id < self.vocab_size
+
+    @property
+    def num_token_ids(self) -> int:
+        """The ids a model over this tokenizer reads and writes, the mask included (a model may pad
+        its logits beyond them)."""
+        return max(self.vocab_size, self.mask_id + 1)
 
     @abstractmethod
     def encode(self, text: str) -> list[int]:
@@ -69,6 +89,10 @@ class Tokenizer(ABC):
         """Short stable hash of the vocabulary, to detect checkpoint/data/tokenizer mismatches."""
         return hashlib.sha256(self._vocabulary_bytes()).hexdigest()[:16]
 
+    def token_table(self) -> TokenTable:
+        """What decides this tokenizer's ids, to compare it with another (`check_same_token_ids`)."""
+        raise TokenizerError(f"the {self.name} tokenizer cannot be compared id by id with another tokenizer")
+
     def _check_ids(self, ids: Sequence[int]) -> list[int]:
         """`ids` as plain ints; negative ids are a caller bug, reported as such."""
         out = [int(i) for i in ids]
@@ -89,6 +113,7 @@ class GPT2Tokenizer(Tokenizer):
         self.path = path or ""
         self._encoding = _gpt2_encoding(path or None)
         self._fingerprint: str | None = None
+        self._table: TokenTable | None = None
 
     def encode(self, text: str) -> list[int]:
         """BPE ids; "<|endoftext|>" inside the text is encoded as ordinary text."""
@@ -120,6 +145,14 @@ class GPT2Tokenizer(Tokenizer):
     def _vocabulary_bytes(self) -> bytes:
         tokens = (self._encoding.decode_single_token_bytes(i) for i in range(self.vocab_size))
         return b"".join(len(t).to_bytes(4, "little") + t for t in tokens)
+
+    def token_table(self) -> TokenTable:
+        """tiktoken's ranked BPE: the merged tokens in rank order, then <|endoftext|> (computed once)."""
+        if self._table is None:
+            merged = [self._encoding.decode_single_token_bytes(i) for i in range(GPT2_EOS_ID)]
+            source = f"GPT-2 BPE (tiktoken, {self.path or 'default files'})"
+            self._table = table_from_tiktoken(merged, {GPT2_EOS_ID: ENDOFTEXT}, GPT2_PATTERN, source)
+        return self._table
 
 
 def _gpt2_encoding(path: str | None) -> tiktoken.Encoding:
@@ -164,24 +197,10 @@ def _gpt2_encoding_from_folder(folder: Path) -> tiktoken.Encoding:
     )
 
 
-def _data_gym_byte_decoder() -> dict[str, int]:
-    """GPT-2's printable stand-ins for bytes: printable non-space bytes map to themselves,
-    the rest to chr(256 + n) in byte order."""
-    decoder: dict[str, int] = {}
-    shifted = 0
-    for b in range(256):
-        if chr(b).isprintable() and chr(b) != " ":
-            decoder[chr(b)] = b
-        else:
-            decoder[chr(256 + shifted)] = b
-            shifted += 1
-    return decoder
-
-
 def _ranks_from_data_gym(vocab_bpe: Path, encoder_json: Path) -> dict[bytes, int]:
     """Token bytes -> rank from encoder.json, checked against the merge order in vocab.bpe
     (tiktoken needs ranks to follow merge priority)."""
-    byte_of = _data_gym_byte_decoder()
+    byte_of = {c: b for b, c in byte_alphabet().items()}
 
     def to_bytes(token: str, source: Path) -> bytes:
         try:
@@ -353,10 +372,115 @@ class WordTokenizer(_PieceTokenizer):
         return "".join(pieces)
 
 
+class HFTokenizer(Tokenizer):
+    """The tokenizer of a Hugging Face model folder (`tokenizer.json`, or a GPT-2 or Qwen2
+    `vocab.json` + `merges.txt`; see `edlm_dist.data.hf_files`), read offline with the `tokenizers`
+    library, with the folder's special tokens, mask token and chat template.
+
+    `vocab_size` counts every id the tokenizer has, special tokens included (a model may pad its
+    logits further: LLaDA's to 126,464, Dream's to 152,064); `mask_id` is the mask token the
+    folder names (LLaDA's 126,336, Dream's 151,666, both from config.json), else `vocab_size`.
+    """
+
+    name = "hf"
+    mask_marker = "[MASK]"
+
+    def __init__(self, path: str) -> None:
+        if not path:
+            raise TokenizerError("the hf tokenizer needs data.tokenizer_path: a Hugging Face model folder")
+        files = read_model_tokenizer(path)
+        self.path, self.folder = path, str(files.folder)
+        self.eos_id, self.bos_id, self.stop_ids = files.eos_id, files.bos_id, files.stop_ids
+        self.special_tokens, self.chat_template = files.special_tokens, files.chat_template
+        self._mask_id = files.mask_id
+        self._text = files.tokenizer
+        self._text.encode_special_tokens = True  # data text: special tokens' text is text
+        self._chat: HFBackend | None = None  # rendered chats: special tokens are themselves (made on first use)
+        self.vocab_size = 1 + max([*self._text.get_vocab(with_added_tokens=True).values(), -1])
+        self._table: TokenTable | None = None
+        self._fingerprint: str | None = None
+
+    @property
+    def mask_id(self) -> int:
+        """The folder's mask token, else one past the tokenizer's ids."""
+        return self.vocab_size if self._mask_id is None else self._mask_id
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`, no special token added; special tokens' text is encoded as text."""
+        return self._text.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of `ids`, special tokens as their text; an id no token has (the mask past the
+        vocabulary) renders as "[MASK]". Runs of tokens are decoded together so multi-byte
+        characters survive."""
+        pieces: list[str] = []
+        run: list[int] = []
+        for i in self._check_ids(ids):
+            if i < self.vocab_size and self._text.id_to_token(i) is not None:
+                run.append(i)
+                continue
+            pieces += [self._text.decode(run, skip_special_tokens=False), self.mask_marker]
+            run = []
+        pieces.append(self._text.decode(run, skip_special_tokens=False))
+        return "".join(pieces)
+
+    def render_chat(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True,
+                    **variables: Any) -> str:
+        """The prompt text of `messages` ([{"role": ..., "content": ...}]) under the folder's chat
+        template, rendered in a sandbox (`edlm_dist.data.chat_template`)."""
+        if self.chat_template is None:
+            raise TokenizerError(f"{self.folder!r} has no chat template (tokenizer_config.json or chat_template.jinja)")
+        return render_chat(self.chat_template, messages, add_generation_prompt=add_generation_prompt,
+                           special_tokens=self.special_tokens, where=self.folder, **variables)
+
+    def encode_chat(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True,
+                    **variables: Any) -> list[int]:
+        """Token ids of the rendered chat; the template's special tokens are encoded as themselves
+        and nothing is added (the template writes its own BOS), as transformers does."""
+        if self._chat is None:
+            self._chat = HFBackend.from_str(self._text.to_str())
+            self._chat.encode_special_tokens = False
+        return self._chat.encode(self.render_chat(messages, add_generation_prompt, **variables),
+                                 add_special_tokens=False).ids
+
+    def to_dict(self) -> dict[str, Any]:
+        """Only the name and the folder: the files themselves are not stored."""
+        return {"name": self.name, "path": self.path}
+
+    def token_table(self) -> TokenTable:
+        if self._table is None:
+            self._table = table_from_hf(json.loads(self._text.to_str()), self.folder)
+        return self._table
+
+    def fingerprint(self) -> str:
+        """Hash of the token table and the EOS, BOS and mask ids (computed once)."""
+        if self._fingerprint is None:
+            self._fingerprint = super().fingerprint()
+        return self._fingerprint
+
+    def _vocabulary_bytes(self) -> bytes:
+        roles = json.dumps([self.eos_id, self.bos_id, self._mask_id]).encode()
+        return self.token_table().serialise() + roles
+
+
+def check_same_token_ids(first: Tokenizer, second: Tokenizer, ids: Iterable[int] | None = None) -> None:
+    """Refuse, in one line naming both tokenizers and the first difference, two tokenizers that
+    do not give the same ids: the same token at every id (only `ids` when given, e.g. the ids a
+    denoiser writes, its mask left out), the same added and special tokens, the same normaliser,
+    pre-tokeniser and merges. GPT-2's tiktoken encoding and a GPT-2 `tokenizer.json` compare equal."""
+    a, b = first.token_table(), second.token_table()
+    difference = table_difference(a, b, ids)
+    if difference is not None:
+        raise TokenizerError(f"the tokenizers of {a.source} and {b.source} give different ids: {difference}")
+
+
 def build_tokenizer(name: str, path: str = "", corpus: str | None = None) -> Tokenizer:
-    """The tokenizer named by the config: "gpt2" (files at `path`), "char" or "word" (from `corpus`)."""
+    """The tokenizer named by the config: "gpt2" (files at `path`), "hf" (the model folder
+    `path`), "char" or "word" (from `corpus`)."""
     if name == "gpt2":
         return GPT2Tokenizer(path or None)
+    if name == "hf":
+        return HFTokenizer(path)
     if name == "char":
         if corpus is None:
             raise TokenizerError("the char tokenizer needs the training text to build its vocabulary")
@@ -370,7 +494,7 @@ def build_tokenizer(name: str, path: str = "", corpus: str | None = None) -> Tok
             "the synthetic tokenizer is built from its Markov source: "
             "use edlm_dist.data.SyntheticTokenizer(MarkovSource(...))"
         )
-    raise TokenizerError(f"unknown tokenizer {name!r}; expected 'gpt2', 'char', 'word' or 'synthetic'")
+    raise TokenizerError(f"unknown tokenizer {name!r}; expected 'gpt2', 'hf', 'char', 'word' or 'synthetic'")
 
 
 def tokenizer_from_dict(d: dict[str, Any]) -> Tokenizer:
@@ -378,6 +502,8 @@ def tokenizer_from_dict(d: dict[str, Any]) -> Tokenizer:
     name = d.get("name")
     if name == "gpt2":
         return GPT2Tokenizer(d.get("path") or None)
+    if name == "hf":
+        return HFTokenizer(d.get("path") or "")
     if name == "char":
         return CharTokenizer(d["chars"])
     if name == "word":

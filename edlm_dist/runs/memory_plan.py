@@ -39,7 +39,7 @@ import torch
 
 from edlm_dist.config import SampleProgram, TrainProgram
 from edlm_dist.config.schema import DataConfig, ModelConfig
-from edlm_dist.data import BatchPlan, build_dataset
+from edlm_dist.data import BatchPlan, build_dataset, run_tokenizer
 from edlm_dist.data.tokenizers import GPT2_VOCAB_SIZE
 from edlm_dist.diffusion.sampling import MAX_NOISE_ELEMENTS
 from edlm_dist.distributed import compute_dtype
@@ -292,11 +292,13 @@ def gumbel_bytes(rows: int, vocab: int, compute: int) -> int:
 
 def planned_vocab_size(data: DataConfig) -> int:
     """The data vocabulary of `data`, without its corpus where the config fixes it (GPT-2, the
-    synthetic corpus); a char or word vocabulary is read from the corpus."""
+    synthetic corpus, a model folder's tokenizer); a char or word vocabulary is read from the corpus."""
     if data.tokenizer == "gpt2":
         return GPT2_VOCAB_SIZE
     if data.tokenizer == "synthetic":
         return data.synthetic_states + 1
+    if data.tokenizer == "hf":
+        return run_tokenizer(data).vocab_size
     return build_dataset(data).tokenizer.vocab_size
 
 
