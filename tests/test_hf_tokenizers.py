@@ -6,6 +6,7 @@ tokenizer.json against tiktoken's GPT-2 on real text."""
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,9 @@ def test_encode_decode_round_trip(tiny: HFTokenizer, backend: Tokenizer) -> None
     assert tiny.decode(ids) == "a<|endoftext|>b<|mdm_mask|>"
     # the mask decodes as its own text; ids past the vocabulary as the marker
     assert tiny.decode([*tiny.encode("cat"), tiny.mask_id, tiny.vocab_size + 5]) == "cat<|mdm_mask|>[MASK]"
+    # a dataloader worker's pickled copy reads special tokens' text as text too
+    clone = pickle.loads(pickle.dumps(tiny))
+    assert clone.encode("a<|endoftext|>b") == tiny.encode("a<|endoftext|>b") and clone.mask_id == tiny.mask_id
 
 
 def test_a_model_folder_without_a_mask_appends_one(tmp_path: Path, tiny_dir: Path, tiny: HFTokenizer) -> None:
@@ -140,6 +144,26 @@ def test_a_model_folder_without_a_mask_appends_one(tmp_path: Path, tiny_dir: Pat
     causal = HFTokenizer(str(folder))
     assert causal.mask_id == causal.vocab_size == tiny.vocab_size
     assert not causal.mask_in_vocabulary and causal.num_token_ids == causal.vocab_size + 1
+
+
+def test_roles_from_special_tokens_map_and_stops_from_generation_config(tmp_path: Path, tiny_dir: Path,
+                                                                        backend: Tokenizer) -> None:
+    folder = tmp_path / "legacy"
+    shutil.copytree(tiny_dir, folder)
+    config = {k: v for k, v in _config(backend).items() if k not in ("bos_token", "eos_token")}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    (folder / "config.json").write_text(json.dumps({}))
+    (folder / "special_tokens_map.json").write_text(json.dumps({
+        "eos_token": {"content": "<|eot_id|>", "lstrip": False}, "mask_token": "<|mdm_mask|>"}))
+    eot, mask = backend.token_to_id("<|eot_id|>"), backend.token_to_id("<|mdm_mask|>")
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [eot, 0], "mask_token_id": None}))
+    tok = HFTokenizer(str(folder))
+    assert (tok.eos_id, tok.bos_id, tok.mask_id, tok.stop_ids) == (eot, None, mask, (eot, 0))
+    assert tok.special_tokens == {"eos_token": "<|eot_id|>", "mask_token": "<|mdm_mask|>"}
+    (folder / "config.json").write_text(json.dumps({"mask_token_id": 3}))
+    with pytest.raises(TokenizerError) as excinfo:
+        HFTokenizer(str(folder))
+    assert f"special_tokens_map.json names mask id {mask}, config.json names 3" in _one_line_error(excinfo)
 
 
 def test_storage_round_trip_and_fingerprint(tmp_path: Path, tiny_dir: Path, tiny: HFTokenizer) -> None:
@@ -202,8 +226,12 @@ def test_chat_template_that_tries_code_is_refused(tmp_path: Path, tiny_dir: Path
 def test_chat_template_file_and_absence(tmp_path: Path, tiny_dir: Path, backend: Tokenizer) -> None:
     folder = tmp_path / "file"
     shutil.copytree(tiny_dir, folder)
-    (folder / "chat_template.jinja").write_text("[{{ messages[0]['content'] }}]")
-    assert HFTokenizer(str(folder)).render_chat([{"role": "user", "content": "x"}]) == "[x]"
+    (folder / "chat_template.jinja").write_text("{% if tools is not none %}{{ tools | tojson }}{% endif %}"
+                                               "[{{ messages[0]['content'] }}]")
+    tok = HFTokenizer(str(folder))
+    assert tok.render_chat([{"role": "user", "content": "x"}]) == "[x]"  # tools is None, as transformers passes it
+    assert tok.render_chat([{"role": "user", "content": "x"}], tools=[{"name": "é"}]) == '[{"name": "é"}][x]'
+
     bare = tmp_path / "bare"
     shutil.copytree(tiny_dir, bare)
     (bare / "tokenizer_config.json").write_text(json.dumps({k: v for k, v in _config(backend).items()
@@ -428,7 +456,7 @@ def test_gpt2_slow_files_and_a_changed_gpt2_are_told_apart(data_dir: Path, gpt2_
     (changed / "tokenizer.json").write_text(json.dumps(data))
     with pytest.raises(TokenizerError) as excinfo:
         check_same_token_ids(tiktoken_gpt2, HFTokenizer(str(changed)))
-    assert "merge 100 ('Ġ (') of the second makes id 357, where the other's merge 100 makes id 356" \
+    assert "merge 100 ('Ġ (') of the second makes id 357, where the other's merged token 100 is id 356" \
         in _one_line_error(excinfo)
 
 

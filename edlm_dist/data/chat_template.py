@@ -29,14 +29,16 @@ def render_chat(
     special_tokens: Mapping[str, str], where: str, **variables: Any,
 ) -> str:
     """The text of `messages` (dicts with "role" and "content") under the chat `template`; the
-    template also sees `add_generation_prompt`, the named special tokens (`bos_token`,
-    `eos_token`, ...) and `variables`. `where` names the template's folder in errors."""
+    template also sees `add_generation_prompt`, `tools` and `documents` (None unless given), the
+    named special tokens (`bos_token`, `eos_token`, ...) and `variables`. `where` names the
+    template's folder in errors."""
     if not all(isinstance(m, Mapping) for m in messages):
         raise TokenizerError(f"chat template of {where}: messages must be dicts with 'role' and 'content'")
     compiled = _compile(template, where)
+    context = {"tools": None, "documents": None, **special_tokens, **variables}
     try:
         return compiled.render(messages=[dict(m) for m in messages], add_generation_prompt=add_generation_prompt,
-                               **{**special_tokens, **variables})
+                               **context)
     except jinja2.exceptions.SecurityError as e:
         raise TokenizerError(f"chat template of {where} tried an operation the sandbox refuses: {e}") from None
     except jinja2.exceptions.TemplateError as e:

@@ -52,23 +52,27 @@ def read_model_tokenizer(folder: str | Path) -> ModelTokenizerFiles:
     tokenizer.no_truncation()
     tokenizer.no_padding()
     _check_added_tokens(tokenizer, config, folder)
-    special_tokens = _special_tokens(folder, config)
+    roles = _special_tokens(folder, config)
+    special_tokens = {role: text for role, (text, _) in roles.items()}
     role_ids = {role: _token_id(tokenizer, text, f"{role} {text!r}", folder) for role, text in special_tokens.items()}
+
+    def role(name: str) -> list[tuple[str, int | None]]:
+        """(the file naming the token of role `name`, its id), where a file names one."""
+        return [(roles[name][1], role_ids[name])] if name in roles else []
+
     model_files = {name: _read_json(folder / name) for name in ("config.json", "generation_config.json")}
 
     def named(key: str, *files: str) -> list[tuple[str, int | None]]:
         """(file, the first id `key` names there) for each of the model's `files`."""
         return [(name, next(iter(_config_ids(model_files[name], key, folder / name)), None)) for name in files]
 
-    eos_id = _first_id(folder, tokenizer, [("tokenizer_config.json", role_ids.get("eos_token")),
+    eos_id = _first_id(folder, tokenizer, [*role("eos_token"),
                                            *named("eos_token_id", "config.json", "generation_config.json")])
     if eos_id is None:
         raise TokenizerError(f"{str(folder)!r} names no EOS token (eos_token in tokenizer_config.json or "
                              f"special_tokens_map.json, eos_token_id in config.json or generation_config.json)")
-    bos_id = _first_id(folder, tokenizer, [("tokenizer_config.json", role_ids.get("bos_token")),
-                                           *named("bos_token_id", "config.json")])
-    masks = [("tokenizer_config.json", role_ids.get("mask_token")),
-             *named("mask_token_id", "config.json", "generation_config.json")]
+    bos_id = _first_id(folder, tokenizer, [*role("bos_token"), *named("bos_token_id", "config.json")])
+    masks = [*role("mask_token"), *named("mask_token_id", "config.json", "generation_config.json")]
     stops = _config_ids(model_files["generation_config.json"], "eos_token_id", folder / "generation_config.json")
     return ModelTokenizerFiles(folder, tokenizer, special_tokens, eos_id, bos_id, _mask_id(folder, tokenizer, masks),
                                stops or (eos_id,), _chat_template(folder, config))
@@ -162,9 +166,10 @@ def _check_added_tokens(tokenizer: Tokenizer, config: dict[str, Any], folder: Pa
                                  f"{tokenizer.id_to_token(i)!r} and {content!r} id {tokenizer.token_to_id(content)}")
 
 
-def _special_tokens(folder: Path, config: dict[str, Any]) -> dict[str, str]:
-    """Role -> token text from tokenizer_config.json, then special_tokens_map.json for the rest."""
-    found: dict[str, str] = {}
+def _special_tokens(folder: Path, config: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """Role -> (token text, the file naming it): tokenizer_config.json, then special_tokens_map.json
+    for the rest."""
+    found: dict[str, tuple[str, str]] = {}
     for name in ("tokenizer_config.json", "special_tokens_map.json"):
         table = config if name == "tokenizer_config.json" else _read_json(folder / name)
         for role in ROLES:
@@ -174,7 +179,7 @@ def _special_tokens(folder: Path, config: dict[str, Any]) -> dict[str, str]:
             text = value.get("content") if isinstance(value, dict) else value
             if not isinstance(text, str):
                 raise TokenizerError(f"{str(folder / name)!r}: {role} should be a token's text, got {value!r}")
-            found[role] = text
+            found[role] = (text, name)
     return found
 
 

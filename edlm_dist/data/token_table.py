@@ -201,15 +201,13 @@ def _ranked_difference(ranked: TokenTable, merges: Sequence[tuple[str, str]], or
         made = ids.get(x + y)
         expected = merged[k] if k < len(merged) else None
         if made != expected:
-            return (f"merge {k} ({x + ' ' + y!r}) of the {order} makes {_id_words(made)}, where the other's "
-                    f"merge {k} makes {_id_words(expected)}")
+            makes = "no token" if made is None else f"id {made}"
+            other = f"the other's merged token {k} is id {expected}" if expected is not None else \
+                f"the other has {len(merged)} merged tokens"
+            return f"merge {k} ({x + ' ' + y!r}) of the {order} makes {makes}, where {other}"
     if len(merges) != len(merged):
         return f"the {order} has {len(merges)} merges, the other {len(merged)}"
     return None
-
-
-def _id_words(i: int | None) -> str:
-    return "no token" if i is None else f"id {i}"
 
 
 def _token_words(token: str | None) -> str:

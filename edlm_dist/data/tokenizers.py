@@ -400,6 +400,12 @@ class HFTokenizer(Tokenizer):
         self._table: TokenTable | None = None
         self._fingerprint: str | None = None
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickled (a dataloader worker's copy): the `tokenizers` library does not pickle
+        `encode_special_tokens`, so it is set again."""
+        self.__dict__.update(state)
+        self._text.encode_special_tokens = True
+
     @property
     def mask_id(self) -> int:
         """The folder's mask token, else one past the tokenizer's ids."""
