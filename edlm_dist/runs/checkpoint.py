@@ -33,7 +33,7 @@ from torch.distributed.checkpoint import FileSystemWriter
 from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
 
 from edlm_dist.fileio import describe_os_error, write_problem
-from edlm_dist.runs.safe_pickle import SafeLoadPlanner, refusal, safe_reader
+from edlm_dist.runs.safe_pickle import DamagedMetadata, SafeLoadPlanner, refusal, safe_reader
 
 MARKER = "COMMITTED"
 STEP_DIR = re.compile(r"^step_(\d{8})$")  # a checkpoint folder: step_ and the step in 8 digits
@@ -232,6 +232,8 @@ def describe_load_error(err: BaseException, path: str) -> str:
     """One line saying why DCP could not read the checkpoint at `path`: a pickle refused by the
     allow-list, the missing or truncated file (DCP itself says only e.g. "EOFError"), else the error."""
     cause = _first_failure(err)
+    if isinstance(cause, DamagedMetadata):
+        return str(cause)
     if isinstance(cause, pickle.UnpicklingError):  # also a tensor file that is a pickle of something else
         return str(refusal(cause, path))
     return damaged_file(path) or describe_os_error(cause)

@@ -74,11 +74,23 @@ class _AllowListUnpickler(pickle.Unpickler):
         return found
 
 
+class DamagedMetadata(ValueError):
+    """DCP metadata that is not a readable pickle of DCP's classes (damaged, or not DCP's at all)."""
+
+    user_error = True
+
+
 def load_metadata(stream: IO[bytes], source: str) -> dcp_metadata.Metadata:
     """DCP's metadata pickled in `stream` (the file `source`), through the allow-list."""
-    metadata = _AllowListUnpickler(stream, _METADATA_GLOBALS, source).load()
+    try:
+        metadata = _AllowListUnpickler(stream, _METADATA_GLOBALS, source).load()
+    except UnsafeCheckpoint:
+        raise
+    except Exception as err:  # garbage makes the unpickler fail in many ways
+        reason = (str(err).splitlines() or [type(err).__name__])[0]
+        raise DamagedMetadata(f"{source} cannot be read as DCP metadata ({reason})") from None
     if not isinstance(metadata, dcp_metadata.Metadata):
-        raise UnsafeCheckpoint(f"{source} is not DCP metadata (it holds a {type(metadata).__name__})")
+        raise DamagedMetadata(f"{source} is not DCP metadata (it holds a {type(metadata).__name__})")
     return metadata
 
 
