@@ -426,10 +426,11 @@ def _validate_decoder(cfg: TrainProgram) -> None:
                           f"model.rope_low_freq_factor ({m.rope_low_freq_factor})")
     rows = m.embedding_rows or padded_vocab_size(m.vocab_size)
     mask = m.mask_id if m.mask_id >= 0 else m.vocab_size
-    ids = {"the last token id (model.vocab_size - 1)": m.vocab_size - 1,
-           "the start token (model.start_token)": m.start_token if m.start_token >= 0 else mask}
+    ids = {"the last token id (model.vocab_size - 1)": m.vocab_size - 1}
     if task == "mdlm":
         ids["the mask id (model.mask_id)"] = mask
+    else:
+        ids["the start token (model.start_token)"] = m.start_token if m.start_token >= 0 else mask
     for name, value in ids.items():
         if value >= rows:
             raise ConfigError(f"{name} {value} is outside the {rows} rows of the embedding (model.embedding_rows)")

@@ -70,7 +70,7 @@ class LanguageModel(nn.Module):
 
 class CausalLM:
     """Scoring by a causal language model (mixed into a `LanguageModel` that defines
-    `next_token_logits`), over all L positions.
+    `_next_token_logits`), over all L positions.
 
     The input is [s, x0[:, :-1]] with the start token `start_token`, so logits[:, i] predicts
     x0[:, i] from x0[:, :i]. The timestep is never read.
@@ -80,15 +80,18 @@ class CausalLM:
     vocab_size: int
     reads_time = False
 
-    def next_token_logits(self, tokens: Tensor) -> Tensor:
-        """Logits [B, L, padded_vocab] of the tokens as given: logits[:, i] predicts tokens[:, i + 1]
-        (the convention of Hugging Face's causal LMs)."""
+    def _next_token_logits(self, tokens: Tensor) -> Tensor:
+        """Logits [B, L, padded_vocab] of the tokens as given: logits[:, i] predicts tokens[:, i + 1]."""
         raise NotImplementedError
 
-    def forward(self, x0: Tensor) -> Tensor:
-        """x0 [B, L] data ids -> logits [B, L, padded_vocab], logits[:, i] predicting x0[:, i]."""
+    def forward(self, x0: Tensor, next_token: bool = False) -> Tensor:
+        """x0 [B, L] data ids -> logits [B, L, padded_vocab], logits[:, i] predicting x0[:, i]; with
+        `next_token`, of x0 as given without the start token: logits[:, i] predicts x0[:, i + 1]
+        (the convention of Hugging Face's causal LMs). Through the module call, so FSDP2 gathers."""
+        if next_token:
+            return self._next_token_logits(x0)
         start = torch.full_like(x0[:, :1], self.start_token)
-        return self.next_token_logits(torch.cat((start, x0[:, :-1]), dim=1))
+        return self._next_token_logits(torch.cat((start, x0[:, :-1]), dim=1))
 
     def token_log_probs(self, x0: Tensor) -> Tensor:
         """log p_AR(x0_i | x0_<i) [B, L], float32: log-softmax over the `vocab_size` token columns only

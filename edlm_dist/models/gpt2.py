@@ -81,7 +81,7 @@ class GPT2(CausalLM, LanguageModel):
     def lookup_tables(self) -> list[nn.Parameter]:
         return [self.positions.weight] + ([] if self.config.tie_embeddings else [self.embed.weight])
 
-    def next_token_logits(self, tokens: Tensor) -> Tensor:
+    def _next_token_logits(self, tokens: Tensor) -> Tensor:
         length = tokens.shape[1]
         if length > self.config.max_positions:
             raise ValueError(f"{length} tokens exceed GPT-2's {self.config.max_positions} positions")

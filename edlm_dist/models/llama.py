@@ -146,5 +146,5 @@ class LlamaCausalLM(CausalLM, LlamaTransformer):
         super().__init__(config, causal=True)
         self.start_token = self.check_start_token()
 
-    def next_token_logits(self, tokens: Tensor) -> Tensor:
+    def _next_token_logits(self, tokens: Tensor) -> Tensor:
         return self._logits(tokens)

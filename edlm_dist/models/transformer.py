@@ -176,7 +176,7 @@ class ARTransformer(CausalLM, Transformer):
         self.reads_time = False
         self.start_token = self.check_start_token()
 
-    def next_token_logits(self, tokens: Tensor) -> Tensor:
+    def _next_token_logits(self, tokens: Tensor) -> Tensor:
         return self._logits(tokens, None)
 
 

@@ -214,5 +214,5 @@ def run_logits(run: str | os.PathLike[str], token_ids: torch.Tensor, *, weights:
     model, _ = load_weights(ckpt, weights, device=device)
     ids = torch.as_tensor(token_ids, device=device).long()
     ids = ids[None] if ids.dim() == 1 else ids
-    logits = model.next_token_logits(ids) if isinstance(model, CausalLM) else model(ids)
+    logits = model(ids, next_token=True) if isinstance(model, CausalLM) else model(ids)
     return logits.float()
