@@ -280,3 +280,14 @@ def test_llada_and_dream_defaults_come_from_their_config_classes():
     llada = read_architecture({k: v for k, v in llada_config().items() if k not in ("rms_norm_eps", "weight_tying")},
                               "l")
     assert llada.fields["norm_eps"] == 1e-5 and llada.fields["tie_embeddings"] is True  # LLaDA ModelConfig defaults
+
+
+@pytest.mark.slow
+def test_a_two_rank_import_holds_well_under_the_model_per_rank(tmp_path):
+    """The bound the 1B-parameter run of tools/bench_import.py shows (docs/performance.md), on a
+    scaled-down synthetic sharded checkpoint: each rank's peak under 0.75 x the model's bytes."""
+    records = _tool("bench_import")(["--params", "3e7", "--json", str(tmp_path / "memory.jsonl")])
+    assert [r["rank"] for r in records] == [0, 1]
+    for record in records:
+        assert record["params"] > 2.5e7 and record["model_bytes"] == 4 * record["params"]
+        assert 0.5 < record["ratio"] < 0.75, record  # at least its half of the weights, far below all of them
