@@ -194,9 +194,15 @@ BREAKAGES = {
     "llada swiglu": ("llada", lambda f: _edit_config(f, activation_type="swiglu"), "activation_type = 'swiglu'"),
     "sliding window": ("qwen2", lambda f: _edit_config(f, use_sliding_window=True), "use_sliding_window"),
     "missing size": ("llada", lambda f: _edit_config(f, d_model=None), "d_model must be an integer, got None"),
+    "ungrouped heads": ("dream", lambda f: _edit_config(f, num_key_value_heads=3),
+                        "4 attention heads do not group over 3 key/value heads"),
+    "odd head size": ("llama", lambda f: _edit_config(f, num_attention_heads=32, head_dim=None),
+                      "must give an even head size"),
     "mask outside the tokenizer": ("dream", lambda f: (f / "tokenizer.json").write_text(json.dumps(
         {"model": {"vocab": {"a": 0, "b": 1}}})), "mask_token_id 90 is not one of the 2 token ids (tokenizer.json)"),
     "no start token": ("gpt2", lambda f: _edit_config(f, bos_token_id=None), "give --start-token ID"),
+    "start token outside": ("qwen2", lambda f: _edit_config(f, bos_token_id=VOCAB),
+                            f"start token {VOCAB} is not one of the {VOCAB} rows"),
     "non-finite weights": ("dream", lambda f: _edit_tensors(f, lambda s: s.update({"model.norm.weight": torch.tensor(
         [float("nan")] * 32)})), "tensor model.norm.weight is not finite"),
 }
@@ -291,3 +297,13 @@ def test_a_two_rank_import_holds_well_under_the_model_per_rank(tmp_path):
     for record in records:
         assert record["params"] > 2.5e7 and record["model_bytes"] == 4 * record["params"]
         assert 0.5 < record["ratio"] < 0.75, record  # at least its half of the weights, far below all of them
+
+
+def test_a_tied_run_exports_to_one_safetensors_file_and_rebuilds(imported, tmp_path):
+    export_main_safetensors = _tool("export_safetensors")
+    export_main_safetensors([str(imported["qwen2"]), "--out", str(tmp_path / "qwen2.safetensors")])
+    cfg = load_run_config(tmp_path / "qwen2.toml")
+    model = build_model("ar", cfg.model, cfg.model.vocab_size)
+    model.load_state_dict(load_file(tmp_path / "qwen2.safetensors"))
+    assert model.head.weight is model.embed.weight
+    torch.testing.assert_close(model(IDS, next_token=True), run_logits(imported["qwen2"], IDS), atol=0, rtol=0)

@@ -41,7 +41,7 @@ class TensorMap:
 class HFArchitecture:
     """A checkpoint's architecture: its `layout`, our [model] keys for it (but the vocabulary and
     start token, which `model_config` completes), the task of its model, the context length its
-    config states, its special token ids, and (GPT-2) the prefix of its tensor names."""
+    config states and its special token ids."""
 
     layout: str
     fields: dict[str, Any]
@@ -49,7 +49,6 @@ class HFArchitecture:
     rows: int  # embedding rows (the config's vocab_size, LLaDA's embedding_size)
     context: int
     special_ids: dict[str, Any] = field(default_factory=dict)
-    prefix: str = ""
 
     def model_config(self, vocab_size: int, start_token: int = -1) -> ModelConfig:
         """Our ModelConfig for this checkpoint with `vocab_size` token ids (the causal LM's
@@ -129,12 +128,20 @@ def _special_ids(config: _Config, *names: str) -> dict[str, Any]:
 
 
 def _head_dim(config: _Config, hidden: int, heads: int) -> None:
-    if hidden % heads:
-        raise HFFormatError(f"{config.where}: hidden size {hidden} is not a multiple of {heads} heads")
+    """Refuse a `head_dim` other than hidden size / heads (what the attention of our models uses)."""
     head_dim = config.get("head_dim", (int, type(None)), None)
     if head_dim not in (None, hidden // heads):
         raise HFFormatError(f"{config.where}: head_dim {head_dim} differs from hidden size / heads = {hidden // heads}, "
                             "which this project's attention uses")
+
+
+def _heads(config: _Config, hidden: int, heads: int, kv_heads: int) -> None:
+    """Refuse heads our attention cannot split: an odd or other head size, key/value heads that do not group."""
+    if heads < 1 or hidden % heads or (hidden // heads) % 2:
+        raise HFFormatError(f"{config.where}: hidden size {hidden} over {heads} heads must give an even head size "
+                            "(rotary embedding)")
+    if kv_heads < 1 or heads % kv_heads:
+        raise HFFormatError(f"{config.where}: {heads} attention heads do not group over {kv_heads} key/value heads")
 
 
 # ---- layouts ----------------------------------------------------------------------------------
@@ -218,10 +225,12 @@ def _gpt2_name(ours: str, prefix: str) -> tuple[str, bool]:
 def _parse_llama_like(config: _Config, *, qkv_bias: bool, tie_default: bool) -> dict[str, Any]:
     """The keys transformers' Llama and Qwen2 configs (and Dream's, a copy of Qwen2's) share."""
     hidden, heads = config.get("hidden_size", int), config.get("num_attention_heads", int)
+    kv_heads = config.get("num_key_value_heads", (int, type(None)), None) or heads
+    _heads(config, hidden, heads, kv_heads)
     _head_dim(config, hidden, heads)
     config.expect("hidden_act", ("silu",), "silu", "the MLP is SwiGLU: silu(gate) * up")
     return {"family": "llama", "n_layers": config.get("num_hidden_layers", int), "hidden_size": hidden,
-            "n_heads": heads, "n_kv_heads": config.get("num_key_value_heads", (int, type(None)), None) or heads,
+            "n_heads": heads, "n_kv_heads": kv_heads,
             "intermediate_size": config.get("intermediate_size", int),
             "norm_eps": config.get("rms_norm_eps", float, 1e-6), **_rope(config), "qkv_bias": qkv_bias,
             "tie_embeddings": config.get("tie_word_embeddings", bool, tie_default), "dropout": 0.0}
@@ -279,10 +288,10 @@ def _parse_llada(config: _Config) -> HFArchitecture:
     config.expect("scale_logits", (False,), False, "logits scaled by 1 / sqrt(d_model)")
     config.expect("block_group_size", (1,), 1, "grouped blocks")
     hidden, heads = config.get("d_model", int), config.get("n_heads", int)
-    _head_dim(config, hidden, heads)
     kv_heads = config.get("n_kv_heads", (int, type(None)), None)
     if kv_heads is None:
         kv_heads = 1 if config.get("multi_query_attention", (bool, type(None)), None) else heads
+    _heads(config, hidden, heads, kv_heads)
     width = config.get("mlp_hidden_size", (int, type(None)), None) or config.get("mlp_ratio", int, 4) * hidden
     mask = config.get("mask_token_id", (int, type(None)), 50256)
     if mask is None:
@@ -312,7 +321,7 @@ def _parse_gpt2(config: _Config) -> HFArchitecture:
                "norm_eps": config.get("layer_norm_epsilon", float, 1e-5),
                "tie_embeddings": config.get("tie_word_embeddings", bool, True),
                "max_positions": config.get("n_positions", int, 1024), "dropout": config.get("resid_pdrop", float, 0.1)}
-    if hidden % fields_["n_heads"]:
+    if fields_["n_heads"] < 1 or hidden % fields_["n_heads"]:
         raise HFFormatError(f"{config.where}: n_embd {hidden} is not a multiple of n_head {fields_['n_heads']}")
     return HFArchitecture("gpt2", fields_, "ar", config.get("vocab_size", int, 50257), fields_["max_positions"],
                           _special_ids(config, "bos", "eos", "pad"))

@@ -97,6 +97,9 @@ def read_source(src: str | os.PathLike[str], start_token: int | None = None) -> 
         if not isinstance(start_token, int):
             raise HFFormatError(f"{folder / CONFIG}: bos_token_id is {start_token!r}; the causal LM reads a start "
                                 "token before the first position (give --start-token ID)")
+        if not 0 <= start_token < arch.rows:
+            raise HFFormatError(f"{folder}: start token {start_token} is not one of the {arch.rows} rows of the "
+                                "model's embedding")
     model = arch.model_config(vocab, -1 if start_token is None else start_token)
     prefix = "transformer." if arch.layout == "gpt2" and any(n.startswith("transformer.") for n in weights.tensors) else ""
     meta = meta_model(MODEL_KINDS[arch.task], model, vocab)
