@@ -8,8 +8,8 @@ temporary folder and imported by --world-size ranks under torchrun. Each rank ru
 mmap threshold fixed at 64 KiB (MALLOC_MMAP_THRESHOLD_), so freed tensor buffers go back to the
 system and the resident set follows the live tensors; right before the import its peak-RSS mark is
 reset (/proc/self/clear_refs "5"), and its peak is the mark after the import less the RSS before
-it (the libraries, loaded before by building a tiny model on the meta device, are not counted). The full model's bytes are its parameters in
-float32, the checkpoint's dtype here.
+it (the libraries, loaded before by building a tiny model on the meta device, are not counted).
+The full model's bytes are its parameters in float32, the checkpoint's dtype here.
 
 usage: python tools/bench_import.py [--params 1e9] [--world-size 2] [--shards 4] [--json FILE]
 """

@@ -131,8 +131,8 @@ def _head_dim(config: _Config, hidden: int, heads: int) -> None:
     """Refuse a `head_dim` other than hidden size / heads (what the attention of our models uses)."""
     head_dim = config.get("head_dim", (int, type(None)), None)
     if head_dim not in (None, hidden // heads):
-        raise HFFormatError(f"{config.where}: head_dim {head_dim} differs from hidden size / heads = {hidden // heads}, "
-                            "which this project's attention uses")
+        raise HFFormatError(f"{config.where}: head_dim {head_dim} differs from hidden size / heads = "
+                            f"{hidden // heads}, which this project's attention uses")
 
 
 def _heads(config: _Config, hidden: int, heads: int, kv_heads: int) -> None:
@@ -357,8 +357,8 @@ def _write_llada(model: ModelConfig, context: int) -> dict[str, Any]:
             "scale_logits": False, "block_group_size": 1, "d_model": model.hidden_size, "n_layers": model.n_layers,
             "n_heads": model.n_heads, "n_kv_heads": model.n_kv_heads or model.n_heads,
             "mlp_hidden_size": model.intermediate_size, "rms_norm_eps": model.norm_eps, "rope_theta": model.rope_theta,
-            "include_qkv_bias": model.qkv_bias, "weight_tying": model.tie_embeddings, "vocab_size": model.embedding_rows,
-            "embedding_size": model.embedding_rows, "mask_token_id": model.mask_id, "max_sequence_length": context,
+            "include_qkv_bias": model.qkv_bias, "weight_tying": model.tie_embeddings,
+            "vocab_size": model.embedding_rows, "embedding_size": model.embedding_rows, "mask_token_id": model.mask_id, "max_sequence_length": context,
             "residual_dropout": model.dropout, "attention_dropout": 0.0, "embedding_dropout": 0.0}
 
 

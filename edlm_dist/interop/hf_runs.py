@@ -101,7 +101,8 @@ def read_source(src: str | os.PathLike[str], start_token: int | None = None) -> 
             raise HFFormatError(f"{folder}: start token {start_token} is not one of the {arch.rows} rows of the "
                                 "model's embedding")
     model = arch.model_config(vocab, -1 if start_token is None else start_token)
-    prefix = "transformer." if arch.layout == "gpt2" and any(n.startswith("transformer.") for n in weights.tensors) else ""
+    gpt2_lm_head_model = arch.layout == "gpt2" and any(n.startswith("transformer.") for n in weights.tensors)
+    prefix = "transformer." if gpt2_lm_head_model else ""
     meta = meta_model(MODEL_KINDS[arch.task], model, vocab)
     maps = LAYOUTS[arch.layout].tensor_maps([name for name, _ in meta.named_parameters()], prefix)
     shapes = {m.theirs: tuple(reversed(p.shape)) if m.transposed else tuple(p.shape)
