@@ -19,12 +19,13 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+import torch
 from safetensors.torch import save_file
 
 from edlm_dist.config import config_to_toml, exit_on_user_error, save_config
 from edlm_dist.evaluation.outputs import refuse_training_run
 from edlm_dist.fileio import atomic_output, refuse_existing
-from edlm_dist.models import Transformer
+from edlm_dist.models import LanguageModel
 from edlm_dist.runs.weights import Checkpoint, WeightsError, find_checkpoint, load_weights
 
 FORMAT = "edlm_dist-v1"
@@ -43,7 +44,7 @@ def check_output(out: Path, overwrite: bool) -> None:
     refuse_existing([out, out.with_suffix(".toml")], overwrite)
 
 
-def export(ckpt: Checkpoint, model: Transformer, weights: str, out: str | os.PathLike[str],
+def export(ckpt: Checkpoint, model: LanguageModel, weights: str, out: str | os.PathLike[str],
            overwrite: bool = False) -> Path:
     """Write `model`'s weights to `out` with the run metadata, and the config beside it as `<stem>.toml`
     (checked first by `check_output`)."""
@@ -60,8 +61,19 @@ def export(ckpt: Checkpoint, model: Transformer, weights: str, out: str | os.Pat
     }
     save_config(ckpt.config, out.with_suffix(".toml"))  # atomic as well
     with atomic_output(out) as tmp:
-        save_file(model.state_dict(), tmp, metadata=metadata)
+        save_file(_unshared(model.state_dict()), tmp, metadata=metadata)
     return out
+
+
+def _unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` with a tensor that shares its memory with an earlier one (a tied output layer) copied,
+    as safetensors stores each tensor on its own; `load_state_dict` ties them again."""
+    seen: set[int] = set()
+    unshared = {}
+    for name, tensor in state.items():
+        unshared[name] = tensor.clone() if tensor.data_ptr() in seen else tensor
+        seen.add(tensor.data_ptr())
+    return unshared
 
 
 @exit_on_user_error

@@ -25,7 +25,8 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 from edlm_dist.fileio import atomic_write_text
 from edlm_dist.config.schema import (
-    INSTEAD, MODEL_PRESETS, MOVED_KEYS, PROGRAMS, UNREAD_BY_TRAINING, Program, TrainProgram,
+    INSTEAD, MODEL_PRESETS, MOVED_KEYS, PROGRAMS, UNREAD_BY_TRAINING, ModelConfig, Program, TrainProgram,
+    padded_vocab_size,
 )
 
 _P = ParamSpec("_P")
@@ -266,6 +267,18 @@ _BOUNDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "model.mlp_ratio": _AT_LEAST_1,
     "model.dropout": _FRACTION,
     "model.start_token": (">= 0 or -1 (the mask id)", lambda v: v >= -1),
+    "model.vocab_size": _NON_NEGATIVE,
+    "model.mask_id": (">= 0 or -1 (the id after the vocabulary)", lambda v: v >= -1),
+    "model.embedding_rows": _NON_NEGATIVE,
+    "model.n_kv_heads": _NON_NEGATIVE,
+    "model.intermediate_size": _NON_NEGATIVE,
+    "model.norm_eps": _OPEN_FRACTION,
+    "model.rope_theta": _POSITIVE,
+    "model.rope_factor": _POSITIVE,
+    "model.rope_low_freq_factor": _POSITIVE,
+    "model.rope_high_freq_factor": _POSITIVE,
+    "model.rope_original_max_positions": _AT_LEAST_1,
+    "model.max_positions": _AT_LEAST_1,
     "diffusion.eps": _OPEN_FRACTION,
     "diffusion.t_min": _FRACTION,
     "data.seq_len": (">= 4 (room for BOS and EOS)", lambda v: v >= 4),
@@ -340,10 +353,14 @@ def _validate_training(cfg: TrainProgram) -> None:
     m, t = cfg.model, cfg.training
     if m.hidden_size % m.n_heads:
         raise ConfigError(f"model.hidden_size ({m.hidden_size}) must be divisible by model.n_heads ({m.n_heads})")
-    if (m.hidden_size // m.n_heads) % 2:
+    if m.family != "gpt2" and (m.hidden_size // m.n_heads) % 2:
         raise ConfigError(
             f"model.hidden_size / model.n_heads = {m.hidden_size // m.n_heads} must be even (rotary embeddings)"
         )
+    if m.family == "dit":
+        _validate_dit_keys(m)
+    else:
+        _validate_decoder(cfg)
     if t.micro_batch_size and t.global_batch_size % t.micro_batch_size:
         raise ConfigError(
             f"training.global_batch_size ({t.global_batch_size}) must be a multiple of "
@@ -356,6 +373,67 @@ def _validate_training(cfg: TrainProgram) -> None:
         raise ConfigError("training.task = 'nce' requires nce.denoiser (the MDLM run to fine-tune from)")
     if cfg.data.dataset in ("text", "files") and not cfg.data.path:
         raise ConfigError(f"data.dataset = {cfg.data.dataset!r} requires data.path")
+
+
+# The [model] keys of the llama and gpt2 families, and those of them gpt2 does not read either.
+_DECODER_KEYS = ("vocab_size", "mask_id", "embedding_rows", "n_kv_heads", "intermediate_size", "norm_eps",
+                 "rope_theta", "rope_scaling", "rope_factor", "rope_low_freq_factor", "rope_high_freq_factor",
+                 "rope_original_max_positions", "qkv_bias", "tie_embeddings", "logit_shift", "max_positions")
+_LLAMA_ONLY_KEYS = ("n_kv_heads", "rope_theta", "rope_scaling", "rope_factor", "rope_low_freq_factor",
+                    "rope_high_freq_factor", "rope_original_max_positions", "qkv_bias", "logit_shift")
+
+
+def _unread_keys(model: ModelConfig, keys: Sequence[str], family: str) -> None:
+    """Refuse a key of `keys` set away from its default in a model of `family`, which does not read it."""
+    default = ModelConfig()
+    for key in keys:
+        if getattr(model, key) != getattr(default, key):
+            raise ConfigError(f"model.{key} = {getattr(model, key)!r} is not read by model.family = {family!r} "
+                              f"(keep the default {getattr(default, key)!r})")
+
+
+def _validate_dit_keys(model: ModelConfig) -> None:
+    _unread_keys(model, _DECODER_KEYS, "dit")
+
+
+def _validate_decoder(cfg: TrainProgram) -> None:
+    """The rules of the llama and gpt2 families: a stated vocabulary, ids that fit the embedding, heads
+    that group, and only the tasks each family has a model for."""
+    m, task = cfg.model, cfg.training.task
+    family = repr(m.family)
+    if m.family == "gpt2":
+        _unread_keys(m, _LLAMA_ONLY_KEYS, "gpt2")
+        if task != "ar":
+            raise ConfigError(f"model.family = 'gpt2' is a causal LM: training.task must be 'ar', got {task!r}")
+        if cfg.data.seq_len > m.max_positions:
+            raise ConfigError(f"data.seq_len ({cfg.data.seq_len}) exceeds model.max_positions ({m.max_positions}), "
+                              "the rows of GPT-2's position embedding")
+    if task == "nce":
+        raise ConfigError(f"training.task = 'nce' needs an energy network, which model.family = {family} does not "
+                          "have yet; NCE fine-tunes from a dit-family MDLM")
+    if m.vocab_size < 1:
+        raise ConfigError(f"model.family = {family} requires model.vocab_size (the tokenizer's number of ids)")
+    if m.time_conditioning:
+        raise ConfigError(f"model.family = {family} does not read the time: model.time_conditioning must be false")
+    if m.logit_shift and task != "mdlm":
+        raise ConfigError("model.logit_shift (Dream's convention) belongs to a bidirectional denoiser "
+                          f"(training.task = 'mdlm'), not to training.task = {task!r}")
+    kv_heads = m.n_kv_heads or m.n_heads
+    if m.n_heads % kv_heads:
+        raise ConfigError(f"model.n_heads ({m.n_heads}) must be a multiple of model.n_kv_heads ({kv_heads})")
+    if m.rope_scaling == "llama3" and m.rope_high_freq_factor <= m.rope_low_freq_factor:
+        raise ConfigError(f"model.rope_high_freq_factor ({m.rope_high_freq_factor}) must exceed "
+                          f"model.rope_low_freq_factor ({m.rope_low_freq_factor})")
+    rows = m.embedding_rows or padded_vocab_size(m.vocab_size)
+    mask = m.mask_id if m.mask_id >= 0 else m.vocab_size
+    ids = {"the last token id (model.vocab_size - 1)": m.vocab_size - 1}
+    if task == "mdlm":
+        ids["the mask id (model.mask_id)"] = mask
+    else:
+        ids["the start token (model.start_token)"] = m.start_token if m.start_token >= 0 else mask
+    for name, value in ids.items():
+        if value >= rows:
+            raise ConfigError(f"{name} {value} is outside the {rows} rows of the embedding (model.embedding_rows)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,11 +9,17 @@ from edlm_dist.config.loader import ConfigError, config_to_dict
 from edlm_dist.config.schema import TrainProgram
 
 _SHAPE = "the model's shape"
+_FUNCTION = "the function its weights were trained to compute"
 _DATA = "the data the run has seen"
 # key -> what it fixes; every other key may change on resume and takes effect
 FIXED_ON_RESUME: dict[str, str] = {
-    **{f"model.{key}": _SHAPE for key in ("n_layers", "hidden_size", "n_heads", "cond_dim", "mlp_ratio",
-                                           "time_conditioning", "start_token")},
+    **{f"model.{key}": _SHAPE for key in ("family", "n_layers", "hidden_size", "n_heads", "cond_dim", "mlp_ratio",
+                                           "time_conditioning", "start_token", "vocab_size", "mask_id",
+                                           "embedding_rows", "n_kv_heads", "intermediate_size", "qkv_bias",
+                                           "tie_embeddings", "max_positions")},
+    **{f"model.{key}": _FUNCTION for key in ("norm_eps", "rope_theta", "rope_scaling", "rope_factor",
+                                              "rope_low_freq_factor", "rope_high_freq_factor",
+                                              "rope_original_max_positions", "logit_shift")},
     "nce.time_conditioning": "the energy network's shape",
     "training.task": "what the run trains",
     "training.global_batch_size": "the data order, counted in global batches",

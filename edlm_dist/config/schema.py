@@ -44,17 +44,61 @@ class RuntimeConfig:
 
 @dataclass
 class ModelConfig:
+    """The architecture, complete: a run folder's [model] rebuilds its model exactly.
+
+    `family` picks the architecture (docs/hf_models.md): "dit" is MDLM's DiT (its causal AR and
+    the NCE energy network share the backbone); "llama" the Llama-family decoder (RMSNorm, RoPE,
+    SwiGLU, grouped-query attention: bidirectional for LLaDA and Dream, causal for Llama and
+    Qwen2); "gpt2" GPT-2 (causal only). The keys after `start_token` are read by the llama and
+    gpt2 families only (tools/import_hf.py writes them from a checkpoint's config.json); the dit
+    family keeps them at their defaults.
+    """
+
+    family: Literal["dit", "llama", "gpt2"] = "dit"
     preset: Literal["", "tiny", "small"] = ""  # fills the size fields not set explicitly
     n_layers: int = 4
     hidden_size: int = 128
     n_heads: int = 4
-    cond_dim: int = 64
-    mlp_ratio: int = 4
-    dropout: float = 0.1
-    time_conditioning: bool = False
-    # ar: the id read before the first token; -1 = the mask id V (absent from data). MDLM's AR
-    # reads BOS (50256 for GPT-2), which tools/import_mdlm.py sets
+    cond_dim: int = 64  # dit only
+    mlp_ratio: int = 4  # the MLP width in hidden sizes when intermediate_size is 0
+    dropout: float = 0.1  # on the residual branches (and gpt2's embeddings) in training
+    time_conditioning: bool = False  # dit only
+    # ar: the id read before the first token; -1 = the mask id (absent from data). MDLM's AR
+    # reads BOS (50256 for GPT-2), which tools/import_mdlm.py sets; tools/import_hf.py sets the
+    # checkpoint's bos_token_id
     start_token: int = -1
+    # the tokenizer's ids are 0..vocab_size-1 (the mask id among them when mask_id says so); the
+    # dit family takes it from the data's tokenizer (0 here)
+    vocab_size: int = 0
+    # the mask token's id: LLaDA's 126336 and Dream's 151666 lie inside the vocabulary; -1 = the
+    # id right after it (vocab_size, MDLM's convention, then a row of the embedding)
+    mask_id: int = -1
+    embedding_rows: int = 0  # input embedding and output layer rows; 0 = vocab_size + 1 rounded up to 64
+    n_kv_heads: int = 0  # key/value heads (grouped-query attention); 0 = n_heads
+    intermediate_size: int = 0  # the MLP's hidden width; 0 = mlp_ratio * hidden_size
+    norm_eps: float = 1e-5  # RMSNorm (llama) or LayerNorm (gpt2) epsilon
+    rope_theta: float = 10000.0  # the rotary base
+    # "llama3": Llama 3.1's frequency rescaling by the four rope_* keys below
+    rope_scaling: Literal["none", "llama3"] = "none"
+    rope_factor: float = 8.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_positions: int = 8192
+    qkv_bias: bool = False  # biases on the query, key and value projections (Qwen2, Dream)
+    tie_embeddings: bool = False  # the output layer is the input embedding (gpt2's default)
+    # Dream's convention: the logit at position i is computed from position i - 1's hidden state
+    # (position 0 keeps its own)
+    logit_shift: bool = False
+    max_positions: int = 1024  # gpt2: rows of the learned position embedding
+
+
+VOCAB_MULTIPLE = 64
+
+
+def padded_vocab_size(vocab_size: int) -> int:
+    """Rows of an output layer by default: `vocab_size` tokens + the mask token, rounded up to a
+    multiple of 64 (for speed; the extra rows are padding)."""
+    return -(-(vocab_size + 1) // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
 
 
 MODEL_PRESETS: dict[str, dict[str, int]] = {

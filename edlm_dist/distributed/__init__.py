@@ -21,10 +21,19 @@ from edlm_dist.distributed.env import (
 from edlm_dist.distributed.finite import first_nonfinite
 from edlm_dist.distributed.heartbeat import CollectiveError, Heartbeat, Watchdog, is_collective_failure
 from edlm_dist.distributed.precision import autocast, compute_dtype
-from edlm_dist.distributed.parallelize import build_mesh, parallelize_transformer, reshard, set_gradient_sync
+from edlm_dist.distributed.parallelize import (
+    PLANS,
+    build_mesh,
+    parallelize_model,
+    parallelize_transformer,
+    reshard,
+    set_gradient_sync,
+)
+from edlm_dist.distributed.shards import local_rows
 from edlm_dist.distributed.signals import PreemptionWatcher
 
 __all__ = [
+    "PLANS",
     "CollectiveError",
     "DistEnv",
     "Heartbeat",
@@ -43,7 +52,9 @@ __all__ = [
     "init_distributed",
     "init_runtime",
     "is_collective_failure",
+    "local_rows",
     "on_main_rank",
+    "parallelize_model",
     "parallelize_transformer",
     "reshard",
     "resolve_device",

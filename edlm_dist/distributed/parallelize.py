@@ -1,5 +1,6 @@
-"""Parallelisation of a model family, in torchtitan's fixed order: activation checkpointing ->
-per-block torch.compile -> FSDP2 `fully_shard` per block and at the root.
+"""Parallelisation of each model family (its plan, `PLANS`), in torchtitan's fixed order:
+activation checkpointing -> per-block torch.compile -> FSDP2 `fully_shard` per block and at the
+root. `parallelize_model` applies the plan of a model's family.
 
 Applied to a model still on the meta device; the caller then materialises it (`to_empty`)
 and initialises the weights, so no rank ever holds the full model.
@@ -76,18 +77,21 @@ def apply_compile(blocks: nn.ModuleList) -> None:
 
 
 def apply_fsdp(
-    model: nn.Module, blocks: nn.ModuleList, mesh: DeviceMesh, param_dtype: torch.dtype, reshard_after_forward: bool
+    model: nn.Module, blocks: nn.ModuleList, mesh: DeviceMesh, param_dtype: torch.dtype, reshard_after_forward: bool,
+    *, cast_block_inputs: bool = True,
 ) -> None:
     """Shard each block, then the root (embeddings, conditioning, output layer), with FSDP2.
 
     Parameters are float32 masters, gathered in `param_dtype` for compute (bf16 on the cluster
     path); gradients are reduced in float32 whatever the compute dtype. The last block keeps its
-    parameters gathered after forward, since backward needs them at once.
+    parameters gathered after forward, since backward needs them at once. Without
+    `cast_block_inputs` a block's float inputs keep their dtype (rotary tables stay float32).
     """
     # Our logits come out of a biased Linear on [B, L, H], which autograd counts as a view;
     # nothing modifies them in place, so FSDP2's warning about views is noise here.
     warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
-    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32,
+                                  cast_forward_inputs=cast_block_inputs)
     for index, block in enumerate(blocks):
         last = index == len(blocks) - 1
         fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward and not last)
@@ -100,12 +104,35 @@ def apply_fsdp(
 def parallelize_transformer(
     model: nn.Module, cfg: ParallelConfig, mesh: DeviceMesh | None, param_dtype: torch.dtype
 ) -> None:
-    """Parallelise a DiT / AR transformer (anything with `.blocks`) in place."""
+    """The dit family's plan: parallelise a DiT / AR transformer / energy network in place."""
     apply_activation_checkpointing(model.blocks, cfg.activation_checkpoint, cfg.ac_every)
     if cfg.compile:
         apply_compile(model.blocks)
     if mesh is not None:
         apply_fsdp(model, model.blocks, mesh, param_dtype, cfg.reshard_after_forward)
+
+
+def parallelize_decoder(
+    model: nn.Module, cfg: ParallelConfig, mesh: DeviceMesh | None, param_dtype: torch.dtype
+) -> None:
+    """The plan of the llama and gpt2 families: as the DiT's, except that blocks take their inputs
+    as they come: the hidden states leave the root's embedding in the compute dtype already, and
+    the rotary tables stay float32 (Llama, LLaDA and Dream build them in float32). A tied output
+    layer shares the root's unit with the embedding."""
+    apply_activation_checkpointing(model.blocks, cfg.activation_checkpoint, cfg.ac_every)
+    if cfg.compile:
+        apply_compile(model.blocks)
+    if mesh is not None:
+        apply_fsdp(model, model.blocks, mesh, param_dtype, cfg.reshard_after_forward, cast_block_inputs=False)
+
+
+Plan = Callable[[nn.Module, ParallelConfig, DeviceMesh | None, torch.dtype], None]
+PLANS: dict[str, Plan] = {"dit": parallelize_transformer, "llama": parallelize_decoder, "gpt2": parallelize_decoder}
+
+
+def parallelize_model(model: nn.Module, cfg: ParallelConfig, mesh: DeviceMesh | None, param_dtype: torch.dtype) -> None:
+    """Parallelise `model` in place with the plan of its family (`model.config.family`)."""
+    PLANS[model.config.family](model, cfg, mesh, param_dtype)
 
 
 def reshard(model: nn.Module) -> None:

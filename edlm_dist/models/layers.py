@@ -1,4 +1,5 @@
-"""Small building blocks of the DiT: fp32 LayerNorm, rotary embedding, timestep embedder, adaLN modulation."""
+"""Small building blocks: fp32 LayerNorm and RMSNorm, rotary embedding (with Llama 3's frequency
+scaling), the DiT's timestep embedder and adaLN modulation."""
 
 from __future__ import annotations
 
@@ -11,22 +12,72 @@ from torch import Tensor
 
 
 class LayerNorm(nn.Module):
-    """LayerNorm with a weight and no bias (as in MDLM), computed in float32 for stability under
-    autocast; the output is cast back to the input dtype."""
+    """LayerNorm with a weight and, with `bias`, a bias (MDLM has none, GPT-2 has one), computed in
+    float32 for stability under autocast; the output is cast back to the input dtype."""
 
-    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+    def __init__(self, dim: int, eps: float = 1e-5, bias: bool = False) -> None:
         super().__init__()
         self.dim = dim
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
-        out = F.layer_norm(x.float(), (self.dim,), self.weight.float(), None, self.eps)
+        bias = None if self.bias is None else self.bias.float()
+        out = F.layer_norm(x.float(), (self.dim,), self.weight.float(), bias, self.eps)
         return out.to(x.dtype)
 
 
+class RMSNorm(nn.Module):
+    """RMSNorm as Llama, Qwen2, LLaDA and Dream compute it: x / sqrt(mean(x^2) + eps) in float32,
+    cast back to the input dtype, then times the weight (in the weight's dtype)."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def rope_frequencies(head_dim: int, theta: float, device: torch.device, scaling: str = "none", factor: float = 8.0,
+                     low_freq_factor: float = 1.0, high_freq_factor: float = 4.0,
+                     original_max_positions: int = 8192) -> Tensor:
+    """The float32 rotary frequencies 1 / theta^(2i / head_dim) [head_dim / 2] of Llama-family
+    models; `scaling` "llama3" applies Llama 3.1's rescaling: wavelengths longer than
+    original_max_positions / low_freq_factor are divided by `factor`, those shorter than
+    original_max_positions / high_freq_factor kept, and those between interpolated smoothly."""
+    if head_dim % 2:
+        raise ValueError(f"rotary embedding needs an even head dim, got {head_dim}")
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    if scaling == "none":
+        return inv_freq
+    if scaling != "llama3":
+        raise ValueError(f"unknown rotary scaling {scaling!r}; expected 'none' or 'llama3'")
+    wavelength = 2 * math.pi / inv_freq
+    low_freq_wavelength = original_max_positions / low_freq_factor
+    high_freq_wavelength = original_max_positions / high_freq_factor
+    smooth = (original_max_positions / wavelength - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    smoothed = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+    scaled = torch.where(wavelength > low_freq_wavelength, inv_freq / factor, inv_freq)
+    between = (wavelength >= high_freq_wavelength) & (wavelength <= low_freq_wavelength)
+    return torch.where(between, smoothed, scaled)
+
+
+def rotary_tables_of(inv_freq: Tensor, seq_len: int) -> tuple[Tensor, Tensor]:
+    """float32 cos and sin tables [seq_len, 2 * len(inv_freq)] (rotate-half layout) of positions
+    0..seq_len-1 at the frequencies `inv_freq`."""
+    angles = torch.outer(torch.arange(seq_len, device=inv_freq.device, dtype=torch.float32), inv_freq)
+    angles = torch.cat((angles, angles), dim=-1)
+    return angles.cos(), angles.sin()
+
+
 def rotary_tables(seq_len: int, head_dim: int, device: torch.device, base: float = 10000.0) -> tuple[Tensor, Tensor]:
-    """float32 cos and sin tables [seq_len, head_dim] for rotary embedding (rotate-half layout).
+    """The DiT's float32 cos and sin tables [seq_len, head_dim] for rotary embedding (rotate-half
+    layout), at frequencies base^(-2i / head_dim).
 
     Computed from the sequence length on every call rather than stored, so a model built on the
     meta device has no buffers to materialise.
@@ -34,9 +85,7 @@ def rotary_tables(seq_len: int, head_dim: int, device: torch.device, base: float
     if head_dim % 2:
         raise ValueError(f"rotary embedding needs an even head dim, got {head_dim}")
     inv_freq = base ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
-    angles = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
-    angles = torch.cat((angles, angles), dim=-1)
-    return angles.cos(), angles.sin()
+    return rotary_tables_of(inv_freq, seq_len)
 
 
 def _rotate_half(x: Tensor) -> Tensor:

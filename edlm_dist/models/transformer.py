@@ -14,25 +14,18 @@ No buffers exist: the rotary tables are recomputed from the sequence length in f
 from __future__ import annotations
 
 import math
-from typing import Callable, Literal
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from edlm_dist.config.schema import ModelConfig
+from edlm_dist.config.schema import ModelConfig, padded_vocab_size
 from edlm_dist.models.attention import attention
-from edlm_dist.models.init import Init, initialize_parameters
+from edlm_dist.models.base import CausalLM, LanguageModel
+from edlm_dist.models.init import Init
 from edlm_dist.models.layers import LayerNorm, TimestepEmbedder, apply_rotary, modulate, rotary_tables
 
 INIT_STD = 0.02
-VOCAB_MULTIPLE = 64
-
-
-def padded_vocab_size(vocab_size: int) -> int:
-    """Width of the output layer: V data tokens + the mask token, rounded up to a multiple of 64."""
-    return math.ceil((vocab_size + 1) / VOCAB_MULTIPLE) * VOCAB_MULTIPLE
 
 
 class DiTBlock(nn.Module):
@@ -87,7 +80,7 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm(x), shift, scale))
 
 
-class Transformer(nn.Module):
+class Transformer(LanguageModel):
     """DiT backbone over V + 1 input tokens (data tokens and the mask id V), returning raw logits
     [B, L, padded_vocab]. Input and output embeddings are untied.
 
@@ -134,10 +127,6 @@ class Transformer(nn.Module):
             return Init("normal", INIT_STD / math.sqrt(2 * self.config.n_layers))
         return Init("normal", INIT_STD)
 
-    def init_weights(self, seed: int = 0) -> None:
-        """(Re)initialise every parameter, sharded or not, identically for a given seed."""
-        initialize_parameters(self, self.init_rule, seed)
-
     def _trunk(self, x: Tensor, t: Tensor | None) -> tuple[Tensor, Tensor]:
         """The blocks over input embeddings x [B, L, hidden] at times t [B] (None = t 0):
         final hidden states [B, L, hidden] and the conditioning vector c [B, cond_dim]."""
@@ -153,16 +142,6 @@ class Transformer(nn.Module):
     def _logits(self, tokens: Tensor, t: Tensor | None) -> Tensor:
         """Backbone pass: tokens [B, L] and t [B] (None = t 0) -> logits [B, L, padded_vocab]."""
         return self.final(*self._trunk(self.embed(tokens), t))
-
-    def num_params(self, exclude_input_embedding: bool = True) -> int:
-        """Parameter count, by default without the input embedding (which costs no FLOPs)."""
-        n = sum(p.numel() for p in self.parameters())
-        return n - self.embed.weight.numel() if exclude_input_embedding else n
-
-    def flops_per_token(self, seq_len: int) -> float:
-        """Training FLOPs per token: 6 N for the matmuls plus 12 * layers * heads * head_dim * L for attention."""
-        cfg = self.config
-        return 6.0 * self.num_params() + 12.0 * cfg.n_layers * cfg.n_heads * self.head_dim * seq_len
 
 
 class DiT(Transformer):
@@ -185,46 +164,20 @@ class DiT(Transformer):
         return self._logits(xt, t)
 
 
-class ARTransformer(Transformer):
-    """Causal autoregressive baseline scoring all L positions.
+class ARTransformer(CausalLM, Transformer):
+    """Causal autoregressive baseline scoring all L positions (`CausalLM`).
 
-    The input is [s, x0[:, :-1]] with the start token s (`config.start_token`; by default the
-    mask id V, absent from data; MDLM's AR reads BOS), so logits[:, i] predicts x0[:, i] from
-    x0[:, :i]. The timestep is never read.
+    The start token (`config.start_token`) is by default the mask id V, absent from data; MDLM's
+    AR reads BOS. The timestep is never read.
     """
 
     def __init__(self, config: ModelConfig, vocab_size: int) -> None:
         super().__init__(config, vocab_size, causal=True)
         self.reads_time = False
-        if config.start_token > vocab_size:
-            raise ValueError(f"model.start_token {config.start_token} is not an input id (0..{vocab_size})")
-        self.start_token = self.mask_id if config.start_token < 0 else config.start_token
+        self.start_token = self.check_start_token()
 
-    def forward(self, x0: Tensor) -> Tensor:
-        """x0 [B, L] data ids -> logits [B, L, padded_vocab], logits[:, i] predicting x0[:, i]."""
-        start = torch.full_like(x0[:, :1], self.start_token)
-        return self._logits(torch.cat((start, x0[:, :-1]), dim=1), None)
-
-    def token_log_probs(self, x0: Tensor) -> Tensor:
-        """log p_AR(x0_i | x0_<i) [B, L], float32: log-softmax over the V data columns only
-        (computed with autocast off), so each position is a normalised conditional."""
-        return self.conditional_log_probs(x0, x0)[0]
-
-    def conditional_log_probs(self, x0: Tensor, *targets: Tensor) -> list[Tensor]:
-        """For each of `targets` [B, L]: log p_AR(targets_i | x0_<i) [B, L] float32, from one
-        forward over x0 (e.g. the data token at i after a proposal's prefix)."""
-        logits = self(x0)
-        with torch.autocast(device_type=x0.device.type, enabled=False):
-            log_probs = torch.log_softmax(logits[..., : self.vocab_size].float(), dim=-1)
-            return [log_probs.gather(-1, target[..., None]).squeeze(-1) for target in targets]
-
-    def log_prob(self, x0: Tensor, valid_mask: Tensor | None = None) -> Tensor:
-        """log p_AR(x0) [B]: sum over (valid) positions of `token_log_probs`, so it is a
-        normalised joint over V^L sequences."""
-        token_lp = self.token_log_probs(x0)
-        if valid_mask is not None:
-            token_lp = token_lp.masked_fill(~valid_mask, 0.0)
-        return token_lp.sum(dim=-1)
+    def _next_token_logits(self, tokens: Tensor) -> Tensor:
+        return self._logits(tokens, None)
 
 
 class EnergyHead(nn.Module):
@@ -283,38 +236,3 @@ class EnergyNet(Transformer):
         x = self.embed(x0) + masked * self.masked_marker
         hidden, _ = self._trunk(x, t if self.reads_time else None)
         return self.head(hidden)
-
-
-_MODELS: dict[str, type[Transformer]] = {"dit": DiT, "ar": ARTransformer, "energy": EnergyNet}
-MODEL_KINDS = {"mdlm": "dit", "ar": "ar", "nce": "energy"}  # training.task -> the kind of model it trains
-
-
-def meta_model(kind: Literal["dit", "ar", "energy"], config: ModelConfig, vocab_size: int) -> Transformer:
-    """The model of `kind` on the meta device: its shapes without any memory (what `build_model`
-    starts from, and what a memory plan counts)."""
-    if kind not in _MODELS:
-        raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(_MODELS)}")
-    with torch.device("meta"):
-        return _MODELS[kind](config, vocab_size)
-
-
-def build_model(
-    kind: Literal["dit", "ar", "energy"],
-    config: ModelConfig,
-    vocab_size: int,
-    device: torch.device | str = "cpu",
-    seed: int = 0,
-    prepare: Callable[[Transformer], None] | None = None,
-) -> Transformer:
-    """Build on meta, let `prepare` transform it there (e.g. shard it), materialise on `device`
-    and initialise with `seed`.
-
-    The weights depend on the seed alone (not on the device, the sharding or the global RNG,
-    which is left untouched).
-    """
-    model = meta_model(kind, config, vocab_size)
-    if prepare is not None:
-        prepare(model)
-    model.to_empty(device=torch.device(device))
-    model.init_weights(seed)
-    return model

@@ -44,7 +44,7 @@ from edlm_dist.data.tokenizers import GPT2_VOCAB_SIZE
 from edlm_dist.diffusion.sampling import MAX_NOISE_ELEMENTS
 from edlm_dist.distributed import compute_dtype
 from edlm_dist.distributed.parallelize import mesh_shape
-from edlm_dist.models import MODEL_KINDS, meta_model, padded_vocab_size
+from edlm_dist.models import MODEL_KINDS, meta_model
 
 FP32, FP64, INT64 = 4, 8, 8
 RESIDENT = "resident"
@@ -163,8 +163,9 @@ class ModelShape:
         model = meta_model(kind, config, vocab_size)
         block = tuple(tuple(p.shape) for p in model.blocks[0].parameters())
         root = tuple(tuple(p.shape) for name, p in model.named_parameters() if not name.startswith("blocks."))
-        return cls(config.n_layers, config.hidden_size, config.mlp_ratio, config.dropout, vocab_size,
-                   padded_vocab_size(vocab_size), block, root, kind != "energy")
+        width = config.intermediate_size or config.mlp_ratio * config.hidden_size
+        return cls(config.n_layers, config.hidden_size, -(-width // config.hidden_size), config.dropout, vocab_size,
+                   model.padded_vocab, block, root, kind != "energy")
 
     def numel(self, shard: int = 1) -> int:
         """Parameters per rank when each tensor's first dimension is split over `shard` ranks

@@ -21,7 +21,7 @@ from torch.distributed.tensor import DTensor
 
 from edlm_dist.config import TrainProgram, load_run_config
 from edlm_dist.distributed import first_nonfinite
-from edlm_dist.models import MODEL_KINDS, Transformer, build_model
+from edlm_dist.models import MODEL_KINDS, CausalLM, LanguageModel, build_model
 from edlm_dist.runs.checkpoint import (
     MARKER,
     STEP_DIR,
@@ -107,15 +107,18 @@ def _stored_shapes(path: str) -> dict[str, tuple[int, ...]]:
 
 
 def checkpoint_vocab_size(ckpt: Checkpoint) -> int:
-    """The data vocabulary of the checkpoint's model: its input embedding has one row per token
-    plus the mask token (read from the checkpoint, so no corpus or tokenizer files are needed)."""
+    """The tokenizer's vocabulary of the checkpoint's model, without corpus or tokenizer files: a
+    dit-family input embedding has one row per token plus the mask token (read from the
+    checkpoint); the other families state it in their config (model.vocab_size)."""
+    if ckpt.config.model.family != "dit":
+        return ckpt.config.model.vocab_size
     shapes = _stored_shapes(ckpt.path)
     if "model.embed.weight" not in shapes:
         raise WeightsError(f"checkpoint {ckpt.path} holds no model weights")
     return shapes["model.embed.weight"][0] - 1
 
 
-def read_weights(model: Transformer, ckpt: Checkpoint, weights: str | None = None, *, partial: bool = False) -> str:
+def read_weights(model: LanguageModel, ckpt: Checkpoint, weights: str | None = None, *, partial: bool = False) -> str:
     """Fill `model` (sharded under FSDP or not) with the checkpoint's `weights` ("ema" or "model";
     "auto", as the configs say, or None: "ema" when the checkpoint has EMA weights) and return
     which ones were read.
@@ -163,8 +166,8 @@ def load_weights(
     weights: str | None = None,
     *,
     device: torch.device | str = "cpu",
-    prepare: Callable[[Transformer], None] | None = None,
-) -> tuple[Transformer, str]:
+    prepare: Callable[[LanguageModel], None] | None = None,
+) -> tuple[LanguageModel, str]:
     """The run's model on `device` (parallelised by `prepare`, e.g. sharded) holding the
     checkpoint's `weights` (see `read_weights`), in eval mode, and which weights those are."""
     cfg = ckpt.config
@@ -194,3 +197,22 @@ def run_of_task(path: str, task: str, key: str) -> Checkpoint:
     if ckpt.config.training.task != task:
         raise WeightsError(f"{key} = {path} is a {ckpt.config.training.task!r} run; expected a {task!r} run")
     return ckpt
+
+
+@torch.no_grad()
+def run_logits(run: str | os.PathLike[str], token_ids: torch.Tensor, *, weights: str | None = None,
+               step: int | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The float32 logits [B, L, padded vocabulary] of the model of `run` (a run folder, e.g. one
+    tools/import_hf.py wrote, or a step_<8-digit step> folder; `step` None: the latest) for
+    `token_ids` [B, L] (or [L]), as the ported model computes them: a denoiser's logits of the
+    token at each position (Dream's shifted, as its sampler uses them), a causal LM's next-token
+    logits (logits[:, i] predicts token_ids[:, i + 1], as transformers' `model(ids).logits`).
+    The way to check a port against the original's own forward."""
+    ckpt = find_checkpoint(run, step)
+    if ckpt.config.training.task == "nce":
+        raise WeightsError(f"{ckpt.run_dir} is an nce run: its energy network returns energies, not logits")
+    model, _ = load_weights(ckpt, weights, device=device)
+    ids = torch.as_tensor(token_ids, device=device).long()
+    ids = ids[None] if ids.dim() == 1 else ids
+    logits = model(ids, next_token=True) if isinstance(model, CausalLM) else model(ids)
+    return logits.float()

@@ -43,7 +43,7 @@ from edlm_dist.distributed import (
     init_runtime,
     is_collective_failure,
     on_main_rank,
-    parallelize_transformer,
+    parallelize_model,
     reshard,
     set_gradient_sync,
 )
@@ -120,7 +120,7 @@ class Trainer:
         self.autocast_dtype = self.compute_dtype if self.mesh is None else torch.float32
         self.data = build_dataset(cfg.data)
         self.loader = self.data.train_loader(self.plan, cfg.data.allow_fingerprint_mismatch)
-        prepare = partial(parallelize_transformer, cfg=par, mesh=self.mesh,
+        prepare = partial(parallelize_model, cfg=par, mesh=self.mesh,
                           param_dtype=self.compute_dtype)
         denoiser = self.denoiser_ckpt = None
         if cfg.training.task == "nce":
