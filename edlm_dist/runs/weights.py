@@ -20,6 +20,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.distributed.tensor import DTensor
 
 from edlm_dist.config import TrainProgram, load_run_config
+from edlm_dist.diffusion import TokenSpace
 from edlm_dist.distributed import first_nonfinite
 from edlm_dist.models import MODEL_KINDS, Transformer, build_model
 from edlm_dist.runs.checkpoint import (
@@ -113,6 +114,12 @@ def checkpoint_vocab_size(ckpt: Checkpoint) -> int:
     if "model.embed.weight" not in shapes:
         raise WeightsError(f"checkpoint {ckpt.path} holds no model weights")
     return shapes["model.embed.weight"][0] - 1
+
+
+def checkpoint_tokens(ckpt: Checkpoint) -> TokenSpace:
+    """The token space of the checkpoint's model: MDLM's convention (mask id = the vocabulary
+    size of `checkpoint_vocab_size`), which every model this project trains follows."""
+    return TokenSpace.mdlm(checkpoint_vocab_size(ckpt))
 
 
 def read_weights(model: Transformer, ckpt: Checkpoint, weights: str | None = None, *, partial: bool = False) -> str:
