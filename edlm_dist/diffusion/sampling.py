@@ -137,11 +137,10 @@ def draw_candidates(
 
     `logits` [B, L, >= tokens.num_tokens] are the denoiser's output at `xt` [B, L]; only the
     data tokens of `tokens` (an int: MDLM's mask id V, data ids 0..V-1) are drawn and normalised
-    over. Positions where `masked` [B, L] is set are drawn, the others carried
-    over from `xt`. Returns the candidates [B, k, L], sample-major (row b holds candidates for
-    sequence b only), and log p_theta(x0^j | xt) summed over the masked positions, float64
-    [B, k] (0 for a sequence with nothing masked); with `per_position`, per position [B, k, L]
-    (0 at unmasked positions).
+    over. Positions where `masked` [B, L] is set are drawn, the others carried over from `xt`.
+    Returns the candidates [B, k, L], sample-major (row b holds candidates for sequence b only),
+    and log p_theta(x0^j | xt) summed over the masked positions, float64 [B, k] (0 for a sequence
+    with nothing masked); with `per_position`, per position [B, k, L] (0 at unmasked positions).
 
     Tokens are float64 Gumbel-max draws with noise taken in the order of one [k, n_masked, V]
     draw (candidate, then masked position in row-major order, then data token), at most

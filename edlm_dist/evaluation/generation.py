@@ -237,8 +237,9 @@ def build_oracle(
     """The Gen PPL oracle `spec` names, for samples over `vocab_size` data ids with `eos_id`.
 
     `hf:<name or folder>`: a Hugging Face causal LM; it decodes samples to text, so it needs the
-    samples' `tokenizer` (and their token space `tokens`, default MDLM's). Anything else: a project `ar` run folder (or one of its step folders)
-    over the same vocabulary (`weights`: "ema"/"model", None = EMA when the run has it).
+    samples' `tokenizer` (and their token space `tokens`, default MDLM's). Anything else: a
+    project `ar` run folder (or one of its step folders) over the same vocabulary (`weights`:
+    "ema"/"model", None = EMA when the run has it).
     """
     spec = os.fspath(spec)
     if spec.startswith(HF_PREFIX):
