@@ -225,7 +225,7 @@ def test_samples_are_those_of_the_mdlm_toy(pair, energy_kind, candidate_draw):
                   candidate_draw=candidate_draw, **energy(TokenSpace.mdlm(V), ar))
     assert MID.is_data(mid).all() and (mid[:, 1] == rel.ids(torch.tensor(2))).all()
     assert torch.equal(rel.mdlm_ids(mid), mdlm)
-    assert (mid[:, [0, 2, 3]] == 4).any()  # the data token above the mask and the excluded id is drawn
+    assert (mid[:, [0, 2, 3]] == 4).any()  # id 4, a data token above the mask and the excluded id, is drawn
 
 
 def test_ar_energies_and_coar_joint_draws_are_those_of_the_mdlm_toy(pair):

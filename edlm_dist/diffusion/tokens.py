@@ -58,7 +58,7 @@ class TokenSpace:
         return f"the data tokens (ids [0, {self.num_tokens}) but the mask id {self.mask_id}{excluded})"
 
     def data_ids(self, device: torch.device | str = "cpu") -> torch.Tensor:
-        """The data token ids in order, int64 [num_data], on `device`."""
+        """The data token ids in order, int64 [num_data], on `device` (cached: do not modify it)."""
         return _data_ids(self, torch.device(device))
 
     def data_logits(self, logits: torch.Tensor) -> torch.Tensor:
