@@ -7,6 +7,8 @@ import math
 
 import torch
 
+from edlm_dist.diffusion import TokenSpace
+
 
 class ToyDistribution:
     """A correlated distribution p over all V^L sequences, known exactly by enumeration."""
@@ -196,3 +198,73 @@ def exact_marginal_terms(dist: ToyDistribution, x0: torch.Tensor, xt: torch.Tens
     agrees = dist.seqs[None] == x0[:, None, :]  # [B, N, L]
     marginal = torch.einsum("bn,bnl->bl", weights, agrees.double())
     return -(marginal.log() * (xt == dist.mask_id)).sum(-1)
+
+
+def middle_mask_space(vocab: int) -> TokenSpace:
+    """A token space of `vocab` data tokens laid out as LLaDA's and Dream's are, not as MDLM's:
+    id 0 is data, the mask id is 1, data tokens follow it, id 3 is excluded (never drawn or
+    scored), and `relabel` pads the logits past the last token."""
+    return TokenSpace(mask_id=1, num_tokens=vocab + 2, excluded=(3,))
+
+
+class Relabelling:
+    """The id map between an MDLM-convention toy (data ids 0..V-1, mask V) and a `TokenSpace` of
+    V data tokens: MDLM's data id j is the space's j-th data token (the order is kept, so draws
+    over the data logits take the same noise in both) and MDLM's mask is the space's mask. Logits
+    move to the space's layout with the mask, excluded and padded columns large: they would win
+    every draw if they counted."""
+
+    def __init__(self, vocab: int, tokens: TokenSpace, pad: int = 3) -> None:
+        data = tokens.data_ids()
+        assert len(data) == vocab
+        self.vocab, self.tokens, self.width = vocab, tokens, tokens.num_tokens + pad
+        self.to_space = torch.cat([data, torch.tensor([tokens.mask_id])])  # MDLM id -> space id
+        self.to_mdlm = torch.full((tokens.num_tokens,), -1, dtype=torch.long)  # -1: excluded
+        self.to_mdlm[self.to_space] = torch.arange(vocab + 1)
+
+    def ids(self, x: torch.Tensor) -> torch.Tensor:
+        """MDLM ids -> the space's ids."""
+        return self.to_space[x]
+
+    def mdlm_ids(self, x: torch.Tensor) -> torch.Tensor:
+        """The space's ids -> MDLM ids (an excluded id has none and raises)."""
+        out = self.to_mdlm[x]
+        assert (out >= 0).all(), "an excluded id was drawn"
+        return out
+
+    def logits(self, mdlm_logits: torch.Tensor) -> torch.Tensor:
+        """MDLM logits [..., >= V] -> logits [..., width] in the space's layout."""
+        g = torch.Generator().manual_seed(321)
+        out = torch.randn(*mdlm_logits.shape[:-1], self.width, generator=g, dtype=mdlm_logits.dtype) * 5 + 30
+        out[..., self.tokens.mask_id] = 50.0
+        out[..., list(self.tokens.excluded)] = 60.0
+        out[..., self.tokens.data_ids()] = mdlm_logits[..., : self.vocab]
+        return out
+
+
+class RelabelledDenoiser:
+    """An MDLM-convention toy denoiser seen through a `Relabelling`: reads and returns the space's ids."""
+
+    def __init__(self, inner, relabelling: Relabelling) -> None:
+        self.inner, self.relabelling = inner, relabelling
+        self.reads_time = getattr(inner, "reads_time", True)
+
+    def __call__(self, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.relabelling.logits(self.inner(self.relabelling.mdlm_ids(xt), t))
+
+
+class RelabelledAR:
+    """A `ToyAR` seen through a `Relabelling`: logits in the space's layout, conditionals over its data tokens."""
+
+    def __init__(self, inner: ToyAR, relabelling: Relabelling) -> None:
+        self.inner, self.relabelling = inner, relabelling
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relabelling.logits(self.inner(self.relabelling.mdlm_ids(x)))
+
+    def conditional_log_probs(self, x: torch.Tensor, *targets: torch.Tensor) -> list[torch.Tensor]:
+        mdlm = self.relabelling.mdlm_ids
+        return self.inner.conditional_log_probs(mdlm(x), *(mdlm(target) for target in targets))
+
+    def token_log_probs(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conditional_log_probs(x, x)[0]

@@ -32,6 +32,7 @@ import torch
 
 from edlm_dist.config import TrainProgram, load_config
 from edlm_dist.data import Batch
+from edlm_dist.diffusion import TokenSpace
 from edlm_dist.distributed import autocast, compute_dtype, first_nonfinite, shutdown
 from edlm_dist.distributed.parallelize import apply_compile
 from edlm_dist.models import build_model
@@ -156,7 +157,7 @@ def bench_direct(
     prepare = (lambda m: apply_compile(m.blocks)) if compiled else None
     model = build_model("dit", cfg.model, vocab, device, prepare=prepare)
     optimizer = build_optimizer(model, cfg.optim)
-    task = build_task(cfg, mask_id=vocab)
+    task = build_task(cfg, TokenSpace.mdlm(vocab))
     generator = torch.Generator(device=device).manual_seed(0)
     x0s = [torch.randint(0, vocab, (batch, seq_len), device=device, generator=generator) for _ in range(4)]
     noises = [task.draw_noise(Batch(x0, range(batch), i, batch)) for i, x0 in enumerate(x0s)]

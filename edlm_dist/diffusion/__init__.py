@@ -1,5 +1,6 @@
-"""The math of masked diffusion and EDLM: schedules, the NELBO, ancestral and importance
-sampling, the NCE objective, and the EDLM likelihood (log Z bounds, valid bound, paper estimate).
+"""The math of masked diffusion and EDLM: the token space (which logit columns are data tokens),
+schedules, the NELBO, ancestral and importance sampling, the NCE objective, and the EDLM
+likelihood (log Z bounds, valid bound, paper estimate).
 
 Model-agnostic (networks are passed in as callables) and free of distributed code.
 """
@@ -23,6 +24,7 @@ from edlm_dist.diffusion.schedules import (
     Schedule,
     build_schedule,
 )
+from edlm_dist.diffusion.tokens import TokenSpace
 
 __all__ = [
     "CandidatePool",
@@ -34,6 +36,7 @@ __all__ = [
     "SCHEDULES",
     "SamplingStats",
     "Schedule",
+    "TokenSpace",
     "build_schedule",
     "draw_candidates",
     "edlm_nelbo",

@@ -18,6 +18,7 @@ from edlm_dist.diffusion.loss import Denoiser
 from edlm_dist.diffusion.noise import mask_tokens, stratified_times, uniform
 from edlm_dist.diffusion.sampling import CandidatePool, Energy, LocalPool, candidate_energies, draw_candidates
 from edlm_dist.diffusion.schedules import LogLinearSchedule, Schedule
+from edlm_dist.diffusion.tokens import TokenSpace, resolve_tokens
 
 ESTIMATORS = ("joint", "truncated", "coupled", "conservative", "paper")
 
@@ -142,10 +143,11 @@ def logz_bounds(energies: torch.Tensor) -> LogZBounds:
     return LogZBounds(low, _extrapolated(low, loo, 2 * (n - 1)), effective_sample_size(energies))
 
 
-def _data_log_probs(logits: torch.Tensor, x0: torch.Tensor, masked: torch.Tensor, mask_id: int) -> torch.Tensor:
-    """log p_theta(x0_i | xt) at masked positions (SUBS: data ids only), 0 elsewhere; float64 [B, L]."""
-    scored = logits[masked][:, :mask_id].double()
-    logp = scored.gather(-1, x0[masked][:, None]).squeeze(-1) - torch.logsumexp(scored, dim=-1)
+def _data_log_probs(logits: torch.Tensor, x0: torch.Tensor, masked: torch.Tensor, tokens: TokenSpace) -> torch.Tensor:
+    """log p_theta(x0_i | xt) at masked positions (SUBS: over the data tokens only), 0 elsewhere; float64 [B, L]."""
+    rows = logits[masked]
+    logp = (rows.gather(-1, x0[masked][:, None]).squeeze(-1).double()
+            - torch.logsumexp(tokens.data_logits(rows).double(), dim=-1))
     return torch.zeros(x0.shape, dtype=torch.float64, device=x0.device).masked_scatter(masked, logp)
 
 
@@ -160,7 +162,7 @@ class _MaskedSet:
     t: torch.Tensor
     logits: torch.Tensor
     data_logp: torch.Tensor
-    mask_id: int
+    tokens: TokenSpace
 
     @property
     def nll(self) -> torch.Tensor:
@@ -188,7 +190,7 @@ def _paper(d: _MaskedSet, energy: Energy, n: int, pool: CandidatePool, proposals
     base = d.nll + energy(d.x0, d.xt, d.t, -d.nll).double()
     if is_self_normalised(energy):
         return EDLMNelbo(base, base, torch.full_like(base, math.nan))
-    candidates, logp = draw_candidates(d.logits, d.xt, d.masked, pool.local_count(n), d.mask_id, proposals)
+    candidates, logp = draw_candidates(d.logits, d.xt, d.masked, pool.local_count(n), d.tokens, proposals)
     logz = logz_bounds(pool.gather(candidate_energies(energy, candidates, logp, d.xt, d.t)))
     return EDLMNelbo(-_log_ratio(-base, logz.high), -_log_ratio(-base, logz.low), logz.ess)
 
@@ -207,7 +209,7 @@ def _conservative(d: _MaskedSet, energy: Energy, n: int, generator: torch.Genera
     clamped_xt = torch.where(pick, d.x0, d.xt)
     candidates, logp = draw_candidates(
         torch.cat([d.logits] * rows), torch.cat([clamped_xt, d.xt][:rows]),
-        torch.cat([d.masked & ~pick, d.masked][:rows]), local, d.mask_id, proposals,
+        torch.cat([d.masked & ~pick, d.masked][:rows]), local, d.tokens, proposals,
     )
     batch = d.x0.shape[0]
     logp[:batch] += (d.data_logp * pick).sum(dim=-1, keepdim=True)  # log p_theta of x over all of M
@@ -234,7 +236,7 @@ def _coupled(d: _MaskedSet, energy: Energy, n: int, generator: torch.Generator |
     free twin with position i set to the data, and A_i / Z is the ratio of their sums of
     exp(-E). Consistent, not a bound; the companion is the jackknife-corrected value."""
     pick = _pick_position(d, generator)
-    candidates, logp = draw_candidates(d.logits, d.xt, d.masked, pool.local_count(n), d.mask_id, proposals,
+    candidates, logp = draw_candidates(d.logits, d.xt, d.masked, pool.local_count(n), d.tokens, proposals,
                                        per_position=True)
     chosen = pick[:, None]
     twins = torch.where(chosen, d.x0[:, None], candidates)
@@ -257,7 +259,7 @@ def _truncated(d: _MaskedSet, energy: SelfNormalisedEnergy, n: int, pool: Candid
     if joint:
         candidates = energy.draw_joint(d.xt, local, proposals)
     else:
-        candidates, logq = draw_candidates(d.logits, d.xt, d.masked, local, d.mask_id, proposals, per_position=True)
+        candidates, logq = draw_candidates(d.logits, d.xt, d.masked, local, d.tokens, proposals, per_position=True)
     flat = candidates.reshape(batch * local, length)
     own, data = (lp.view(batch, local, length) for lp in energy.prefix_log_probs(flat, d.x0.repeat_interleave(local, 0)))
     gain = torch.zeros_like(own) if joint else torch.where(d.masked[:, None], own - logq, 0.0)
@@ -271,13 +273,14 @@ def _truncated(d: _MaskedSet, energy: SelfNormalisedEnergy, n: int, pool: Candid
 
 def masked_set_terms(
     denoiser: Denoiser, energy: Energy, x0: torch.Tensor, xt: torch.Tensor, masked: torch.Tensor, t: torch.Tensor,
-    *, mask_id: int, num_proposals: int, estimator: str, generator: torch.Generator | None, pool: CandidatePool,
-    proposal_generator: torch.Generator | None,
+    *, num_proposals: int, estimator: str, generator: torch.Generator | None, pool: CandidatePool,
+    proposal_generator: torch.Generator | None, tokens: TokenSpace | None = None, mask_id: int | None = None,
 ) -> EDLMNelbo:
     """Unweighted figures of `estimator` (see `edlm_nelbo`) for the masked set of one (t, xt)
     per sequence: the term under the NELBO's time integral."""
+    tokens = resolve_tokens(tokens, mask_id)
     logits = denoiser(xt, t)
-    d = _MaskedSet(x0, xt, masked, t, logits, _data_log_probs(logits, x0, masked, mask_id), mask_id)
+    d = _MaskedSet(x0, xt, masked, t, logits, _data_log_probs(logits, x0, masked, tokens), tokens)
     if estimator == "paper":
         return _paper(d, energy, num_proposals, pool, proposal_generator)
     if estimator == "conservative":
@@ -293,7 +296,8 @@ def edlm_nelbo(
     energy: Energy,
     x0: torch.Tensor,
     *,
-    mask_id: int,
+    tokens: TokenSpace | None = None,
+    mask_id: int | None = None,
     schedule: Schedule | None = None,
     num_samples: int = 1,
     num_proposals: int = 8,
@@ -307,8 +311,9 @@ def edlm_nelbo(
     """Monte-Carlo figures of the EDLM NELBO of each sequence, in nats [B] (docs/likelihood.md).
 
     Same (t, xt) scheme and weight (1 - t_min) w(t) as `nelbo`; all (t, mask) draws are taken
-    first, in `nelbo`'s order, so with one generator seed both see the same (t, xt). Then per
-    draw, with `num_proposals` proposals x ~ p_theta(.|xt) (unmasked tokens carried over), the
+    first, in `nelbo`'s order, so with one generator seed both see the same (t, xt); `tokens` (or
+    MDLM's `mask_id`) is the token space, as there. Then per draw, with `num_proposals`
+    proposals x ~ p_theta(.|xt) over the data tokens (unmasked tokens carried over), the
     valid continuous-time NELBO of the joint, sum_{i in M} -log p_joint(x0_i|xt), by
     - "truncated" (self-normalised energies, coAR): every masked position from the same draws,
       the AR factors after i left out; a guaranteed upper bound at any n. "joint": the same on
@@ -337,6 +342,7 @@ def edlm_nelbo(
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
     if estimator in ("joint", "truncated") and not is_self_normalised(energy):
         raise ValueError(f"the {estimator} estimator needs a self-normalised energy (coAR)")
+    tokens = resolve_tokens(tokens, mask_id)
     schedule = schedule or LogLinearSchedule()
     pool = pool or LocalPool()
     if proposal_generator is None:
@@ -345,13 +351,13 @@ def edlm_nelbo(
     for _ in range(num_samples):
         t = stratified_times(x0.shape[0], t_min=t_min, generator=generator, device=x0.device)
         xt, masked = mask_tokens(
-            x0, t, schedule=schedule, mask_id=mask_id, valid_mask=valid_mask, generator=generator
+            x0, t, schedule=schedule, mask_id=tokens.mask_id, valid_mask=valid_mask, generator=generator
         )
         draws.append((t, xt, masked))
     totals = torch.zeros(3, x0.shape[0], dtype=torch.float64, device=x0.device)
     for t, xt, masked in draws:
         figures = masked_set_terms(
-            denoiser, energy, x0, xt, masked, t, mask_id=mask_id, num_proposals=num_proposals, estimator=estimator,
+            denoiser, energy, x0, xt, masked, t, tokens=tokens, num_proposals=num_proposals, estimator=estimator,
             generator=generator, pool=pool, proposal_generator=proposal_generator,
         )
         weight = (1.0 - t_min) * schedule.weight(t.double())

@@ -19,6 +19,7 @@ from edlm_dist.diffusion.energy import effective_sample_size
 from edlm_dist.diffusion.loss import Denoiser
 from edlm_dist.diffusion.noise import gumbel_argmax, uniform
 from edlm_dist.diffusion.schedules import LogLinearSchedule, Schedule
+from edlm_dist.diffusion.tokens import TokenSpace, resolve_tokens
 
 Energy = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -62,9 +63,9 @@ arrays of that size alive (noise, temporaries, float64 logits): ~640 MiB at 2**2
 generator the draws do not depend on it."""
 
 
-def _data_logit_rows(logits: torch.Tensor, mask_id: int) -> torch.Tensor:
-    """Logits [B * L, mask_id] of the data tokens (a view): mask and padded ids never win a draw."""
-    return logits.reshape(-1, logits.shape[-1])[:, :mask_id]
+def _flat_rows(logits: torch.Tensor) -> torch.Tensor:
+    """Logits [B, L, W] as rows [B * L, W] (a view), one per position in row-major order."""
+    return logits.reshape(-1, logits.shape[-1])
 
 
 def _flat_positions(which: torch.Tensor) -> torch.Tensor:
@@ -73,52 +74,55 @@ def _flat_positions(which: torch.Tensor) -> torch.Tensor:
 
 
 def _by_row_chunks(
-    fn: Callable[[torch.Tensor], torch.Tensor], rows_logits: torch.Tensor, rows: torch.Tensor,
+    fn: Callable[[torch.Tensor], torch.Tensor], logit_rows: torch.Tensor, rows: torch.Tensor, tokens: TokenSpace,
     max_elements: int,
 ) -> torch.Tensor:
-    """`fn(rows_logits[rows])`, computed on consecutive slices of `rows` of at most
-    `max_elements` logits each, so that no [len(rows), V] float64 tensor is ever built."""
-    per_chunk = max(1, max_elements // rows_logits.shape[-1])
-    return torch.cat([fn(rows_logits[chunk]) for chunk in rows.split(per_chunk)])
+    """`fn` of the data logits of `logit_rows[rows]`, computed on consecutive slices of `rows` of
+    at most `max_elements` data logits each, so that no [len(rows), V] float64 tensor (nor a copy
+    of every row's data logits) is ever built. Mask, padded and excluded columns never reach `fn`."""
+    per_chunk = max(1, max_elements // tokens.num_data)
+    return torch.cat([fn(tokens.data_logits(logit_rows[chunk])) for chunk in rows.split(per_chunk)])
 
 
 def _gumbel_rows(
-    rows_logits: torch.Tensor, rows: torch.Tensor, generator: torch.Generator | None,
+    logit_rows: torch.Tensor, rows: torch.Tensor, tokens: TokenSpace, generator: torch.Generator | None,
     max_elements: int,
 ) -> torch.Tensor:
-    """One float64 Gumbel-max draw from each `rows_logits[r]`, r in `rows`, noise taken in order.
+    """One float64 Gumbel-max draw of a data token from each `logit_rows[r]`, r in `rows`, noise
+    taken in order (one value per data token); returns token ids.
 
     The slices are consecutive and a CPU generator's stream is serial, so the draws equal those
-    of one `gumbel_argmax(rows_logits[rows])` bit for bit, whatever `max_elements`. A CUDA
+    of one `gumbel_argmax` over all of `rows` bit for bit, whatever `max_elements`. A CUDA
     generator (Philox) gives numbers that depend on the call shapes: reproducible for a fixed
     `max_elements` only.
     """
-    return _by_row_chunks(
-        lambda chunk: gumbel_argmax(chunk, generator=generator), rows_logits, rows, max_elements
-    )
+    return tokens.token_ids(_by_row_chunks(
+        lambda chunk: gumbel_argmax(chunk, generator=generator), logit_rows, rows, tokens, max_elements
+    ))
 
 
 def _inverse_cdf_rows(
-    rows_logits: torch.Tensor, positions: torch.Tensor, num_candidates: int, generator: torch.Generator | None,
-    max_elements: int,
+    logit_rows: torch.Tensor, positions: torch.Tensor, num_candidates: int, tokens: TokenSpace,
+    generator: torch.Generator | None, max_elements: int,
 ) -> torch.Tensor:
-    """`num_candidates` draws from each `rows_logits[p]`, p in `positions`, candidate-major
-    [k * n]: float64 inverse-CDF sampling, the k uniforms of a row searched in its cumulative
-    softmax, which is computed once for all k (O(n V + k n log V) work against Gumbel-max's
-    O(k n V)). Exact in distribution, as Gumbel-max is; a zero-probability token is never drawn.
-    The [k, n] uniforms are drawn first, in that order; rows are processed at most
-    `max_elements` logits at a time."""
+    """`num_candidates` draws of data tokens from each `logit_rows[p]`, p in `positions`, as token
+    ids, candidate-major [k * n]: float64 inverse-CDF sampling, the k uniforms of a row searched
+    in its cumulative softmax over the data tokens, which is computed once for all k (O(n V +
+    k n log V) work against Gumbel-max's O(k n V)). Exact in distribution, as Gumbel-max is; a
+    zero-probability token is never drawn. The [k, n] uniforms are drawn first, in that order;
+    rows are processed at most `max_elements` data logits at a time."""
     n = len(positions)
-    uniforms = uniform((num_candidates, n), generator=generator, device=rows_logits.device, dtype=torch.float64)
+    uniforms = uniform((num_candidates, n), generator=generator, device=logit_rows.device, dtype=torch.float64)
     if n == 0:
         return positions.new_zeros(0)
-    per_chunk = max(1, max_elements // rows_logits.shape[-1])
+    per_chunk = max(1, max_elements // tokens.num_data)
     draws = []
     for start in range(0, n, per_chunk):
-        cdf = torch.softmax(rows_logits[positions[start: start + per_chunk]].double(), dim=-1).cumsum_(dim=-1)
+        data_logits = tokens.data_logits(logit_rows[positions[start: start + per_chunk]])
+        cdf = torch.softmax(data_logits.double(), dim=-1).cumsum_(dim=-1)
         targets = uniforms[:, start: start + per_chunk].T * cdf[:, -1:]  # [c, k], below each row's total
         draws.append(torch.searchsorted(cdf, targets.contiguous(), right=True).clamp_(max=cdf.shape[-1] - 1))
-    return torch.cat(draws).T.reshape(-1)
+    return tokens.token_ids(torch.cat(draws).T.reshape(-1))
 
 
 CANDIDATE_DRAWS = ("gumbel", "inverse_cdf")
@@ -126,20 +130,20 @@ CANDIDATE_DRAWS = ("gumbel", "inverse_cdf")
 
 def draw_candidates(
     logits: torch.Tensor, xt: torch.Tensor, masked: torch.Tensor, num_candidates: int,
-    mask_id: int, generator: torch.Generator | None, *, max_noise_elements: int = MAX_NOISE_ELEMENTS,
+    tokens: TokenSpace | int, generator: torch.Generator | None, *, max_noise_elements: int = MAX_NOISE_ELEMENTS,
     method: str = "gumbel", per_position: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """k = `num_candidates` independent full denoisings x0^j ~ p_theta(. | xt) per sequence.
 
-    `logits` [B, L, >= mask_id] are the denoiser's output at `xt` [B, L]; only the data logits
-    (ids < mask_id) count. Positions where `masked` [B, L] is set are drawn, the others carried
-    over from `xt`. Returns the candidates [B, k, L], sample-major (row b holds candidates for
-    sequence b only), and log p_theta(x0^j | xt) summed over the masked positions, float64
-    [B, k] (0 for a sequence with nothing masked); with `per_position`, per position [B, k, L]
-    (0 at unmasked positions).
+    `logits` [B, L, >= tokens.num_tokens] are the denoiser's output at `xt` [B, L]; only the
+    data tokens of `tokens` (an int: MDLM's mask id V, data ids 0..V-1) are drawn and normalised
+    over. Positions where `masked` [B, L] is set are drawn, the others carried over from `xt`.
+    Returns the candidates [B, k, L], sample-major (row b holds candidates for sequence b only),
+    and log p_theta(x0^j | xt) summed over the masked positions, float64 [B, k] (0 for a sequence
+    with nothing masked); with `per_position`, per position [B, k, L] (0 at unmasked positions).
 
     Tokens are float64 Gumbel-max draws with noise taken in the order of one [k, n_masked, V]
-    draw (candidate, then masked position in row-major order, then token), at most
+    draw (candidate, then masked position in row-major order, then data token), at most
     `max_noise_elements` values at a time: bounded memory for large vocabularies and, with a
     CPU generator, the same draws whatever the bound (see `_gumbel_rows`). `method =
     "inverse_cdf"` draws from the same distributions, also in float64, with k times less
@@ -149,17 +153,18 @@ def draw_candidates(
         raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
     if method not in CANDIDATE_DRAWS:
         raise ValueError(f"method must be one of {CANDIDATE_DRAWS}, got {method!r}")
-    rows_logits = _data_logit_rows(logits, mask_id)
+    tokens = resolve_tokens(tokens)
+    logit_rows = _flat_rows(logits)
     positions = _flat_positions(masked)  # [n]
     rows = positions.repeat(num_candidates)  # [k * n], candidate-major
     if method == "gumbel":
-        draws = _gumbel_rows(rows_logits, rows, generator, max_noise_elements)
+        draws = _gumbel_rows(logit_rows, rows, tokens, generator, max_noise_elements)
     else:
-        draws = _inverse_cdf_rows(rows_logits, positions, num_candidates, generator, max_noise_elements)
+        draws = _inverse_cdf_rows(logit_rows, positions, num_candidates, tokens, generator, max_noise_elements)
     log_norm = _by_row_chunks(
-        lambda chunk: torch.logsumexp(chunk.double(), dim=-1), rows_logits, positions, max_noise_elements
+        lambda chunk: torch.logsumexp(chunk.double(), dim=-1), logit_rows, positions, tokens, max_noise_elements
     )
-    draw_logp = rows_logits[rows, draws].double().view(num_candidates, -1) - log_norm  # [k, n]
+    draw_logp = logit_rows[rows, draws].double().view(num_candidates, -1) - log_norm  # [k, n]
     seq, pos = positions // xt.shape[1], positions % xt.shape[1]
     candidates = xt.unsqueeze(1).repeat(1, num_candidates, 1)  # [B, k, L]
     candidates[seq, :, pos] = draws.view(num_candidates, -1).T
@@ -250,8 +255,9 @@ def sample(
     *,
     batch_size: int,
     seq_len: int,
-    mask_id: int,
     steps: int,
+    tokens: TokenSpace | None = None,
+    mask_id: int | None = None,
     schedule: Schedule | None = None,
     init: torch.Tensor | None = None,
     energy: Energy | None = None,
@@ -266,8 +272,10 @@ def sample(
 ) -> torch.Tensor:
     """Draw sequences [batch_size, seq_len] by ancestral sampling of the reverse process.
 
-    `init` holds `mask_id` where tokens are to be generated and fixed tokens elsewhere
-    (prompts, infilling); by default everything is generated. With `energy`, steps whose t
+    `tokens` says which ids are drawn (the data tokens) and which is the mask (`mask_id` = V is
+    shorthand for MDLM's `TokenSpace.mdlm(V)`). `init` holds the mask id where tokens are to be
+    generated and fixed tokens elsewhere (prompts, infilling); by default everything is
+    generated. With `energy`, steps whose t
     lies in [1 - window, 1] use importance sampling (paper Algorithm 1): `num_candidates`
     denoisings are drawn, `energy(x0, xt, t, proposal_logp) -> [N]` scores them, and the step
     moves toward the one picked with probability softmax(-energy). A denoiser output (or a
@@ -282,6 +290,7 @@ def sample(
     `draw_candidates`'s method: float64 Gumbel-max, or the cheaper float64 inverse CDF.
     """
     _check_args(batch_size, seq_len, steps, init, energy, num_candidates, window)
+    tokens = resolve_tokens(tokens, mask_id)
     pool = pool or LocalPool()
     stats = stats if stats is not None else SamplingStats()
     candidate_generator = candidate_generator or generator
@@ -289,12 +298,12 @@ def sample(
     schedule = schedule or LogLinearSchedule()
     device = torch.device(device) if device is not None else _infer_device(denoiser, init, generator)
     x = init.clone().to(device) if init is not None else torch.full(
-        (batch_size, seq_len), mask_id, dtype=torch.long, device=device
+        (batch_size, seq_len), tokens.mask_id, dtype=torch.long, device=device
     )
     keep_outputs = not reads_time(denoiser) and (energy is None or not reads_time(energy))
     logits = chosen = None
     for i in range(steps):
-        masked = x == mask_id
+        masked = x == tokens.mask_id
         if not masked.any():
             break
         t, s = 1.0 - i / steps, 1.0 - (i + 1) / steps
@@ -311,7 +320,7 @@ def sample(
             chosen = None
         elif chosen is None:
             candidates, proposal_logp = draw_candidates(
-                logits, x, masked, local_candidates, mask_id, candidate_generator,
+                logits, x, masked, local_candidates, tokens, candidate_generator,
                 max_noise_elements=MAX_NOISE_ELEMENTS, method=candidate_draw,
             )
             chosen = _choose_by_energy(energy, candidates, proposal_logp, x, t_batch, generator, pool, stats)
@@ -322,9 +331,7 @@ def sample(
         if chosen is not None:
             x = torch.where(unmask, chosen, x)
         else:
-            draws = _gumbel_rows(
-                _data_logit_rows(logits, mask_id), _flat_positions(unmask), generator, MAX_NOISE_ELEMENTS
-            )
+            draws = _gumbel_rows(_flat_rows(logits), _flat_positions(unmask), tokens, generator, MAX_NOISE_ELEMENTS)
             x = x.masked_scatter(unmask, draws)
         if unmask.any() or not keep_outputs:
             logits = chosen = None

@@ -21,11 +21,13 @@ from torch import Tensor
 
 from edlm_dist.diffusion.loss import Denoiser, masked_token_nll
 from edlm_dist.diffusion.noise import gumbel_argmax
+from edlm_dist.diffusion.tokens import TokenSpace
 
 
 class TokenScorer(Protocol):
-    """An AR model: per-position log p(x0_i | x0_<i) [N, L] over `vocab_size` data tokens, and
-    log p(target_i | x0_<i) for other targets from the same forward."""
+    """An AR model: per-position log p(x0_i | x0_<i) [N, L], normalised over the data tokens of
+    the energy's token space (MDLM's: `vocab_size` data ids 0..V-1), and log p(target_i | x0_<i)
+    for other targets from the same forward."""
 
     vocab_size: int
 
@@ -34,7 +36,7 @@ class TokenScorer(Protocol):
     def conditional_log_probs(self, x0: Tensor, *targets: Tensor) -> list[Tensor]: ...
 
     def __call__(self, x0: Tensor) -> Tensor:
-        """Logits [N, L, >= vocab_size], position i predicting x0_i from x0_<i."""
+        """Logits [N, L, >= num_tokens of the token space], position i predicting x0_i from x0_<i."""
         ...
 
 
@@ -44,12 +46,14 @@ class AREnergy:
     The AR model is put in eval mode and run under no_grad in chunks of at most `max_batch`
     rows, so k candidates x B sequences never go through one forward at once. When the caller
     has no `proposal_logp` (the sampler always passes it), the `denoiser` computes it; t is
-    read only by a time-conditioned denoiser.
+    read only by a time-conditioned denoiser. `tokens` is the denoiser's token space (default:
+    MDLM's for the AR's `vocab_size`); the AR's conditionals must be normalised over its data
+    tokens, or coAR's Z(xt) = 1 fails.
     """
 
     def __init__(
         self, ar_model: TokenScorer, *, carry_over: bool = False, max_batch: int = 256,
-        denoiser: Denoiser | None = None,
+        denoiser: Denoiser | None = None, tokens: TokenSpace | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
@@ -57,7 +61,7 @@ class AREnergy:
         self.carry_over = carry_over
         self.max_batch = max_batch
         self.denoiser = denoiser
-        self.mask_id = ar_model.vocab_size
+        self.tokens = tokens or TokenSpace.mdlm(ar_model.vocab_size)
         for model in (ar_model, denoiser):
             if isinstance(model, torch.nn.Module):
                 model.eval()
@@ -89,11 +93,12 @@ class AREnergy:
         to right over xt's masked positions (float64 Gumbel-max), the unmasked tokens kept. One
         AR forward per masked column: sequential, so for when that is affordable."""
         x = xt.repeat_interleave(num, dim=0)
-        masked = x == self.mask_id
+        masked = x == self.tokens.mask_id
         for column in masked.any(dim=0).nonzero().flatten().tolist():
             rows = masked[:, column]
-            logits = torch.cat([self.ar_model(chunk)[:, column, : self.mask_id] for chunk in x[rows].split(self.max_batch)])
-            x[rows, column] = gumbel_argmax(logits.double(), generator=generator)
+            logits = torch.cat([self.tokens.data_logits(self.ar_model(chunk)[:, column])
+                                for chunk in x[rows].split(self.max_batch)])
+            x[rows, column] = self.tokens.token_ids(gumbel_argmax(logits.double(), generator=generator))
         return x.view(xt.shape[0], num, -1)
 
     def _check(self, x0: Tensor, xt: Tensor, t: Tensor, proposal_logp: Tensor | None) -> None:
@@ -107,10 +112,10 @@ class AREnergy:
         for name, value in (("t", t), ("proposal_logp", proposal_logp)):
             if value is not None and tuple(value.shape) != (n,):
                 raise ValueError(f"{name} has shape {tuple(value.shape)}, expected ({n},)")
-        bad = x0[(x0 < 0) | (x0 >= self.mask_id)]
+        bad = x0[~self.tokens.is_data(x0)]
         if bad.numel():
-            raise ValueError(f"x0 holds token id {int(bad[0])}, outside the data vocabulary [0, {self.mask_id})")
-        unmasked = xt != self.mask_id
+            raise ValueError(f"x0 holds token id {int(bad[0])}, outside {self.tokens.describe_data()}")
+        unmasked = xt != self.tokens.mask_id
         if not torch.equal(x0[unmasked], xt[unmasked]):
             raise ValueError("x0 differs from xt at unmasked positions: candidates must carry over xt's tokens")
 
@@ -118,7 +123,7 @@ class AREnergy:
         """log p_theta(x0 | xt) summed over the masked positions, float64 [N], from the denoiser."""
         chunks = zip(x0.split(self.max_batch), xt.split(self.max_batch), t.split(self.max_batch))
         return torch.cat([
-            -masked_token_nll(self.denoiser(b, c), a, b == self.mask_id, mask_id=self.mask_id).double().sum(-1)
+            -masked_token_nll(self.denoiser(b, c), a, b == self.tokens.mask_id, tokens=self.tokens).double().sum(-1)
             for a, b, c in chunks
         ])
 
@@ -133,5 +138,5 @@ class AREnergy:
         if token_lp.shape != x0.shape:
             raise ValueError(f"token_log_probs returned {tuple(token_lp.shape)}, expected {tuple(x0.shape)}")
         if self.carry_over:
-            token_lp = token_lp.masked_fill(xt != self.mask_id, 0.0)
+            token_lp = token_lp.masked_fill(xt != self.tokens.mask_id, 0.0)
         return proposal_logp.double() - token_lp.sum(dim=-1)

@@ -14,7 +14,15 @@ from edlm_dist.config.schema import ModelConfig
 from edlm_dist.energy.autoregressive import AREnergy
 from edlm_dist.energy.nce import NCEEnergy
 from edlm_dist.models import Transformer
-from edlm_dist.runs.weights import Checkpoint, WeightsError, check_same_data, checkpoint_vocab_size, load_weights, run_of_task
+from edlm_dist.runs.weights import (
+    Checkpoint,
+    WeightsError,
+    check_same_data,
+    checkpoint_tokens,
+    checkpoint_vocab_size,
+    load_weights,
+    run_of_task,
+)
 
 
 def nce_model_config(cfg: TrainProgram, denoiser: TrainProgram) -> ModelConfig:
@@ -54,7 +62,8 @@ def load_denoiser(path: str, key: str, cfg: EnergyConfig,
 
 def load_energy(cfg: EnergyConfig, denoiser: Checkpoint, device: torch.device | str = "cpu") -> AREnergy | NCEEnergy:
     """The energy callable `energy.kind` names, built from `energy.checkpoint` (the AR run for
-    ar/coar, the NCE run for nce) and checked against the `denoiser` run it will correct."""
+    ar/coar, the NCE run for nce) and checked against the `denoiser` run it will correct, whose
+    token space an AR energy scores in."""
     task = "nce" if cfg.kind == "nce" else "ar"
     ckpt = run_of_task(cfg.checkpoint, task, "energy.checkpoint")
     check_same_data(ckpt, ckpt.path, checkpoint_vocab_size(denoiser), denoiser.config.data.seq_len,
@@ -62,4 +71,4 @@ def load_energy(cfg: EnergyConfig, denoiser: Checkpoint, device: torch.device | 
     model, _ = load_weights(ckpt, cfg.weights, device=device)
     if cfg.kind == "nce":
         return NCEEnergy(model, max_batch=cfg.max_batch)
-    return AREnergy(model, carry_over=cfg.kind == "coar", max_batch=cfg.max_batch)
+    return AREnergy(model, carry_over=cfg.kind == "coar", max_batch=cfg.max_batch, tokens=checkpoint_tokens(denoiser))

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from edlm_dist.data.tokenizers import Tokenizer
+from edlm_dist.diffusion import TokenSpace
 from edlm_dist.evaluation.reportable import NOT_REPORTED, impossible_reason, non_finite_reason
 from edlm_dist.models.transformer import ARTransformer
 from edlm_dist.runs.weights import checkpoint_vocab_size, find_checkpoint, load_weights
@@ -79,13 +80,13 @@ def scored_span(tokens: Tensor, eos_id: int | None) -> tuple[Tensor, Tensor]:
     return start, torch.clamp(first + 1, max=length)
 
 
-def _check_tokens(tokens: Tensor, vocab_size: int) -> None:
-    """Samples must be [N, L] data ids: a mask id left in a sample is a sampler bug, not text."""
+def _check_tokens(tokens: Tensor, space: TokenSpace) -> None:
+    """Samples must be [N, L] data tokens of `space`: a mask id left in a sample is a sampler bug, not text."""
     if tokens.dim() != 2 or tokens.dtype.is_floating_point:
         raise ValueError(f"samples must be integer token ids [N, L], got {tuple(tokens.shape)} {tokens.dtype}")
-    bad = tokens[(tokens < 0) | (tokens >= vocab_size)]
+    bad = tokens[~space.is_data(tokens)]
     if bad.numel():
-        raise ValueError(f"samples hold token id {int(bad[0])}, outside the data vocabulary [0, {vocab_size})")
+        raise ValueError(f"samples hold token id {int(bad[0])}, outside {space.describe_data()}")
 
 
 class Oracle(Protocol):
@@ -123,7 +124,7 @@ class ProjectAROracle:
 
     @torch.no_grad()
     def score(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
-        _check_tokens(tokens, self.model.vocab_size)
+        _check_tokens(tokens, TokenSpace.mdlm(self.model.vocab_size))
         start, end = scored_span(tokens, self.eos_id)
         if self.max_length is not None:
             end = end.clamp(max=self.max_length)
@@ -157,11 +158,14 @@ class HFOracle:
     tokens added), framed as [HF BOS] + text ids + [HF EOS if the span ended on EOS], and cut to
     the model's context (`max_length`, default its `max_position_embeddings`). Every token after
     the BOS is scored. Rows are scored shortest first in chunks of `max_batch`, right-padded.
+    Samples must hold data tokens of `tokens`, the samples' token space (default: MDLM's for the
+    tokenizer's vocabulary).
     """
 
     def __init__(
         self, path_or_name: str, tokenizer: Tokenizer, device: torch.device | str = "cpu",
         max_batch: int = 16, max_length: int | None = None, dtype: torch.dtype = torch.float32,
+        tokens: TokenSpace | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
@@ -187,6 +191,7 @@ class HFOracle:
         self.model = model.to(device=device, dtype=dtype).eval()
         self.device = torch.device(device)
         self.tokenizer = tokenizer
+        self.tokens = tokens or TokenSpace.mdlm(tokenizer.vocab_size)
         self.max_batch = max_batch
         self.name = f"{HF_PREFIX}{path_or_name}"
 
@@ -199,7 +204,7 @@ class HFOracle:
 
     @torch.no_grad()
     def score(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
-        _check_tokens(tokens, self.tokenizer.vocab_size)
+        _check_tokens(tokens, self.tokens)
         start, end = scored_span(tokens, self.tokenizer.eos_id)
         rows = tokens.cpu().tolist()
         sequences = [self._retokenise(row[s:e]) for row, s, e in zip(rows, start.tolist(), end.tolist())]
@@ -227,12 +232,14 @@ class HFOracle:
 def build_oracle(
     spec: str | os.PathLike[str], device: torch.device | str = "cpu", *, vocab_size: int, eos_id: int | None,
     tokenizer: Tokenizer | None = None, max_batch: int = 16, weights: str | None = None,
+    tokens: TokenSpace | None = None,
 ) -> Oracle:
     """The Gen PPL oracle `spec` names, for samples over `vocab_size` data ids with `eos_id`.
 
     `hf:<name or folder>`: a Hugging Face causal LM; it decodes samples to text, so it needs the
-    samples' `tokenizer`. Anything else: a project `ar` run folder (or one of its step folders)
-    over the same vocabulary (`weights`: "ema"/"model", None = EMA when the run has it).
+    samples' `tokenizer` (and their token space `tokens`, default MDLM's). Anything else: a
+    project `ar` run folder (or one of its step folders) over the same vocabulary (`weights`:
+    "ema"/"model", None = EMA when the run has it).
     """
     spec = os.fspath(spec)
     if spec.startswith(HF_PREFIX):
@@ -241,7 +248,7 @@ def build_oracle(
             raise OracleError(f"oracle {spec!r} names no model: use hf:<name or local folder>")
         if tokenizer is None:
             raise OracleError(f"oracle {spec} retokenises the samples' text: pass the samples' tokenizer")
-        return HFOracle(name, tokenizer, device=device, max_batch=max_batch)
+        return HFOracle(name, tokenizer, device=device, max_batch=max_batch, tokens=tokens)
     ckpt = find_checkpoint(os.path.expanduser(spec))
     task = ckpt.config.training.task
     if task != "ar":

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from edlm_dist.config import ConfigError, EvalProgram, TrainProgram
 from edlm_dist.data import Tokenizer, run_tokenizer
 from edlm_dist.data.eval_sets import EvalSet, EvalSetSpec, FixedBlocks, load_eval_set, parse_eval_sets
-from edlm_dist.diffusion import Schedule, build_schedule, edlm_nelbo, keyed_generator, nelbo
+from edlm_dist.diffusion import Schedule, TokenSpace, build_schedule, edlm_nelbo, keyed_generator, nelbo
 from edlm_dist.diffusion.likelihood import (
     CONSISTENT,
     ESS_FLOOR,
@@ -58,7 +58,7 @@ from edlm_dist.evaluation.reportable import NOT_REPORTED, finite_or_none, imposs
 from edlm_dist.fileio import atomic_write_text
 from edlm_dist.models import Transformer
 from edlm_dist.energy.loading import load_denoiser, load_energy
-from edlm_dist.runs.weights import Checkpoint, checkpoint_vocab_size, find_checkpoint, load_weights
+from edlm_dist.runs.weights import Checkpoint, checkpoint_tokens, find_checkpoint, load_weights
 from edlm_dist.runs.tensorboard import MetricsLogger
 
 # What each figure is, for readers of the JSON (docs/evaluation.md explains them); the EDLM
@@ -75,13 +75,14 @@ CANNOT_DECIDE = "cannot decide"  # the verdict of a figure that is not compared 
 @dataclass
 class EvalModel:
     """A checkpoint ready to score: `label` (mdlm, ar, edlm_nce, edlm_ar, edlm_coar), the network
-    (denoiser or AR model), the energy of EDLM, and the diffusion settings of the denoiser."""
+    (denoiser or AR model), the energy of EDLM, and the token space and diffusion settings of
+    the denoiser."""
 
     label: str
     ckpt: Checkpoint
     model: Transformer
     energy: Energy | None
-    mask_id: int
+    tokens: TokenSpace
     schedule: Schedule | None
     t_min: float
 
@@ -99,7 +100,7 @@ def build_eval_model(ckpt: Checkpoint, cfg: EvalProgram, device: torch.device) -
     label = model_label(ckpt.config.training.task, cfg)
     if label == "ar":
         model, _ = load_weights(ckpt, cfg.eval.weights, device=device)
-        return EvalModel(label, ckpt, model, None, checkpoint_vocab_size(ckpt), None, 0.0)
+        return EvalModel(label, ckpt, model, None, checkpoint_tokens(ckpt), None, 0.0)
     if label == "edlm_nce":
         energy_cfg = replace(cfg.energy, kind="nce", checkpoint=ckpt.path, weights=cfg.eval.weights)
         denoiser, denoiser_ckpt = load_denoiser(cfg.eval.denoiser, "eval.denoiser", energy_cfg, device)
@@ -109,7 +110,7 @@ def build_eval_model(ckpt: Checkpoint, cfg: EvalProgram, device: torch.device) -
         denoiser_ckpt = ckpt
         energy = load_energy(cfg.energy, ckpt, device) if label != "mdlm" else None
     diffusion = denoiser_ckpt.config.diffusion
-    return EvalModel(label, ckpt, denoiser, energy, checkpoint_vocab_size(denoiser_ckpt),
+    return EvalModel(label, ckpt, denoiser, energy, checkpoint_tokens(denoiser_ckpt),
                      build_schedule(diffusion.schedule, diffusion.eps), diffusion.t_min)
 
 
@@ -128,7 +129,7 @@ def sequence_figures(
     def generator() -> torch.Generator:
         return keyed_generator(*key, device=x0.device)
 
-    common = dict(mask_id=em.mask_id, schedule=em.schedule, num_samples=e.num_samples, t_min=em.t_min)
+    common = dict(tokens=em.tokens, schedule=em.schedule, num_samples=e.num_samples, t_min=em.t_min)
     plain = nelbo(em.model, x0, generator=generator(), **common).double()
     if em.energy is None:
         return {"nelbo": plain}

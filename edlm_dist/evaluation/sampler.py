@@ -39,7 +39,7 @@ from edlm_dist.evaluation.outputs import SAMPLES, SAMPLING, check_output, remove
 from edlm_dist.evaluation.reportable import NOT_REPORTED
 from edlm_dist.fileio import atomic_write_text
 from edlm_dist.energy.loading import denoiser_checkpoint, load_denoiser, load_energy
-from edlm_dist.runs.weights import Checkpoint, find_checkpoint
+from edlm_dist.runs.weights import Checkpoint, checkpoint_tokens, find_checkpoint
 from edlm_dist.runs.device_stats import peak_memory_gib, reset_peak_memory
 from edlm_dist.runs.memory_check import check_sampling_memory
 from edlm_dist.runs.tensorboard import MetricsLogger
@@ -109,6 +109,7 @@ class Sampler:
         self.seq_len = self.denoiser_ckpt.config.data.seq_len
         self.compute_dtype = compute_dtype(cfg.runtime.mixed_precision, self.env.device)
         self.tokenizer = run_tokenizer(self.denoiser_ckpt.config.data)
+        self.tokens = checkpoint_tokens(self.denoiser_ckpt)
         self.schedule = build_schedule(self.denoiser_ckpt.config.diffusion.schedule, self.denoiser_ckpt.config.diffusion.eps)
         self.prompts = read_prompts(s.prompts, self.tokenizer, self.seq_len) if s.prompts else None
         self.oracle: Oracle | None = None
@@ -149,7 +150,7 @@ class Sampler:
         """Masks everywhere but the prompt of each sequence (None: no prompts)."""
         if self.prompts is None:
             return None
-        init = torch.full((len(indices), self.seq_len), self.tokenizer.mask_id, dtype=torch.long)
+        init = torch.full((len(indices), self.seq_len), self.tokens.mask_id, dtype=torch.long)
         for row, i in enumerate(indices):
             prompt = self.prompts[i % len(self.prompts)]
             init[row, : len(prompt)] = torch.tensor(prompt)
@@ -176,7 +177,7 @@ class Sampler:
             batch_start = time.perf_counter()
             with autocast(self.env.device, self.compute_dtype):
                 tokens = sample(
-                    self.denoiser, batch_size=len(indices), seq_len=self.seq_len, mask_id=self.tokenizer.mask_id,
+                    self.denoiser, batch_size=len(indices), seq_len=self.seq_len, tokens=self.tokens,
                     steps=s.steps, schedule=self.schedule, init=self._init(indices), energy=self.energy,
                     num_candidates=s.num_candidates if self.energy is not None else 1, window=s.window,
                     generator=keyed_generator(cfg.job.seed, "sample", first, device=self.env.device),
@@ -275,7 +276,7 @@ class Sampler:
         if not s.oracle:
             return
         self.oracle = build_oracle(s.oracle, self.env.device, vocab_size=self.tokenizer.vocab_size,
-                                   eos_id=self.tokenizer.eos_id, tokenizer=self.tokenizer)
+                                   eos_id=self.tokenizer.eos_id, tokenizer=self.tokenizer, tokens=self.tokens)
         if s.reference:
             self.reference = self._reference_source()
 

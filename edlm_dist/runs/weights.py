@@ -20,6 +20,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.distributed.tensor import DTensor
 
 from edlm_dist.config import TrainProgram, load_run_config
+from edlm_dist.diffusion import TokenSpace
 from edlm_dist.distributed import first_nonfinite
 from edlm_dist.models import MODEL_KINDS, CausalLM, LanguageModel, build_model
 from edlm_dist.runs.checkpoint import (
@@ -116,6 +117,16 @@ def checkpoint_vocab_size(ckpt: Checkpoint) -> int:
     if "model.embed.weight" not in shapes:
         raise WeightsError(f"checkpoint {ckpt.path} holds no model weights")
     return shapes["model.embed.weight"][0] - 1
+
+
+def checkpoint_tokens(ckpt: Checkpoint) -> TokenSpace:
+    """The token space of the checkpoint's model: MDLM's convention (mask id = the vocabulary
+    size of `checkpoint_vocab_size`) unless its config places the mask inside the vocabulary
+    (model.mask_id >= 0: LLaDA, Dream), with model.vocab_size real token ids."""
+    model = ckpt.config.model
+    if model.mask_id >= 0:
+        return TokenSpace(model.mask_id, model.vocab_size)
+    return TokenSpace.mdlm(checkpoint_vocab_size(ckpt))
 
 
 def read_weights(model: LanguageModel, ckpt: Checkpoint, weights: str | None = None, *, partial: bool = False) -> str:

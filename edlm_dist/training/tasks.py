@@ -17,6 +17,7 @@ from edlm_dist.config import TrainProgram
 from edlm_dist.data import Batch
 from edlm_dist.diffusion import (
     Schedule,
+    TokenSpace,
     build_schedule,
     draw_candidates,
     effective_sample_size,
@@ -68,8 +69,8 @@ class MDLMTask:
     model_kind = MODEL_KINDS["mdlm"]
     headline = "nelbo_per_token"  # the validation figure the report leads with
 
-    def __init__(self, schedule: Schedule, mask_id: int, t_min: float, seed: int) -> None:
-        self.schedule, self.mask_id, self.t_min, self.seed = schedule, mask_id, t_min, seed
+    def __init__(self, schedule: Schedule, tokens: TokenSpace, t_min: float, seed: int) -> None:
+        self.schedule, self.tokens, self.t_min, self.seed = schedule, tokens, t_min, seed
 
     def draw_noise(self, batch: Batch) -> StepNoise:
         """The noise of the batch's rows, keyed by its step and global row indices."""
@@ -81,13 +82,13 @@ class MDLMTask:
     def noised(self, x0: torch.Tensor, noise: StepNoise) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(t [B], xt [B, L], masked [B, L]) of x0 under the given noise."""
         t = noise.t.to(x0.device)
-        xt, masked = mask_tokens(x0, t, schedule=self.schedule, mask_id=self.mask_id, uniforms=noise.uniforms)
+        xt, masked = mask_tokens(x0, t, schedule=self.schedule, mask_id=self.tokens.mask_id, uniforms=noise.uniforms)
         return t, xt, masked
 
     def sequence_nll(self, model: Transformer, x0: torch.Tensor, noise: StepNoise) -> torch.Tensor:
         """One-draw NELBO of each sequence of x0 [B, L] under the given noise, nats [B]."""
         t, xt, masked = self.noised(x0, noise)
-        nll = masked_token_nll(model(xt, t), x0, masked, mask_id=self.mask_id)
+        nll = masked_token_nll(model(xt, t), x0, masked, tokens=self.tokens)
         return weighted_nelbo_terms(nll, t, schedule=self.schedule, t_min=self.t_min)
 
     def train_terms(self, model: Transformer, x0: torch.Tensor, noise: StepNoise) -> Terms:
@@ -95,7 +96,7 @@ class MDLMTask:
 
     def eval_terms(self, model: Transformer, x0: torch.Tensor, batch: int) -> Terms:
         """The NELBO per token of each validation sequence, noise keyed by the batch number."""
-        nll = nelbo(model, x0, mask_id=self.mask_id, schedule=self.schedule, t_min=self.t_min,
+        nll = nelbo(model, x0, tokens=self.tokens, schedule=self.schedule, t_min=self.t_min,
                     generator=keyed_generator(self.seed, "eval", batch))
         return {self.headline: nll / x0.shape[1]}
 
@@ -103,7 +104,7 @@ class MDLMTask:
         self, model: Transformer, num: int, seq_len: int, steps: int, generator: torch.Generator
     ) -> torch.Tensor:
         return sample(
-            model, batch_size=num, seq_len=seq_len, mask_id=self.mask_id, steps=steps,
+            model, batch_size=num, seq_len=seq_len, tokens=self.tokens, steps=steps,
             schedule=self.schedule, generator=generator,
         )
 
@@ -140,18 +141,19 @@ class ARTask:
 
 
 def draw_denoisings(
-    logits: torch.Tensor, xt: torch.Tensor, mask_id: int, keys: list[tuple[object, ...]]
+    logits: torch.Tensor, xt: torch.Tensor, tokens: TokenSpace, keys: list[tuple[object, ...]]
 ) -> torch.Tensor:
-    """One x0 ~ p_theta(. | xt) per row of xt [B, L]: masked positions drawn from the logits by
-    float64 Gumbel-max with the row's own generator (keyed by `keys[row]`, on the logits'
-    device), unmasked tokens carried over. Per-row keys make a row's draw independent of the
-    batch it sits in, hence of the world size and of micro-batching."""
+    """One x0 ~ p_theta(. | xt) per row of xt [B, L]: masked positions drawn from the logits of
+    the data tokens by float64 Gumbel-max with the row's own generator (keyed by `keys[row]`, on
+    the logits' device), unmasked tokens carried over. Per-row keys make a row's draw independent
+    of the batch it sits in, hence of the world size and of micro-batching."""
     out = xt.clone()
     for row, key in enumerate(keys):
-        masked = xt[row] == mask_id
+        masked = xt[row] == tokens.mask_id
         if masked.any():
             generator = keyed_generator(*key, device=logits.device)
-            out[row, masked] = gumbel_argmax(logits[row, masked, :mask_id], generator=generator)
+            draws = gumbel_argmax(tokens.data_logits(logits[row, masked]), generator=generator)
+            out[row, masked] = tokens.token_ids(draws)
     return out
 
 
@@ -168,11 +170,11 @@ class NCETask(MDLMTask):
     ESS_TIMES = (0.25, 0.5, 0.75, 1.0)  # where the diagnostics measure the ESS of k candidates
 
     def __init__(
-        self, schedule: Schedule, mask_id: int, t_min: float, seed: int, denoiser: DiT, *,
+        self, schedule: Schedule, tokens: TokenSpace, t_min: float, seed: int, denoiser: DiT, *,
         num_negatives: int = 1, ess_candidates: int = 16, ess_sequences: int = 8, max_batch: int = 256,
         sample_candidates: int = 4, sample_window: float = 1.0,
     ) -> None:
-        super().__init__(schedule, mask_id, t_min, seed)
+        super().__init__(schedule, tokens, t_min, seed)
         self.denoiser = denoiser.eval().requires_grad_(False)
         self.num_negatives = num_negatives
         self.ess_candidates, self.ess_sequences, self.max_batch = ess_candidates, ess_sequences, max_batch
@@ -183,7 +185,7 @@ class NCETask(MDLMTask):
     ) -> torch.Tensor:
         """EDLM samples: the frozen denoiser proposes, the energy chooses (importance sampling)."""
         return sample(
-            self.denoiser, batch_size=num, seq_len=seq_len, mask_id=self.mask_id, steps=steps,
+            self.denoiser, batch_size=num, seq_len=seq_len, tokens=self.tokens, steps=steps,
             schedule=self.schedule, generator=generator, energy=NCEEnergy(model, max_batch=self.max_batch),
             num_candidates=self.sample_candidates, window=self.sample_window,
         )
@@ -193,7 +195,7 @@ class NCETask(MDLMTask):
         """`num_negatives` denoisings per row of xt, draw-major: [m, B, L]."""
         logits = self.denoiser(xt, t)
         return torch.stack([
-            draw_denoisings(logits, xt, self.mask_id, [(*key, j) for key in keys]) for j in range(self.num_negatives)
+            draw_denoisings(logits, xt, self.tokens, [(*key, j) for key in keys]) for j in range(self.num_negatives)
         ])
 
     def _energies(self, model: EnergyNet, candidates: torch.Tensor, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -227,7 +229,7 @@ class NCETask(MDLMTask):
         `ess_sequences` sequences (NaN for the others)."""
         generator = keyed_generator(self.seed, "eval", batch)
         t = stratified_times(x0.shape[0], t_min=self.t_min, generator=generator).to(x0.device)
-        xt, _ = mask_tokens(x0, t, schedule=self.schedule, mask_id=self.mask_id, generator=generator)
+        xt, _ = mask_tokens(x0, t, schedule=self.schedule, mask_id=self.tokens.mask_id, generator=generator)
         keys = [(self.seed, "eval-negatives", batch, row) for row in range(x0.shape[0])]
         terms = self._terms(model, x0, xt, t, keys)
         terms["accuracy_t_ge_0.5"] = terms["accuracy"].masked_fill(t < 0.5, float("nan"))
@@ -245,8 +247,9 @@ class NCETask(MDLMTask):
         for t_value in self.ESS_TIMES:
             generator = keyed_generator(self.seed, "ess", batch, t_value)
             t = torch.full((rows,), t_value, device=x0.device)
-            xt, masked = mask_tokens(x0[:rows], t, schedule=self.schedule, mask_id=self.mask_id, generator=generator)
-            candidates, _ = draw_candidates(self.denoiser(xt, t), xt, masked, k, self.mask_id, generator,
+            xt, masked = mask_tokens(x0[:rows], t, schedule=self.schedule, mask_id=self.tokens.mask_id,
+                                     generator=generator)
+            candidates, _ = draw_candidates(self.denoiser(xt, t), xt, masked, k, self.tokens, generator,
                                            method="inverse_cdf")
             energies = energy(candidates.flatten(0, 1), xt.repeat_interleave(k, 0), t.repeat_interleave(k))
             ess = torch.full((x0.shape[0],), math.nan, device=x0.device)
@@ -258,8 +261,9 @@ class NCETask(MDLMTask):
 Task = MDLMTask | ARTask | NCETask
 
 
-def build_task(cfg: TrainProgram, mask_id: int, denoiser: DiT | None = None) -> Task:
-    """The task `training.task` names; `nce` needs the frozen `denoiser` that draws its negatives."""
+def build_task(cfg: TrainProgram, tokens: TokenSpace, denoiser: DiT | None = None) -> Task:
+    """The task `training.task` names, over the token space `tokens` of the data; `nce` needs the
+    frozen `denoiser` that draws its negatives."""
     if cfg.training.task == "ar":
         return ARTask()
     schedule = build_schedule(cfg.diffusion.schedule, cfg.diffusion.eps)
@@ -267,8 +271,8 @@ def build_task(cfg: TrainProgram, mask_id: int, denoiser: DiT | None = None) -> 
         if denoiser is None:
             raise ValueError("the nce task needs the frozen denoiser")
         e = cfg.nce
-        return NCETask(schedule, mask_id, cfg.diffusion.t_min, cfg.job.seed, denoiser,
+        return NCETask(schedule, tokens, cfg.diffusion.t_min, cfg.job.seed, denoiser,
                        num_negatives=e.num_negatives, ess_candidates=e.ess_candidates,
                        ess_sequences=e.ess_sequences, max_batch=e.max_batch,
                        sample_candidates=cfg.sample.num_candidates, sample_window=cfg.sample.window)
-    return MDLMTask(schedule, mask_id, cfg.diffusion.t_min, cfg.job.seed)
+    return MDLMTask(schedule, tokens, cfg.diffusion.t_min, cfg.job.seed)

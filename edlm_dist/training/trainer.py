@@ -27,7 +27,7 @@ from tqdm import tqdm
 from edlm_dist.config import ConfigError, TrainProgram, config_to_toml
 from edlm_dist.data import BatchPlan, DataError, build_dataset
 from edlm_dist.data.integrity import verify_shards
-from edlm_dist.diffusion import keyed_generator, seed_from_key
+from edlm_dist.diffusion import TokenSpace, keyed_generator, seed_from_key
 from edlm_dist.distributed import (
     CollectiveError,
     Heartbeat,
@@ -125,7 +125,7 @@ class Trainer:
         denoiser = self.denoiser_ckpt = None
         if cfg.training.task == "nce":
             denoiser, self.denoiser_ckpt = self._frozen_denoiser(prepare)
-        self.task = build_task(cfg, self.data.tokenizer.mask_id, denoiser)
+        self.task = build_task(cfg, TokenSpace.mdlm(self.data.tokenizer.vocab_size), denoiser)
         self.model = build_model(
             self.task.model_kind, cfg.model, self.data.tokenizer.vocab_size, self.env.device, seed=cfg.job.seed,
             prepare=prepare,
