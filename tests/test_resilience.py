@@ -9,6 +9,7 @@ import math
 import os
 import signal
 import threading
+import warnings
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from edlm_dist.runs import CheckpointError, CheckpointManager
+from edlm_dist.runs.safe_pickle import safe_reader
 from edlm_dist.training import Trainer, TrainingError
 from run_utils import debug_config, read_scalars
 
@@ -96,12 +98,29 @@ def test_sigusr1_preempts_checkpoints_and_resumes_bit_exact(tmp_path):
     assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL  # handlers are put back
 
 
-def test_checkpoints_on_an_fsspec_url_with_retention(tmp_path):
+def test_checkpoints_on_an_fsspec_url_with_retention(tmp_path, monkeypatch):
+    """The commit guarantee on a URL (docs/operations.md): the marker is written only once every
+    file the checkpoint's metadata names is in the store whole, and no fsync notice reaches the
+    user where the store has nothing to sync."""
     t = trainer(tmp_path, "--training.steps=1")
     manager = CheckpointManager("memory://edlm-test/run/checkpoints", keep_last=2, keep_every=4)
-    for step in range(1, 9):
-        t.step = step
-        manager.save(step, t.state_dict())
+    write_file = manager.fs.pipe_file
+
+    def commit_after_complete_files(path, data, **kwargs):
+        if path.endswith("/COMMITTED"):
+            step_dir = path.rsplit("/", 1)[0]
+            metadata = safe_reader("memory://" + step_dir).read_metadata()
+            for info in metadata.storage_data.values():
+                assert manager.fs.size(f"{step_dir}/{info.relative_path}") >= info.offset + info.length
+        return write_file(path, data, **kwargs)
+
+    monkeypatch.setattr(manager.fs, "pipe_file", commit_after_complete_files)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step in range(1, 9):
+            t.step = step
+            manager.save(step, t.state_dict())
+    assert not [w for w in caught if "fsync" in str(w.message)]
     assert manager.committed_steps() == [4, 7, 8]
     fresh = trainer(tmp_path / "other", "--training.steps=1")
     state = fresh.loadable_state(manager, 8)

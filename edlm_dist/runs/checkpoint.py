@@ -30,9 +30,9 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemWriter
-from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
 
 from edlm_dist.fileio import describe_os_error, write_problem
+from edlm_dist.runs.dcp_storage import FsspecWriter, checkpoint_writer
 from edlm_dist.runs.safe_pickle import DamagedMetadata, SafeLoadPlanner, refusal, safe_reader
 
 MARKER = "COMMITTED"
@@ -110,7 +110,7 @@ class CheckpointManager:
         if is_main and self.fs.exists(self._fs_path(step)):
             self.fs.rm(self._fs_path(step), recursive=True)  # an uncommitted leftover of a crashed save
         _barrier()
-        writer = self._hooked_writer(step)
+        writer = self._writer(step)
         with self._write_errors(step, is_main):
             if self.async_save:
                 future = dcp.async_save(state, checkpoint_id=self.path(step), storage_writer=writer,
@@ -162,13 +162,11 @@ class CheckpointManager:
                     self.fs.rm(self._fs_path(step), recursive=True)
             raise CheckpointError(f"cannot write checkpoint {self.path(step)}: {reason}") from err
 
-    def _hooked_writer(self, step: int) -> FileSystemWriter | None:
-        """DCP's writer for the checkpoint of `step` with `write_hook` on its file opens (None
-        without a hook: DCP picks its writer from the path)."""
-        if self.write_hook is None:
-            return None
-        writer = (FsspecWriter if "://" in self.folder else FileSystemWriter)(self.path(step))
-        writer.fs = _HookedFileSystem(writer.fs, lambda path: self.write_hook(step, path))
+    def _writer(self, step: int) -> FileSystemWriter | FsspecWriter:
+        """DCP's writer for the checkpoint of `step` (dcp_storage), with `write_hook` on its file opens."""
+        writer = checkpoint_writer(self.path(step))
+        if self.write_hook is not None:
+            writer.fs = _HookedFileSystem(writer.fs, lambda path: self.write_hook(step, path))
         return writer
 
     def close(self) -> None:

@@ -24,9 +24,10 @@ from typing import IO, Any
 import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import metadata as dcp_metadata
-from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader
 from torch.distributed.checkpoint._traverse import set_element
 from torch.distributed.checkpoint.filesystem import _StorageInfo
+
+from edlm_dist.runs.dcp_storage import FsspecReader, is_url
 
 _METADATA_CLASSES = ("Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata",
                      "TensorProperties", "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING")
@@ -158,7 +159,7 @@ class SafeFsspecReader(_SafeMetadataReader, FsspecReader):
 
 def safe_reader(path: str) -> SafeFileSystemReader | SafeFsspecReader:
     """The storage reader of the checkpoint at `path` (a local folder or an fsspec URL)."""
-    return SafeFsspecReader(path) if "://" in path else SafeFileSystemReader(path)
+    return SafeFsspecReader(path) if is_url(path) else SafeFileSystemReader(path)
 
 
 class SafeLoadPlanner(dcp.DefaultLoadPlanner):
