@@ -143,8 +143,8 @@ def test_each_family_has_a_parallelisation_plan_and_refuses_roles_it_lacks():
     assert set(PLANS) == set(FAMILIES) == {"dit", "llama", "gpt2"}
     with pytest.raises(ConfigError, match="model.family = 'gpt2' has no model for training.task = 'mdlm'"):
         meta_model("dit", gpt2(), V)
-    with pytest.raises(ConfigError, match="has no model for training.task = 'nce'"):
-        meta_model("energy", llama(), V)
+    with pytest.raises(ConfigError, match="model.family = 'gpt2' has no model for training.task = 'nce'"):
+        meta_model("energy", gpt2(), V)
     with pytest.raises(ConfigError, match="the tokenizer has 49 ids but model.vocab_size is 50"):
         meta_model("dit", llama(), V - 1)
 
@@ -168,7 +168,7 @@ LLAMA = ["--model.family=llama", "--model.vocab_size=50"]
     ([*LLAMA, "--model.embedding_rows=50"], "the mask id (model.mask_id) 50 is outside the 50 rows"),
     ([*LLAMA, "--model.time_conditioning=true"], "does not read the time"),
     ([*LLAMA, "--model.logit_shift=true", "--training.task=ar"], "belongs to a bidirectional denoiser"),
-    ([*LLAMA, "--training.task=nce", "--nce.denoiser=x"], "training.task = 'nce' needs an energy network"),
+    ([*LLAMA, "--model.mask_id=64", "--training.task=nce", "--nce.denoiser=x"], "the mask id (model.mask_id) 64 is outside"),
     (["--model.family=gpt2", "--model.vocab_size=50"], "training.task must be 'ar'"),
     (["--model.family=gpt2", "--model.vocab_size=50", "--training.task=ar", "--model.max_positions=8"],
      "data.seq_len (16) exceeds model.max_positions (8)"),

@@ -371,6 +371,9 @@ def _validate_training(cfg: TrainProgram) -> None:
                           f"(AdamW shrinks the weights by that factor each step); lower optim.weight_decay")
     if t.task == "nce" and not cfg.nce.denoiser:
         raise ConfigError("training.task = 'nce' requires nce.denoiser (the MDLM run to fine-tune from)")
+    if t.task == "nce" and t.init_from:
+        raise ConfigError("training.init_from does not apply to training.task = 'nce': its energy network starts "
+                          "from nce.denoiser")
     if cfg.data.dataset in ("text", "files") and not cfg.data.path:
         raise ConfigError(f"data.dataset = {cfg.data.dataset!r} requires data.path")
 
@@ -408,9 +411,6 @@ def _validate_decoder(cfg: TrainProgram) -> None:
         if cfg.data.seq_len > m.max_positions:
             raise ConfigError(f"data.seq_len ({cfg.data.seq_len}) exceeds model.max_positions ({m.max_positions}), "
                               "the rows of GPT-2's position embedding")
-    if task == "nce":
-        raise ConfigError(f"training.task = 'nce' needs an energy network, which model.family = {family} does not "
-                          "have yet; NCE fine-tunes from a dit-family MDLM")
     if m.vocab_size < 1:
         raise ConfigError(f"model.family = {family} requires model.vocab_size (the tokenizer's number of ids)")
     if m.time_conditioning:
@@ -427,7 +427,7 @@ def _validate_decoder(cfg: TrainProgram) -> None:
     rows = m.embedding_rows or padded_vocab_size(m.vocab_size)
     mask = m.mask_id if m.mask_id >= 0 else m.vocab_size
     ids = {"the last token id (model.vocab_size - 1)": m.vocab_size - 1}
-    if task == "mdlm":
+    if task in ("mdlm", "nce"):
         ids["the mask id (model.mask_id)"] = mask
     else:
         ids["the start token (model.start_token)"] = m.start_token if m.start_token >= 0 else mask

@@ -21,6 +21,7 @@ FIXED_ON_RESUME: dict[str, str] = {
                                               "rope_low_freq_factor", "rope_high_freq_factor",
                                               "rope_original_max_positions", "logit_shift")},
     "nce.time_conditioning": "the energy network's shape",
+    "training.init_from": "the weights the run started from",
     "training.task": "what the run trains",
     "training.global_batch_size": "the data order, counted in global batches",
     **{f"data.{key}": _DATA for key in ("dataset", "tokenizer", "format", "seed", "val_fraction", "synthetic_states",

@@ -159,6 +159,10 @@ class TrainingConfig:
     # consecutive skipped batches (a non-finite loss or gradient norm, or an update rolled back)
     # before the run stops
     max_bad_steps: int = 5
+    # continued training: a run (or one of its step_<8-digit step> folders) of the same task whose
+    # weights (EMA when it has them) start this run, e.g. an imported MDLM, LLaDA or Dream; its [model]
+    # is this run's (all but dropout). Read only when the run starts afresh: a resume reads its own
+    init_from: str = ""
 
 
 @dataclass

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import torch
 
-from edlm_dist.config import ConfigError, EnergyConfig, TrainProgram
+from edlm_dist.config import ConfigError, EnergyConfig, TrainProgram, validate_config
 from edlm_dist.config.schema import ModelConfig
 from edlm_dist.energy.autoregressive import AREnergy
 from edlm_dist.energy.nce import NCEEnergy
@@ -27,21 +27,40 @@ from edlm_dist.runs.weights import (
 
 def nce_model_config(cfg: TrainProgram, denoiser: TrainProgram) -> ModelConfig:
     """The energy network's architecture of the NCE run `cfg`: its `denoiser`'s (whose backbone it
-    starts from), with only dropout and time conditioning its own."""
-    return replace(denoiser.model, dropout=cfg.model.dropout, time_conditioning=cfg.nce.time_conditioning)
+    starts from), with only dropout and time conditioning its own, and no logit shift (Dream's:
+    the energy has no logits)."""
+    return replace(denoiser.model, dropout=cfg.model.dropout, time_conditioning=cfg.nce.time_conditioning,
+                   logit_shift=False)
+
+
+def initial_weights_run(cfg: TrainProgram) -> Checkpoint | None:
+    """The checkpoint `training.init_from` names (None when empty), which must be a run of this task."""
+    if not cfg.training.init_from:
+        return None
+    try:
+        return run_of_task(cfg.training.init_from, cfg.training.task, "training.init_from")
+    except WeightsError as err:
+        raise ConfigError(str(err)) from None
 
 
 def resolve_model_config(cfg: TrainProgram) -> TrainProgram:
     """The config a run trains with, resolved before anything is built (the entry point does it, so
     the run folder's config.toml is what the trainer builds): an NCE run's [model] comes from
-    its denoiser (`nce_model_config`); other runs as given."""
-    if cfg.training.task != "nce":
+    its denoiser (`nce_model_config`), a continued run's from `training.init_from` (all but its
+    dropout); other runs as given. The result is validated again, as the family's rules now apply."""
+    if cfg.training.task == "nce":
+        try:
+            denoiser = run_of_task(cfg.nce.denoiser, "mdlm", "nce.denoiser").config
+        except WeightsError as err:
+            raise ConfigError(str(err)) from None
+        model = nce_model_config(cfg, denoiser)
+    elif (initial := initial_weights_run(cfg)) is not None:
+        model = replace(initial.config.model, dropout=cfg.model.dropout)
+    else:
         return cfg
-    try:
-        denoiser = run_of_task(cfg.nce.denoiser, "mdlm", "nce.denoiser").config
-    except WeightsError as err:
-        raise ConfigError(str(err)) from None
-    return replace(cfg, model=nce_model_config(cfg, denoiser))
+    resolved = replace(cfg, model=model)
+    validate_config(resolved)
+    return resolved
 
 
 def denoiser_checkpoint(path: str, key: str, cfg: EnergyConfig) -> Checkpoint:

@@ -6,9 +6,10 @@ LMs); the gpt2 family is GPT-2."""
 from edlm_dist.config.schema import padded_vocab_size
 from edlm_dist.models.attention import attention
 from edlm_dist.models.base import CausalLM, LanguageModel
-from edlm_dist.models.families import FAMILIES, MODEL_KINDS, build_model, meta_model
+from edlm_dist.models.families import FAMILIES, MODEL_KINDS, build_model, meta_model, model_tokens
 from edlm_dist.models.gpt2 import GPT2, GPT2Block
 from edlm_dist.models.layers import (
+    EnergyHead,
     LayerNorm,
     RMSNorm,
     TimestepEmbedder,
@@ -17,8 +18,8 @@ from edlm_dist.models.layers import (
     rope_frequencies,
     rotary_tables,
 )
-from edlm_dist.models.llama import LlamaBlock, LlamaCausalLM, LlamaDenoiser, LlamaTransformer
-from edlm_dist.models.transformer import ARTransformer, DiT, DiTBlock, EnergyHead, EnergyNet, FinalLayer, Transformer
+from edlm_dist.models.llama import LlamaBlock, LlamaCausalLM, LlamaDenoiser, LlamaEnergy, LlamaTransformer
+from edlm_dist.models.transformer import ARTransformer, DiT, DiTBlock, EnergyNet, FinalLayer, Transformer
 
 __all__ = [
     "FAMILIES",
@@ -37,6 +38,7 @@ __all__ = [
     "LlamaBlock",
     "LlamaCausalLM",
     "LlamaDenoiser",
+    "LlamaEnergy",
     "LlamaTransformer",
     "RMSNorm",
     "TimestepEmbedder",
@@ -45,6 +47,7 @@ __all__ = [
     "attention",
     "build_model",
     "meta_model",
+    "model_tokens",
     "modulate",
     "padded_vocab_size",
     "rope_frequencies",

@@ -15,9 +15,10 @@ import torch
 
 from edlm_dist.config import ConfigError
 from edlm_dist.config.schema import ModelConfig
+from edlm_dist.diffusion.tokens import TokenSpace
 from edlm_dist.models.base import LanguageModel
 from edlm_dist.models.gpt2 import GPT2
-from edlm_dist.models.llama import LlamaCausalLM, LlamaDenoiser
+from edlm_dist.models.llama import LlamaCausalLM, LlamaDenoiser, LlamaEnergy
 from edlm_dist.models.transformer import ARTransformer, DiT, EnergyNet
 
 Kind = Literal["dit", "ar", "energy"]
@@ -27,9 +28,18 @@ MODEL_KINDS: dict[str, Kind] = {"mdlm": "dit", "ar": "ar", "nce": "energy"}  # t
 # vocabulary, the others state theirs in the config (model.vocab_size)
 FAMILIES: dict[str, dict[str, Callable[[ModelConfig, int], LanguageModel]]] = {
     "dit": {"dit": DiT, "ar": ARTransformer, "energy": EnergyNet},
-    "llama": {"dit": lambda config, _: LlamaDenoiser(config), "ar": lambda config, _: LlamaCausalLM(config)},
+    "llama": {"dit": lambda config, _: LlamaDenoiser(config), "ar": lambda config, _: LlamaCausalLM(config),
+              "energy": lambda config, _: LlamaEnergy(config)},
     "gpt2": {"ar": lambda config, _: GPT2(config)},
 }
+
+
+def model_tokens(config: ModelConfig, vocab_size: int) -> TokenSpace:
+    """The token space of a model of `config` over a tokenizer of `vocab_size` ids: the mask inside
+    the vocabulary at `model.mask_id` (LLaDA, Dream), else MDLM's convention (the mask after them)."""
+    if config.mask_id >= 0:
+        return TokenSpace(config.mask_id, config.vocab_size)
+    return TokenSpace.mdlm(vocab_size)
 
 
 def meta_model(kind: Kind, config: ModelConfig, vocab_size: int) -> LanguageModel:

@@ -135,3 +135,23 @@ class TimestepEmbedder(nn.Module):
     def forward(self, t: Tensor) -> Tensor:
         """[B] -> [B, cond_dim]; the float32 features meet the MLP in its dtype (bf16 under FSDP2)."""
         return F.silu(self.mlp(self.frequency_embedding(t).to(self.mlp[0].weight.dtype)))
+
+
+class EnergyHead(nn.Module):
+    """Mean over positions of the final hidden states -> LayerNorm -> MLP -> one scalar [B].
+
+    Computed in float32 whatever the parameter dtype (bf16 under FSDP mixed precision) or
+    autocast: energies are compared across candidates a few nats apart.
+    """
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.norm = LayerNorm(hidden)
+        self.proj = nn.Linear(hidden, hidden)
+        self.out = nn.Linear(hidden, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            pooled = self.norm(x.float().mean(dim=1))
+            h = F.gelu(F.linear(pooled, self.proj.weight.float(), self.proj.bias.float()), approximate="tanh")
+            return F.linear(h, self.out.weight.float(), self.out.bias.float()).squeeze(-1)

@@ -4,7 +4,8 @@ and an output layer, tied to the input embedding or not.
 
 Bidirectional without time conditioning it is the denoiser of LLaDA and Dream (`LlamaDenoiser`,
 with Dream's shifted logits when `model.logit_shift`); causal it is Llama's and Qwen2's language
-model (`LlamaCausalLM`). The forward pass is the one of transformers' LlamaForCausalLM and
+model (`LlamaCausalLM`); with a scalar head over its mean-pooled states it is the EDLM-NCE
+energy fine-tuned from LLaDA or Dream (`LlamaEnergy`), as `EnergyNet` is from MDLM's DiT. The forward pass is the one of transformers' LlamaForCausalLM and
 Qwen2ForCausalLM, LLaDA's LLaDALlamaBlock and Dream's DreamModel (docs/hf_models.md names the
 file behind each detail); their checkpoints map onto these parameters in `interop.hf_layout`.
 
@@ -26,7 +27,7 @@ from edlm_dist.config.schema import ModelConfig, padded_vocab_size
 from edlm_dist.models.attention import attention
 from edlm_dist.models.base import CausalLM, LanguageModel
 from edlm_dist.models.init import Init
-from edlm_dist.models.layers import RMSNorm, apply_rotary, rope_frequencies, rotary_tables_of
+from edlm_dist.models.layers import EnergyHead, RMSNorm, apply_rotary, rope_frequencies, rotary_tables_of
 
 INIT_STD = 0.02
 
@@ -83,10 +84,13 @@ class LlamaTransformer(LanguageModel):
         self.embed = nn.Embedding(self.padded_vocab, config.hidden_size)
         self.blocks = nn.ModuleList(LlamaBlock(config, causal) for _ in range(config.n_layers))
         self.norm = RMSNorm(config.hidden_size, config.norm_eps)
-        self.head = nn.Linear(config.hidden_size, self.padded_vocab, bias=False)
+        self._build_output()
         self.tie_weights()
         if self.embed.weight.device.type != "meta":
             self.init_weights()
+
+    def _build_output(self) -> None:
+        self.head = nn.Linear(self.config.hidden_size, self.padded_vocab, bias=False)
 
     def init_rule(self, name: str) -> Init:
         if name.endswith(".bias"):
@@ -110,8 +114,11 @@ class LlamaTransformer(LanguageModel):
 
     def hidden_states(self, tokens: Tensor) -> Tensor:
         """The final normed hidden states [B, L, hidden] of tokens [B, L]."""
-        x = self.embed(tokens)
-        cos, sin = self.rotary_tables(tokens.shape[1], tokens.device)
+        return self._trunk(self.embed(tokens))
+
+    def _trunk(self, x: Tensor) -> Tensor:
+        """The blocks and the final norm over input states x [B, L, hidden]."""
+        cos, sin = self.rotary_tables(x.shape[1], x.device)
         for block in self.blocks:
             x = block(x, cos, sin)
         return self.norm(x)
@@ -148,3 +155,44 @@ class LlamaCausalLM(CausalLM, LlamaTransformer):
 
     def _next_token_logits(self, tokens: Tensor) -> Tensor:
         return self._logits(tokens)
+
+
+class LlamaEnergy(LlamaTransformer):
+    """EDLM-NCE residual energy E(x0, xt) on a bidirectional Llama-family trunk (LLaDA, Dream):
+    embed(x0_i), plus the learned `masked_marker` where xt_i is the mask, through the blocks and
+    the final norm, mean-pooled by `EnergyHead` to one scalar per sequence.
+
+    `embed`, `blocks` and `norm` share names and shapes with `LlamaDenoiser`, so an imported or
+    trained denoiser initialises them; `masked_marker` and the head's output layer start at zero,
+    so the initial energy is 0 and the initial joint is the denoiser's. The time is never read
+    (the family has no time conditioning), and neither the output layer nor Dream's shift exist here.
+    """
+
+    reads_time = False
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config, causal=False)
+
+    def _build_output(self) -> None:
+        self.masked_marker = nn.Parameter(torch.empty(self.config.hidden_size))
+        self.head = EnergyHead(self.config.hidden_size)
+
+    def tie_weights(self) -> None:
+        """Nothing to tie: the energy has no output layer over the vocabulary."""
+
+    def lookup_tables(self) -> list[nn.Parameter]:
+        return [self.embed.weight]
+
+    def init_rule(self, name: str) -> Init:
+        if name == "masked_marker" or name.startswith("head.out"):
+            return Init("zeros")
+        if name == "head.proj.weight":  # unit-scale features, so the zero output layer learns at once
+            return Init("normal", 1.0 / math.sqrt(self.config.hidden_size))
+        return super().init_rule(name)
+
+    def forward(self, x0: Tensor, xt: Tensor, t: Tensor | None = None) -> Tensor:
+        """x0 [B, L] data ids, xt [B, L] (the mask at `mask_id`); t is not read -> energies [B] (fp32)."""
+        if x0.shape != xt.shape:
+            raise ValueError(f"x0 {tuple(x0.shape)} and xt {tuple(xt.shape)} must have the same shape")
+        masked = (xt == self.mask_id).unsqueeze(-1)
+        return self.head(self._trunk(self.embed(x0) + masked * self.masked_marker))

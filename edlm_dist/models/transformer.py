@@ -16,14 +16,13 @@ from __future__ import annotations
 import math
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
 from edlm_dist.config.schema import ModelConfig, padded_vocab_size
 from edlm_dist.models.attention import attention
 from edlm_dist.models.base import CausalLM, LanguageModel
 from edlm_dist.models.init import Init
-from edlm_dist.models.layers import LayerNorm, TimestepEmbedder, apply_rotary, modulate, rotary_tables
+from edlm_dist.models.layers import EnergyHead, LayerNorm, TimestepEmbedder, apply_rotary, modulate, rotary_tables
 
 INIT_STD = 0.02
 
@@ -178,26 +177,6 @@ class ARTransformer(CausalLM, Transformer):
 
     def _next_token_logits(self, tokens: Tensor) -> Tensor:
         return self._logits(tokens, None)
-
-
-class EnergyHead(nn.Module):
-    """Mean over positions of the final hidden states -> LayerNorm -> MLP -> one scalar [B].
-
-    Computed in float32 whatever the parameter dtype (bf16 under FSDP mixed precision) or
-    autocast: energies are compared across candidates a few nats apart.
-    """
-
-    def __init__(self, hidden: int) -> None:
-        super().__init__()
-        self.norm = LayerNorm(hidden)
-        self.proj = nn.Linear(hidden, hidden)
-        self.out = nn.Linear(hidden, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            pooled = self.norm(x.float().mean(dim=1))
-            h = F.gelu(F.linear(pooled, self.proj.weight.float(), self.proj.bias.float()), approximate="tanh")
-            return F.linear(h, self.out.weight.float(), self.out.bias.float()).squeeze(-1)
 
 
 class EnergyNet(Transformer):

@@ -22,7 +22,7 @@ from torch.distributed.tensor import DTensor
 from edlm_dist.config import TrainProgram, load_run_config
 from edlm_dist.diffusion import TokenSpace
 from edlm_dist.distributed import first_nonfinite
-from edlm_dist.models import MODEL_KINDS, CausalLM, LanguageModel, build_model
+from edlm_dist.models import MODEL_KINDS, CausalLM, LanguageModel, build_model, model_tokens
 from edlm_dist.runs.checkpoint import (
     MARKER,
     STEP_DIR,
@@ -123,10 +123,7 @@ def checkpoint_tokens(ckpt: Checkpoint) -> TokenSpace:
     """The token space of the checkpoint's model: MDLM's convention (mask id = the vocabulary
     size of `checkpoint_vocab_size`) unless its config places the mask inside the vocabulary
     (model.mask_id >= 0: LLaDA, Dream), with model.vocab_size real token ids."""
-    model = ckpt.config.model
-    if model.mask_id >= 0:
-        return TokenSpace(model.mask_id, model.vocab_size)
-    return TokenSpace.mdlm(checkpoint_vocab_size(ckpt))
+    return model_tokens(ckpt.config.model, checkpoint_vocab_size(ckpt))
 
 
 def read_weights(model: LanguageModel, ckpt: Checkpoint, weights: str | None = None, *, partial: bool = False) -> str:
@@ -204,7 +201,10 @@ def run_of_task(path: str, task: str, key: str) -> Checkpoint:
     """The checkpoint at config key `key` (`path`), which must come from a `task` run."""
     if not path:
         raise WeightsError(f"{key} is required: the {task} run (or one of its step_<8-digit step> folders)")
-    ckpt = find_checkpoint(os.path.expanduser(os.path.expandvars(path)))
+    try:
+        ckpt = find_checkpoint(os.path.expanduser(os.path.expandvars(path)))
+    except WeightsError as err:
+        raise WeightsError(f"{key} = {path}: {err}") from None
     if ckpt.config.training.task != task:
         raise WeightsError(f"{key} = {path} is a {ckpt.config.training.task!r} run; expected a {task!r} run")
     return ckpt

@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -27,7 +28,7 @@ from tqdm import tqdm
 from edlm_dist.config import ConfigError, TrainProgram, config_to_toml
 from edlm_dist.data import BatchPlan, DataError, build_dataset
 from edlm_dist.data.integrity import verify_shards
-from edlm_dist.diffusion import TokenSpace, keyed_generator, seed_from_key
+from edlm_dist.diffusion import keyed_generator, seed_from_key
 from edlm_dist.distributed import (
     CollectiveError,
     Heartbeat,
@@ -47,14 +48,22 @@ from edlm_dist.distributed import (
     reshard,
     set_gradient_sync,
 )
-from edlm_dist.models import build_model
+from edlm_dist.models import build_model, model_tokens
 from edlm_dist.runs.checkpoint import CheckpointManager, checkpoint_folder
 from edlm_dist.runs.state_blob import encode_state, read_loader_states, stored_integer
 from edlm_dist.training.divergence import DivergenceGuard, TrainingError
 from edlm_dist.training.ema import EMA
 from edlm_dist.training.faults import FaultInjector
-from edlm_dist.energy.loading import nce_model_config
-from edlm_dist.runs.weights import Checkpoint, WeightsError, check_same_data, load_weights, read_weights, run_of_task
+from edlm_dist.energy.loading import initial_weights_run, nce_model_config
+from edlm_dist.runs.weights import (
+    Checkpoint,
+    WeightsError,
+    check_same_data,
+    checkpoint_vocab_size,
+    load_weights,
+    read_weights,
+    run_of_task,
+)
 from edlm_dist.runs.device_stats import device_peak_flops, peak_memory_gib, reset_peak_memory
 from edlm_dist.runs.memory_check import check_training_memory
 from edlm_dist.runs.tensorboard import MetricsLogger
@@ -122,23 +131,26 @@ class Trainer:
         self.loader = self.data.train_loader(self.plan, cfg.data.allow_fingerprint_mismatch)
         prepare = partial(parallelize_model, cfg=par, mesh=self.mesh,
                           param_dtype=self.compute_dtype)
+        ckpt = cfg.checkpoint
+        self.checkpoints = CheckpointManager(checkpoint_folder(self.run_folder.path, ckpt.folder), ckpt.keep_last,
+                                             ckpt.keep_every, ckpt.async_save,
+                                             write_hook=self.faults.write_hook)
         denoiser = self.denoiser_ckpt = None
         if cfg.training.task == "nce":
             denoiser, self.denoiser_ckpt = self._frozen_denoiser(prepare)
-        self.task = build_task(cfg, TokenSpace.mdlm(self.data.tokenizer.vocab_size), denoiser)
+        initial = self._initial_weights()
+        self.task = build_task(cfg, model_tokens(cfg.model, self.data.tokenizer.vocab_size), denoiser)
         self.model = build_model(
             self.task.model_kind, cfg.model, self.data.tokenizer.vocab_size, self.env.device, seed=cfg.job.seed,
             prepare=prepare,
         )
         if self.denoiser_ckpt is not None:
             read_weights(self.model, self.denoiser_ckpt, self.cfg.nce.weights, partial=True)
+        if initial is not None and self.checkpoints.latest() is None:  # a resume reads its own weights
+            read_weights(self.model, initial, "auto")
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = build_lr_scheduler(self.optimizer, cfg.optim, cfg.training.steps)
         self.ema = EMA(self.model, cfg.training.ema_decay) if cfg.training.ema_decay > 0 else None
-        ckpt = cfg.checkpoint
-        self.checkpoints = CheckpointManager(checkpoint_folder(self.run_folder.path, ckpt.folder), ckpt.keep_last,
-                                             ckpt.keep_every, ckpt.async_save,
-                                             write_hook=self.faults.write_hook)
         self.logger = MetricsLogger(self.run_folder.path / "tb", enabled=self.env.is_main and cfg.metrics.tensorboard)
         self.flops_per_token = self.model.flops_per_token(cfg.data.seq_len)
         self.peak_flops = device_peak_flops(self.env.device)
@@ -162,6 +174,20 @@ class Trainer:
                               "config first (edlm_dist.energy.loading.resolve_model_config, as the train entry point does)")
         denoiser, _ = load_weights(ckpt, self.cfg.nce.weights, device=self.env.device, prepare=prepare)
         return denoiser.requires_grad_(False), ckpt
+
+    def _initial_weights(self) -> Checkpoint | None:
+        """The run of `training.init_from` (continued training), checked against this run's model and data."""
+        ckpt = initial_weights_run(self.cfg)
+        if ckpt is None:
+            return None
+        if self.cfg.model != replace(ckpt.config.model, dropout=self.cfg.model.dropout):
+            raise ConfigError(f"[model] of this run is not its training.init_from's ({ckpt.run_dir}): resolve the config "
+                              "first (edlm_dist.energy.loading.resolve_model_config, as the train entry point does)")
+        ids = checkpoint_vocab_size(ckpt)
+        if ids != self.data.tokenizer.vocab_size:
+            raise ConfigError(f"training.init_from {ckpt.path} has {ids} token ids, but this run's data "
+                              f"(data.tokenizer = {self.cfg.data.tokenizer!r}) has {self.data.tokenizer.vocab_size}")
+        return ckpt
 
     # ---- state -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
