@@ -480,3 +480,18 @@ def test_a_corpus_prepared_with_a_model_folder(tmp_path: Path, tiny_dir: Path, t
     (other / "config.json").write_text(json.dumps({"eos_token_id": 0}))
     with pytest.raises(DataError, match=f"tokenised with hf {tiny.fingerprint()}"):
         build_dataset(DataConfig(dataset="files", path=str(out), tokenizer="hf", tokenizer_path=str(other), seq_len=8))
+
+
+def test_chat_prompts_are_user_messages_in_the_template(tmp_path: Path, tiny: HFTokenizer) -> None:
+    from edlm_dist.config import ConfigError
+    from edlm_dist.evaluation.sampler import read_prompts
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("what does the cat do?\n\nname a dog\n", encoding="utf-8")
+    chats = read_prompts(str(prompts), tiny, seq_len=64, chat=True)
+    assert chats == [tiny.encode_chat([{"role": "user", "content": line}]) for line in ("what does the cat do?",
+                                                                                         "name a dog")]
+    assert tiny.decode(chats[1]).endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")  # the turn opened
+    assert read_prompts(str(prompts), tiny, seq_len=64) == [tiny.encode("what does the cat do?"), tiny.encode("name a dog")]
+    with pytest.raises(ConfigError, match="sample.chat: the 'char' tokenizer of this model has no chat template"):
+        read_prompts(str(prompts), build_tokenizer("char", corpus="abc def"), seq_len=64, chat=True)

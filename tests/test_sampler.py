@@ -154,7 +154,7 @@ def test_prompts_are_continued_in_one_process(runs, tmp_path):
     assert summary["world_size"] == 1 and summary["num_samples"] == 3
 
 
-def test_a_prompt_as_long_as_the_sequence_is_refused(runs, tmp_path, capsys):
+def test_a_prompt_as_long_as_the_sequence_and_a_chat_without_template_are_refused(runs, tmp_path, capsys):
     from edlm_dist.sample import main
 
     prompts = tmp_path / "prompts.txt"
@@ -162,6 +162,12 @@ def test_a_prompt_as_long_as_the_sequence_is_refused(runs, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(sample_command(runs, tmp_path)[7:] + [f"--sample.prompts={prompts}"])
     assert "line 1 of" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(sample_command(runs, tmp_path)[7:] + ["--sample.chat=true"])
+    assert "sample.chat = true renders the prompts of sample.prompts, which is empty" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(sample_command(runs, tmp_path)[7:] + [f"--sample.prompts={prompts}", "--sample.chat=true"])
+    assert "has no chat template" in capsys.readouterr().err
 
 
 def test_samples_repeat_from_the_seed_and_both_modes_agree_on_one_rank(runs, tmp_path):

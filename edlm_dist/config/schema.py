@@ -260,6 +260,9 @@ class SampleConfig:
     mode: Literal["batch", "candidates"] = "batch"
     batch_size: int = 16  # sequences per denoiser forward
     prompts: str = ""  # a UTF-8 file, one prompt per line: sample i continues prompt i mod the number of prompts
+    # each prompt line is a user's message, rendered by the tokenizer's chat template with the
+    # assistant's turn opened (an Instruct model's: data.tokenizer = "hf" with a chat template)
+    chat: bool = False
     oracle: str = ""  # Gen PPL judge: an `ar` run of this project, or hf:<name or path> (empty: no Gen PPL)
     reference: bool = True  # also score as many held-out sequences with the oracle (the reference row)
     compile: bool = False  # torch.compile the denoiser and the energy network

@@ -64,8 +64,12 @@ def output_folder(cfg: SampleProgram, denoiser: Checkpoint) -> Path:
     return denoiser.run_dir / "samples" / sample_name(cfg, denoiser.step)
 
 
-def read_prompts(path: str, tokenizer: Any, seq_len: int) -> list[list[int]]:
-    """Token ids of every non-empty line of `path`; a prompt must leave room to generate."""
+def read_prompts(path: str, tokenizer: Any, seq_len: int, chat: bool = False) -> list[list[int]]:
+    """Token ids of every non-empty line of `path` (with `chat`, as a user's message in the
+    tokenizer's chat template, the assistant's turn opened); a prompt must leave room to generate."""
+    if chat and getattr(tokenizer, "chat_template", None) is None:
+        raise ConfigError(f"sample.chat: the {tokenizer.name!r} tokenizer of this model has no chat template (an "
+                          "Instruct model's Hugging Face folder brings one); set sample.chat = false")
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as err:
@@ -76,7 +80,7 @@ def read_prompts(path: str, tokenizer: Any, seq_len: int) -> list[list[int]]:
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        ids = tokenizer.encode(line)
+        ids = tokenizer.encode_chat([{"role": "user", "content": line}]) if chat else tokenizer.encode(line)
         if len(ids) >= seq_len:
             raise ConfigError(f"sample.prompts: line {number} of {path} has {len(ids)} tokens; data.seq_len is {seq_len}")
         prompts.append(ids)
@@ -99,6 +103,9 @@ class Sampler:
                 f"sample.num_candidates ({s.num_candidates}) must be divisible by the world size "
                 f"({self.env.world_size}) in candidates mode"
             )
+        if s.chat and not s.prompts:
+            raise ConfigError("sample.chat = true renders the prompts of sample.prompts, which is empty: name the "
+                              "file of user messages")
         denoiser = (cfg.sample.checkpoint, "sample.checkpoint (--checkpoint)", cfg.energy)
         check_sampling_memory(cfg, denoiser_checkpoint(*denoiser), self.env.world_size, self.env.device)
         self.denoiser, self.denoiser_ckpt = load_denoiser(*denoiser, self.env.device)
@@ -111,7 +118,7 @@ class Sampler:
         self.tokenizer = run_tokenizer(self.denoiser_ckpt.config.data)
         self.tokens = checkpoint_tokens(self.denoiser_ckpt)
         self.schedule = build_schedule(self.denoiser_ckpt.config.diffusion.schedule, self.denoiser_ckpt.config.diffusion.eps)
-        self.prompts = read_prompts(s.prompts, self.tokenizer, self.seq_len) if s.prompts else None
+        self.prompts = read_prompts(s.prompts, self.tokenizer, self.seq_len, s.chat) if s.prompts else None
         self.oracle: Oracle | None = None
         self.reference: BlockSource | None = None
         on_main_rank(self._load_judges, self.env.is_main)
