@@ -10,6 +10,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from edlm_dist.models.init import Init
+
 
 class LayerNorm(nn.Module):
     """LayerNorm with a weight and, with `bias`, a bias (MDLM has none, GPT-2 has one), computed in
@@ -135,6 +137,18 @@ class TimestepEmbedder(nn.Module):
     def forward(self, t: Tensor) -> Tensor:
         """[B] -> [B, cond_dim]; the float32 features meet the MLP in its dtype (bf16 under FSDP2)."""
         return F.silu(self.mlp(self.frequency_embedding(t).to(self.mlp[0].weight.dtype)))
+
+
+def energy_init_rule(name: str, hidden: int) -> Init | None:
+    """The initialisation of an energy network's own parameters, None for the backbone's: the
+    `masked_marker` and the head's output layer at zero (the initial energy is 0, the initial
+    joint the denoiser it starts from), the head's projection at unit-scale features, so the
+    zero output layer learns at once."""
+    if name == "masked_marker" or name.startswith("head.out"):
+        return Init("zeros")
+    if name == "head.proj.weight":
+        return Init("normal", 1.0 / math.sqrt(hidden))
+    return None
 
 
 class EnergyHead(nn.Module):

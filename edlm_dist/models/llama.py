@@ -5,9 +5,9 @@ and an output layer, tied to the input embedding or not.
 Bidirectional without time conditioning it is the denoiser of LLaDA and Dream (`LlamaDenoiser`,
 with Dream's shifted logits when `model.logit_shift`); causal it is Llama's and Qwen2's language
 model (`LlamaCausalLM`); with a scalar head over its mean-pooled states it is the EDLM-NCE
-energy fine-tuned from LLaDA or Dream (`LlamaEnergy`), as `EnergyNet` is from MDLM's DiT. The forward pass is the one of transformers' LlamaForCausalLM and
-Qwen2ForCausalLM, LLaDA's LLaDALlamaBlock and Dream's DreamModel (docs/hf_models.md names the
-file behind each detail); their checkpoints map onto these parameters in `interop.hf_layout`.
+energy fine-tuned from LLaDA or Dream (`LlamaEnergy`), as `EnergyNet` is from MDLM's DiT. The
+forward pass is the one of transformers' LlamaForCausalLM and Qwen2ForCausalLM, LLaDA's
+LLaDALlamaBlock and Dream's DreamModel (docs/hf_models.md names the file behind each detail); their checkpoints map onto these parameters in `interop.hf_layout`.
 
 Initialisation (`init_rule`): N(0, 0.02) for the embedding and the linears, the two
 residual-branch outputs (o_proj, down_proj) at 0.02 / sqrt(2 n_layers); ones for norms, zeros for
@@ -27,7 +27,7 @@ from edlm_dist.config.schema import ModelConfig, padded_vocab_size
 from edlm_dist.models.attention import attention
 from edlm_dist.models.base import CausalLM, LanguageModel
 from edlm_dist.models.init import Init
-from edlm_dist.models.layers import EnergyHead, RMSNorm, apply_rotary, rope_frequencies, rotary_tables_of
+from edlm_dist.models.layers import EnergyHead, RMSNorm, energy_init_rule, apply_rotary, rope_frequencies, rotary_tables_of
 
 INIT_STD = 0.02
 
@@ -184,11 +184,7 @@ class LlamaEnergy(LlamaTransformer):
         return [self.embed.weight]
 
     def init_rule(self, name: str) -> Init:
-        if name == "masked_marker" or name.startswith("head.out"):
-            return Init("zeros")
-        if name == "head.proj.weight":  # unit-scale features, so the zero output layer learns at once
-            return Init("normal", 1.0 / math.sqrt(self.config.hidden_size))
-        return super().init_rule(name)
+        return energy_init_rule(name, self.config.hidden_size) or super().init_rule(name)
 
     def forward(self, x0: Tensor, xt: Tensor, t: Tensor | None = None) -> Tensor:
         """x0 [B, L] data ids, xt [B, L] (the mask at `mask_id`); t is not read -> energies [B] (fp32)."""

@@ -22,7 +22,7 @@ from edlm_dist.config.schema import ModelConfig, padded_vocab_size
 from edlm_dist.models.attention import attention
 from edlm_dist.models.base import CausalLM, LanguageModel
 from edlm_dist.models.init import Init
-from edlm_dist.models.layers import EnergyHead, LayerNorm, TimestepEmbedder, apply_rotary, modulate, rotary_tables
+from edlm_dist.models.layers import EnergyHead, LayerNorm, energy_init_rule, TimestepEmbedder, apply_rotary, modulate, rotary_tables
 
 INIT_STD = 0.02
 
@@ -199,11 +199,7 @@ class EnergyNet(Transformer):
         self.head = EnergyHead(self.config.hidden_size)
 
     def init_rule(self, name: str) -> Init:
-        if name == "masked_marker" or name.startswith("head.out"):
-            return Init("zeros")
-        if name == "head.proj.weight":  # unit-scale features, so the zero output layer learns at once
-            return Init("normal", 1.0 / math.sqrt(self.config.hidden_size))
-        return super().init_rule(name)
+        return energy_init_rule(name, self.config.hidden_size) or super().init_rule(name)
 
     def forward(self, x0: Tensor, xt: Tensor, t: Tensor | None = None) -> Tensor:
         """x0 [B, L] data ids, xt [B, L] (mask id = vocab size), t [B] -> energies [B] (fp32)."""
