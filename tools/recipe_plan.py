@@ -54,7 +54,7 @@ CHECKPOINTS: dict[str, tuple[dict[str, Any], int]] = {
     "qwen2.5-7b": ({"model_type": "qwen2", "hidden_size": 3584, "num_hidden_layers": 28, "num_attention_heads": 28,
                     "num_key_value_heads": 4, "intermediate_size": 18944, "vocab_size": 152064, "rope_theta": 1e6,
                     "tie_word_embeddings": False, "bos_token_id": 151643, "max_position_embeddings": 131072},
-                   151665),
+                   151667),  # imported with Dream's tokenizer.json (docs/recipes.md), Qwen2.5's own has 151665 ids
     "gpt2": ({"model_type": "gpt2", "n_embd": 768, "n_layer": 12, "n_head": 12, "vocab_size": GPT2_IDS,
               "n_positions": 1024, "bos_token_id": 50256}, GPT2_IDS),
 }
@@ -123,8 +123,13 @@ def training_rows(recipe: Recipe, worlds: list[int], mfu: float, peak: float) ->
     negatives = cfg.nce.num_negatives
     flops = (1 + negatives) * 3 * energy + negatives * forward_flops(denoiser, ids)
     tokens = mfu * peak / flops
-    return [f"| {recipe.name} | training ({recipe.train}) | {note}{memory_cells(plans, worlds)} | "
-            f"{flops / 1e9:,.1f} GFLOP per data token: {tokens:,.0f} tokens/s per GPU |"]
+    step_tokens = cfg.training.global_batch_size * cfg.data.seq_len
+    steps = ", ".join(f"{world} GPUs: {step_tokens / (tokens * world):,.1f} s per step, "
+                      f"{cfg.training.steps * step_tokens / (tokens * world) / 3600:,.1f} h for {cfg.training.steps:,} "
+                      "steps" for world in worlds)
+    return [f"| {recipe.name} | training ({recipe.train}: {step_tokens:,} tokens per step) | "
+            f"{note}{memory_cells(plans, worlds)} | {flops / 1e9:,.1f} GFLOP per data token: {tokens:,.0f} tokens/s "
+            f"per GPU; {steps} |"]
 
 
 def memory_cells(plans: list[MemoryPlan], worlds: list[int]) -> str:
