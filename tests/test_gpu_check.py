@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-ROWS_PER_SECTION = {"device": 1, "data": 1, "training": 4, "cluster": 2, "sampling": 4}  # evaluation: 1 + estimators
+ROWS_PER_SECTION = {"device": 1, "data": 1, "training": 4, "cluster": 2, "sampling": 4, "llama": 2}  # evaluation: 1 + estimators
 
 
 @pytest.mark.data
@@ -42,6 +42,13 @@ def test_cpu_dry_run_records_every_measurement(tmp_path: Path, data_dir: Path) -
     assert evaluation[0] == "MDLM NELBO, B = 2" and all(name.startswith("EDLM ") for name in evaluation[1:])
     edlm = next(row["measurement"] for row in rows if row["name"].startswith("EDLM-AR"))
     assert edlm["vs_model"]["predicted_s_per_sample"] > 0
+    llama_train, llama_sample = (row["measurement"] for row in rows if row["section"] == "llama")
+    assert llama_train["path"] == "fsdp2" and llama_train["backend"] == "gloo" and llama_train["compiled"]
+    assert llama_train["tokens_per_s"] > 0 and llama_train["llama"]["n_kv_heads"] == 2
+    # 6 N + 12 n_layers n_heads head_dim L: N without the input embedding (untied: the output layer counts)
+    embedding = 320 * 64  # rows: the 256 data ids and the mask, rounded up to a multiple of 64
+    assert llama_train["flops_per_token"] == 6 * (llama_train["parameters"] - embedding) + 12 * 2 * 64 * 32
+    assert llama_sample["forward_tokens_per_s"] > 0 and llama_sample["steps"] == 4
 
     table = (tmp_path / "table.md").read_text()
     assert "torch.compile backend: aot_eager; blocked modules: zstandard,torchdata" in table

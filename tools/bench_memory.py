@@ -80,6 +80,10 @@ CASES = {
     "larger-checkpointed": Case("configs/tiny.toml", (*LARGER, "--parallel.activation_checkpoint=full",
                                                        "--training.micro_batch_size=8")),
     "tiny-nce": Case("configs/tiny_nce.toml"),
+    # a Llama-family denoiser: grouped-query attention, SwiGLU, RoPE, on the synthetic corpus's 64 ids
+    "llama-tiny": Case("configs/tiny.toml", ("--model.family=llama", "--model.vocab_size=64", "--model.n_kv_heads=2",
+                                             "--model.intermediate_size=344", "--data.synthetic_states=63",
+                                             "--model.dropout=0.1", "--data.seq_len=128")),
     "ptb-words-ar": Case("configs/tiny.toml", ("--data.dataset=ptb", "--data.tokenizer=word", "--training.task=ar",
                                                "--training.global_batch_size=16", "--metrics.eval_batch_size=16"),
                          needs_data=True),

@@ -16,7 +16,14 @@ a markdown table in FOLDER/table.md, also printed):
   and 128 steps, EDLM with k = 2 candidates in the window w = 0.2 against the cost model, and
   the memory of candidates mode's k = 16 on one rank (the 2-rank ratio needs 2 GPUs);
 - evaluation sequences/s of the MDLM NELBO and of the EDLM-AR estimators, those of the valid
-  bound and the paper's (bench_eval.eval_rows).
+  bound and the paper's (bench_eval.eval_rows);
+- a ~1B Llama-family denoiser (LLaDA's architecture: 16 layers, hidden 2048, 16 heads, 8 key/value
+  heads, SwiGLU 5632, vocabulary 32000, random init) at 2048 tokens on the cluster path (FSDP2 on a
+  1-rank mesh, bf16 compute, compiled blocks): one training step (forward + MDLM loss + backward +
+  clipping + AdamW on random tokens), then one sampling step (MDLM, batch of 8 sequences); tokens/s,
+  MFU and peak memory. Training MFU = flops_per_token x tokens/s / peak, flops_per_token = 6 N +
+  12 n_layers n_heads head_dim L (N: the parameters without the input embedding; bidirectional
+  attention, no causal halving); a sampling step is a forward: a third of that per token.
 
 Targets: MFU >= 45% for the compiled direct step; MDLM sampling <= 2 s per 1024-token sequence
 at 1024 steps. Each measurement is guarded: one that fails records its error (in its JSON line
@@ -67,6 +74,7 @@ from edlm_dist.fileio import StorageError, refuse_existing
 
 if TYPE_CHECKING:
     from edlm_dist.config import TrainProgram
+    from edlm_dist.models.base import LanguageModel
 
 ROOT = Path(__file__).resolve().parents[1]
 MFU_TARGET = 0.45
@@ -74,7 +82,39 @@ SAMPLE_TARGET_S = 2.0  # MDLM, one 1024-token sequence at 1024 steps
 RESUME_STEPS = 2  # steps after the async save: taken by the saving Trainer and by the one resuming it
 # resumed vs uninterrupted losses, relative (CUDA backward kernels may accumulate with atomics)
 RESUME_RTOL = {"cuda": 1e-3, "cpu": 1e-6}
-SECTIONS = ("training", "cluster", "sampling", "evaluation")  # --only picks among these
+SECTIONS = ("training", "cluster", "sampling", "evaluation", "llama")  # --only picks among these
+
+
+@dataclass(frozen=True)
+class LlamaSizes:
+    """The Llama-family denoiser of the `llama` section and what it runs at."""
+
+    n_layers: int
+    hidden: int
+    n_heads: int
+    n_kv_heads: int
+    intermediate: int
+    vocab: int
+    seq_len: int
+    batch: int  # sequences per training step and per sampling step
+    warmup: int  # untimed steps (compilation, optimizer state)
+    steps: int  # timed training steps
+    sample_steps: int  # steps of the timed sampling run (each one unmasks seq_len / sample_steps tokens)
+
+    def overrides(self) -> list[str]:
+        """The training config of this model: LLaDA's layout (rope_theta 500000, no biases, untied
+        output layer), no dropout, MDLM on a data vocabulary of `vocab` ids, compiled blocks."""
+        return [
+            "--model.family=llama", f"--model.n_layers={self.n_layers}", f"--model.hidden_size={self.hidden}",
+            f"--model.n_heads={self.n_heads}", f"--model.n_kv_heads={self.n_kv_heads}",
+            f"--model.intermediate_size={self.intermediate}", f"--model.vocab_size={self.vocab}",
+            "--model.rope_theta=500000", "--model.dropout=0.0", f"--data.seq_len={self.seq_len}",
+            f"--training.global_batch_size={self.batch}", "--parallel.compile=true", "--runtime.mixed_precision=bf16",
+        ]
+
+
+LLAMA_GPU = LlamaSizes(16, 2048, 16, 8, 5632, 32000, 2048, 8, 2, 5, 8)
+LLAMA_DRY = LlamaSizes(2, 64, 4, 2, 176, 256, 32, 2, 1, 2, 4)
 
 
 @dataclass(frozen=True)
@@ -92,10 +132,11 @@ class Sizes:
     eval_batch: int
     eval_proposals: int  # EDLM bound: n clamped + n free proposals per sequence
     eval_repeats: int
+    llama: LlamaSizes
 
 
-GPU_SIZES = Sizes("small", 1024, 32, 3, 20, (1024, 128), 2, 16, 4, 8, 3)
-DRY_SIZES = Sizes("tiny", 32, 4, 1, 2, (8, 4), 1, 2, 2, 2, 1)
+GPU_SIZES = Sizes("small", 1024, 32, 3, 20, (1024, 128), 2, 16, 4, 8, 3, LLAMA_GPU)
+DRY_SIZES = Sizes("tiny", 32, 4, 1, 2, (8, 4), 1, 2, 2, 2, 1, LLAMA_DRY)
 
 
 @dataclass
@@ -376,6 +417,103 @@ def evaluation(ctx: Context) -> list[dict[str, Any]]:
                   row["peak_memory_gib"], row) for row in rows]
 
 
+def llama_model(ctx: Context, training: bool) -> tuple[TrainProgram, LanguageModel]:
+    """The ~1B Llama-family denoiser of `ctx.sizes.llama` as the Trainer builds it on the cluster
+    path (in a process group of one rank): blocks compiled, FSDP2 on a 1-rank mesh with bf16
+    compute and float32 masters, random init; in training mode or not."""
+    from edlm_dist.config import TrainProgram, load_config
+    from edlm_dist.distributed.parallelize import build_mesh, parallelize_model
+    from edlm_dist.models import build_model
+
+    cfg = load_config(TrainProgram, None, [f"--runtime.device={ctx.device.type}", *ctx.sizes.llama.overrides()])
+    mesh = build_mesh(cfg.parallel, 1, ctx.device.type)
+    prepare = functools.partial(parallelize_model, cfg=cfg.parallel, mesh=mesh, param_dtype=torch.bfloat16)
+    model = build_model("dit", cfg.model, cfg.model.vocab_size, ctx.device, prepare=prepare)
+    return cfg, model.train(training)
+
+
+def llama_name(ctx: Context) -> str:
+    """The Llama model's row name: its size in words."""
+    s = ctx.sizes.llama
+    return (f"Llama {s.n_layers} x {s.hidden} ({s.n_heads} heads, {s.n_kv_heads} kv), {s.seq_len} tokens, "
+            "FSDP2 1 rank, compiled")
+
+
+def llama_train(ctx: Context) -> list[dict[str, Any]]:
+    """Training steps of the Llama denoiser (forward + MDLM loss + backward + clipping + AdamW on
+    random tokens, no EMA or data) on the cluster path; tokens/s, MFU = (6 N + attention) x
+    tokens/s / the device's peak, peak memory."""
+    from edlm_dist.data import Batch
+    from edlm_dist.diffusion import TokenSpace
+    from edlm_dist.runs.device_stats import param_and_optimizer_bytes
+    from edlm_dist.training import build_optimizer, build_task
+
+    bench, s = tool("bench_train"), ctx.sizes.llama
+    with one_rank_cluster(ctx.device):
+        cfg, model = llama_model(ctx, training=True)
+        optimizer = build_optimizer(model, cfg.optim)
+        task = build_task(cfg, TokenSpace.mdlm(s.vocab))
+        generator = torch.Generator(device=ctx.device).manual_seed(0)
+        x0s = [torch.randint(0, s.vocab, (s.batch, s.seq_len), device=ctx.device, generator=generator)
+               for _ in range(2)]
+        noises = [task.draw_noise(Batch(x0, range(s.batch), i, s.batch)) for i, x0 in enumerate(x0s)]
+        noises = [dataclasses.replace(n, t=n.t.to(ctx.device), uniforms=n.uniforms.to(ctx.device)) for n in noises]
+        count = iter(range(10**9))
+
+        def step() -> None:
+            i = next(count) % len(x0s)
+            (task.sequence_nll(model, x0s[i], noises[i]).sum() / (s.batch * s.seq_len)).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.training.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        warmup_s, times = bench.time_steps(step, ctx.device, s.warmup, s.steps)
+        record = bench.step_record(
+            llama_name(ctx), ctx.device, 1, "llama", s.vocab, s.seq_len, s.batch, True, "bf16", s.warmup, warmup_s,
+            times, model.flops_per_token(s.seq_len), param_and_optimizer_bytes(model, optimizer), path="fsdp2",
+            backend=torch.distributed.get_backend(), parameters=model.num_params(exclude_input_embedding=False),
+            llama=dataclasses.asdict(s),
+        )
+    return [training_entry(ctx, record, target=False)]
+
+
+def llama_sample(ctx: Context) -> list[dict[str, Any]]:
+    """MDLM sampling of `batch` sequences by the Llama denoiser on the cluster path (eval mode, no
+    gradients): the time per step (one forward over batch x seq_len tokens, the draw of the
+    tokens it unmasks), its forward tokens/s and MFU (flops_per_token / 3 per token), peak memory."""
+    from edlm_dist.diffusion import sample
+    from edlm_dist.runs.device_stats import device_peak_flops, peak_memory_gib, reset_peak_memory, synchronize
+
+    s = ctx.sizes.llama
+    with one_rank_cluster(ctx.device):
+        _, model = llama_model(ctx, training=False)
+
+        def run() -> None:
+            sample(model, batch_size=s.batch, seq_len=s.seq_len, steps=s.sample_steps, mask_id=s.vocab,
+                   generator=torch.Generator(ctx.device).manual_seed(0), device=ctx.device)
+
+        start = time.perf_counter()
+        run()  # compiles the blocks' eval graph
+        synchronize(ctx.device)
+        warmup_s = time.perf_counter() - start
+        reset_peak_memory(ctx.device)
+        start = time.perf_counter()
+        run()
+        synchronize(ctx.device)
+        step_s = (time.perf_counter() - start) / s.sample_steps
+        flops, peak = model.flops_per_token(s.seq_len) / 3, device_peak_flops(ctx.device)
+        memory = peak_memory_gib(ctx.device)
+    tokens_per_s = s.batch * s.seq_len / step_s
+    mfu = flops * tokens_per_s / peak if peak else None
+    record = {"name": llama_name(ctx), "batch": s.batch, "seq_len": s.seq_len, "steps": s.sample_steps,
+              "step_s": step_s, "forward_tokens_per_s": tokens_per_s, "forward_flops_per_token": flops,
+              "mfu": mfu, "warmup_s": warmup_s, "peak_memory_gib": memory}
+    mfu_text = "-" if mfu is None else f"{mfu:.1%}"
+    summary = (f"{1e3 * step_s:.1f} ms/step over {s.batch} x {s.seq_len} tokens ({s.sample_steps} steps), "
+               f"{tokens_per_s:,.0f} tokens/s, forward MFU {mfu_text}, warm-up {warmup_s:.1f} s")
+    return [entry(f"sampling step, {llama_name(ctx)}", summary, memory, record)]
+
+
 def checks(sizes: Sizes) -> list[Check]:
     """Every measurement, in order: the cheap and the target-bearing ones first."""
     long, short = sizes.sample_steps
@@ -392,6 +530,8 @@ def checks(sizes: Sizes) -> list[Check]:
         Check("evaluation", "MDLM NELBO and EDLM estimators", evaluation),
         Check("sampling", "EDLM k = 2, w = 0.2", sample_edlm),
         Check("sampling", "candidates mode memory", sample_candidates),
+        Check("llama", "~1B Llama training step", llama_train),
+        Check("llama", "~1B Llama sampling step", llama_sample),
     ]
 
 

@@ -16,8 +16,13 @@ block usually saves less). What the code allocates, and so what is counted:
   and in backward one block's unsharded gradients. One process computing in bf16 autocasts
   instead, and autocast keeps a bf16 copy of every weight it casts.
 - Activations are the tensors autograd saves, per element of the hidden states [B, L, hidden]
-  (`block_saved_bytes`); a checkpointed block keeps its input, and backward recomputes one block
-  at a time. A forward without gradients holds one block's local tensors (`block_working_bytes`).
+  (the DiT's `block_saved_bytes`; a Llama-family block's `llama_block_saved_bytes` also counts
+  its key/value width, grouped-query attention's, and its SwiGLU width); a checkpointed block
+  keeps its input, and backward recomputes one block at a time. A forward without gradients holds
+  one block's local tensors (`block_working_bytes`, `llama_block_working_bytes`). A gpt2-family
+  block is counted as the DiT's (an approximation: its MLP is as wide and it has no adaLN).
+- Parameters are counted from the model of the config's family built on the meta device, the
+  padded embedding rows and output columns (`model.embedding_rows`) included.
 - The loss reads logits [B, L, padded vocabulary] in the compute dtype: `ar` takes a float32
   log-softmax of every position, `mdlm` of the masked positions, of which the worst micro-batch
   holds a fraction 1 - micro / (2 global) in expectation (times are stratified over the global
@@ -152,6 +157,9 @@ class ModelShape:
     hidden: int
     mlp_ratio: int
     dropout: float
+    family: str
+    kv_width: int  # key/value heads x head size (grouped-query attention: less than hidden)
+    width: int  # the MLP's hidden width (intermediate_size)
     vocab: int
     padded_vocab: int
     block_shapes: tuple[tuple[int, ...], ...]
@@ -164,8 +172,9 @@ class ModelShape:
         block = tuple(tuple(p.shape) for p in model.blocks[0].parameters())
         root = tuple(tuple(p.shape) for name, p in model.named_parameters() if not name.startswith("blocks."))
         width = config.intermediate_size or config.mlp_ratio * config.hidden_size
-        return cls(config.n_layers, config.hidden_size, -(-width // config.hidden_size), config.dropout, vocab_size,
-                   model.padded_vocab, block, root, kind != "energy")
+        kv_width = (config.n_kv_heads or config.n_heads) * (config.hidden_size // config.n_heads)
+        return cls(config.n_layers, config.hidden_size, -(-width // config.hidden_size), config.dropout,
+                   config.family, kv_width, width, vocab_size, model.padded_vocab, block, root, kind != "energy")
 
     def numel(self, shard: int = 1) -> int:
         """Parameters per rank when each tensor's first dimension is split over `shard` ranks
@@ -188,6 +197,29 @@ class ModelShape:
     def elements(self, rows: int, seq_len: int) -> int:
         """Elements of the hidden states [rows, L, hidden] of one forward."""
         return rows * seq_len * self.hidden
+
+    @property
+    def llama(self) -> bool:
+        return self.family == "llama"
+
+    def block_saved(self, rows: int, seq_len: int, precision: Precision) -> int:
+        """Bytes one block saves for backward in a forward over `rows` sequences."""
+        if self.llama:
+            return llama_block_saved_bytes(rows * seq_len, self.hidden, self.kv_width, self.width, precision,
+                                           self.dropout)
+        return block_saved_bytes(self.elements(rows, seq_len), precision, self.mlp_ratio, self.dropout)
+
+    def block_working(self, rows: int, seq_len: int, precision: Precision) -> int:
+        """Bytes one block holds in a forward without gradients over `rows` sequences."""
+        if self.llama:
+            return llama_block_working_bytes(rows * seq_len, self.hidden, self.kv_width, self.width, precision)
+        return block_working_bytes(self.elements(rows, seq_len), precision, self.mlp_ratio)
+
+    def block_backward(self, rows: int, seq_len: int, precision: Precision) -> int:
+        """What a block's backward holds beyond its saved tensors, over `rows` sequences."""
+        if self.llama:  # the gradients of the SwiGLU's gate and up outputs, and of the block's output
+            return rows * seq_len * (2 * self.width + self.hidden) * precision.compute
+        return block_backward_bytes(self.elements(rows, seq_len), precision, self.mlp_ratio)
 
 
 def block_saved_bytes(elements: int, precision: Precision, mlp_ratio: int, dropout: float) -> int:
@@ -212,6 +244,34 @@ def block_working_bytes(elements: int, precision: Precision, mlp_ratio: int) -> 
     return elements * (3 * precision.stream + (7 + 2 * mlp_ratio) * precision.compute)
 
 
+def llama_block_saved_bytes(tokens: int, hidden: int, kv_width: int, width: int, precision: Precision,
+                            dropout: float) -> int:
+    """Bytes a Llama-family block (`models.llama.LlamaBlock`) saves for backward over `tokens`
+    positions. Per element of the hidden states: each RMSNorm's float32 input (2 x 4) and its
+    normalised output in the stream dtype (2), the rotated queries and the attention output in the
+    compute dtype (2), and the projections' inputs: the two norms' outputs (stream dtype), or under
+    autocast the bf16 copy each of q, k, v, gate and up makes (5); per element of the key/value
+    width (n_kv_heads x head size): the rotated keys and the values (2); per element of the SwiGLU
+    width: the gate, its SiLU, the up projection and their product (4); with dropout its two masks.
+    The rotary tables are float32 temporaries, not saved. Small tensors (the norms' statistics, the
+    attention's log-sum-exp) are left out: tests/test_memory_plan.py checks the count."""
+    inputs = 5 * precision.compute if precision.autocast else 2 * precision.stream
+    per_element = 8 + 2 * precision.stream + 2 * precision.compute + inputs
+    if dropout > 0:
+        per_element += 2 * precision.dropout_mask
+    return tokens * (hidden * per_element + kv_width * 2 * precision.compute + width * 4 * precision.compute)
+
+
+def llama_block_working_bytes(tokens: int, hidden: int, kv_width: int, width: int, precision: Precision) -> int:
+    """Bytes a Llama-family block holds at once without saving for backward, at its MLP (an
+    estimate from its local variables): its input, the residual after attention and the MLP norm's
+    output (stream dtype), the norm's float32 copy, the rotated queries (compute dtype); the
+    rotated keys and the values (2 x the key/value width); the SiLU of the gate, the up
+    projection and their product (3 x the SwiGLU width)."""
+    per_element = 3 * precision.stream + FP32 + precision.compute
+    return tokens * (hidden * per_element + kv_width * 2 * precision.compute + width * 3 * precision.compute)
+
+
 def block_backward_bytes(elements: int, precision: Precision, mlp_ratio: int) -> int:
     """What a block's backward holds beyond its saved tensors, at its MLP: the gradients of the MLP
     hidden after and before GELU, while the hidden before GELU is still saved, less the one after
@@ -230,7 +290,7 @@ def activation_bytes(shape: ModelShape, rows: int, seq_len: int, precision: Prec
     (none, full, or selective: every `every`-th block): a checkpointed block keeps only its input,
     and backward recomputes one block at a time."""
     elements = shape.elements(rows, seq_len)
-    saved = block_saved_bytes(elements, precision, shape.mlp_ratio, shape.dropout)
+    saved = shape.block_saved(rows, seq_len, precision)
     checkpointed = {"none": 0, "full": shape.n_layers, "selective": math.ceil(shape.n_layers / every)}[mode]
     blocks = (shape.n_layers - checkpointed) * saved + checkpointed * elements * precision.stream
     recomputed = saved if checkpointed else 0
@@ -347,8 +407,7 @@ def training_plan(cfg: TrainProgram, world_size: int, vocab_size: int, device_ty
         loss = Loss.of(training.task, micro, seq_len, shape, precision, fraction)
         items.append(MemoryItem("logits and loss", loss.forward, ("forward",), _BATCH_REMEDY))
         items.append(MemoryItem("loss backward", loss.backward, ("loss backward",), _BATCH_REMEDY))
-    items.append(MemoryItem("one block's backward", block_backward_bytes(shape.elements(rows, seq_len), precision,
-                                                                         shape.mlp_ratio), ("blocks backward",),
+    items.append(MemoryItem("one block's backward", shape.block_backward(rows, seq_len, precision), ("blocks backward",),
                             _BATCH_REMEDY))
     items.append(MemoryItem("gradients (float32)", local, (*STEP_PHASES[1:], "optimizer step"), _MODEL_REMEDY))
     if sharded:  # reduce-scattered in float32
@@ -387,9 +446,8 @@ def _no_grad_forward(phase: str, shape: ModelShape, rows: int, seq_len: int, pre
     """A forward without gradients over `rows` sequences: one block's working set (phase "<phase>
     forward"), then, not at the same time, the logits and the `after_logits` bytes computed from
     them (phase "<phase> logits")."""
-    elements = shape.elements(rows, seq_len)
     logits = rows * seq_len * shape.padded_vocab * precision.compute
-    return [MemoryItem(f"{phase}: one block's forward", block_working_bytes(elements, precision, shape.mlp_ratio),
+    return [MemoryItem(f"{phase}: one block's forward", shape.block_working(rows, seq_len, precision),
                        (f"{phase} forward",), remedy),
             MemoryItem(f"{phase}: logits and what follows", logits + after_logits, (f"{phase} logits",), remedy)]
 
@@ -415,15 +473,15 @@ def _evaluation_items(cfg: TrainProgram, shape: ModelShape, denoiser: ModelShape
                 *_no_grad_forward("samples", shape, num, seq_len, precision, "lower sample.num_samples", draws)]
     items = _no_grad_forward("validation negatives", denoiser, rows, seq_len, precision,
                              "lower metrics.eval_batch_size", gumbel_bytes(seq_len, vocab, precision.compute))
-    items.append(MemoryItem("validation: energy network's forward", block_working_bytes(
-        shape.elements((1 + cfg.nce.num_negatives) * rows, seq_len), precision, shape.mlp_ratio),
-        ("validation energies",), "lower metrics.eval_batch_size"))
+    items.append(MemoryItem("validation: energy network's forward", shape.block_working(
+        (1 + cfg.nce.num_negatives) * rows, seq_len, precision), ("validation energies",),
+        "lower metrics.eval_batch_size"))
     if cfg.nce.ess_candidates:  # the ESS diagnostics score k candidates of a few sequences, max_batch at a time
         sequences = min(cfg.nce.ess_sequences, rows)
         scored = min(cfg.nce.max_batch, cfg.nce.ess_candidates * sequences)
         logits = sequences * seq_len * denoiser.padded_vocab * precision.compute
-        items.append(MemoryItem(f"validation: energies of {scored} ESS candidates", logits + block_working_bytes(
-            shape.elements(scored, seq_len), precision, shape.mlp_ratio), ("validation ESS",),
+        items.append(MemoryItem(f"validation: energies of {scored} ESS candidates", logits + shape.block_working(
+            scored, seq_len, precision), ("validation ESS",),
             "lower nce.ess_candidates or nce.max_batch"))
     return items + sampling_items(denoiser, shape, num, seq_len, cfg.sample.steps, cfg.sample.num_candidates,
                                   cfg.nce.max_batch, "gumbel", precision, "lower sample.num_samples or nce.max_batch")
@@ -460,7 +518,7 @@ def sampling_items(denoiser: ModelShape, energy: ModelShape | None, rows: int, s
     items.append(MemoryItem(f"samples: {candidates} candidates' draw ({method})", held + draw, ("samples candidates",),
                             remedy))
     scored = min(max_batch, rows * candidates)
-    scoring = block_working_bytes(energy.elements(scored, seq_len), precision, energy.mlp_ratio)
+    scoring = energy.block_working(scored, seq_len, precision)
     if energy.has_logits:
         scoring = max(scoring, Loss.of("ar", scored, seq_len, energy, precision, 1.0).forward)
     items.append(MemoryItem(f"samples: energies of {scored} candidates at a time", held + scoring,
@@ -481,7 +539,10 @@ def sampling_plan(cfg: SampleProgram, denoiser: TrainProgram, vocab_size: int, e
     remedy, sampler = "lower sample.batch_size", "MDLM"
     energy_shape = None
     if energy is not None:
-        energy_shape = ModelShape.of(MODEL_KINDS[energy.training.task], energy.model, vocab_size)
+        # a llama or gpt2 energy states its own token ids (an AR model's tokenizer may lack the
+        # denoiser's mask and added ids); a dit one has the data's
+        energy_vocab = vocab_size if energy.model.family == "dit" else energy.model.vocab_size
+        energy_shape = ModelShape.of(MODEL_KINDS[energy.training.task], energy.model, energy_vocab)
         models[f"energy ({cfg.energy.kind})"] = energy_shape
         remedy += " or energy.max_batch" + (", or set sample.mode = candidates" if world_size > 1 and s.mode == "batch"
                                             else "")
