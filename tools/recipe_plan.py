@@ -14,9 +14,7 @@ on the positive and its negatives, (1 + negatives) x (6 N + 12 n_layers n_heads 
 the frozen denoiser draws the negatives, negatives x a forward (a third of that) of its own.
 Sampling: a sequence costs at most steps x a denoiser forward over L tokens, plus, in the window
 (a fraction w of the steps), k energy forwards over L tokens (`LanguageModel.flops_per_token` / 3
-per token); samples/s = GPUs x MFU x peak / that. Where a model cannot be built yet (the llama
-family's NCE energy), its row says so and, for training, the plan of the same config with task
-mdlm (fine-tuning the denoiser itself, the same backbone) stands in, labelled as such.
+per token); samples/s = GPUs x MFU x peak / that.
 
 usage: python tools/recipe_plan.py [--world-sizes 8,64] [--mfu 0.4] [--peak-tflops 989]
 """
@@ -29,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edlm_dist.config import ConfigError, SampleProgram, TrainProgram, load_config
+from edlm_dist.config import SampleProgram, TrainProgram, load_config
 from edlm_dist.config.schema import DataConfig, TrainingConfig
 from edlm_dist.energy.loading import nce_model_config
 from edlm_dist.interop.hf_layout import read_architecture
@@ -110,16 +108,8 @@ def training_rows(recipe: Recipe, worlds: list[int], mfu: float, peak: float) ->
     """Markdown rows: the training plan per rank at each world size and the predicted tokens/s."""
     denoiser, ids = imported_run(recipe.denoiser)
     cfg = nce_run(recipe.train, denoiser)
-    note = ""
-    try:
-        plans = [training_plan(cfg, world, ids, "cuda", sharded=True) for world in worlds]
-        energy = forward_flops(cfg, ids)
-    except ConfigError as err:  # the family has no NCE energy network yet
-        note = (f"NCE energy not buildable yet ({err}); figures of the same config with training.task = mdlm "
-                "(the denoiser's backbone fine-tuned) stand in: ")
-        stand_in = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, task="mdlm"))
-        plans = [training_plan(stand_in, world, ids, "cuda", sharded=True) for world in worlds]
-        energy = forward_flops(denoiser, ids)
+    plans = [training_plan(cfg, world, ids, "cuda", sharded=True) for world in worlds]
+    energy = forward_flops(cfg, ids)
     negatives = cfg.nce.num_negatives
     flops = (1 + negatives) * 3 * energy + negatives * forward_flops(denoiser, ids)
     tokens = mfu * peak / flops
@@ -128,7 +118,7 @@ def training_rows(recipe: Recipe, worlds: list[int], mfu: float, peak: float) ->
                       f"{cfg.training.steps * step_tokens / (tokens * world) / 3600:,.1f} h for {cfg.training.steps:,} "
                       "steps" for world in worlds)
     return [f"| {recipe.name} | training ({recipe.train}: {step_tokens:,} tokens per step) | "
-            f"{note}{memory_cells(plans, worlds)} | {flops / 1e9:,.1f} GFLOP per data token: {tokens:,.0f} tokens/s "
+            f"{memory_cells(plans, worlds)} | {flops / 1e9:,.1f} GFLOP per data token: {tokens:,.0f} tokens/s "
             f"per GPU; {steps} |"]
 
 
@@ -147,21 +137,13 @@ def sampling_rows(recipe: Recipe, worlds: list[int], mfu: float, peak: float) ->
     s = cfg.sample
     energy = run_of(recipe.energy, denoiser)
     energy_ids = ids if energy.model.family == "dit" else energy.model.vocab_size
-    try:
-        plans = [sampling_plan(cfg, denoiser, ids, energy, world, "cuda") for world in worlds]
-        energy_flops = forward_flops(energy, energy_ids)
-        note = ""
-    except ConfigError as err:
-        note = (f"energy not buildable yet ({err}); memory: the denoiser alone (k = 1) stands in; throughput: the "
-                "energy counted as its denoiser's backbone: ")
-        alone = dataclasses.replace(cfg, sample=dataclasses.replace(s, num_candidates=1))
-        plans = [sampling_plan(alone, denoiser, ids, None, world, "cuda") for world in worlds]
-        energy_flops = forward_flops(denoiser, ids)
+    plans = [sampling_plan(cfg, denoiser, ids, energy, world, "cuda") for world in worlds]
+    energy_flops = forward_flops(energy, energy_ids)
     per_sample = SEQ_LEN * s.steps * (forward_flops(denoiser, ids) + s.window * s.num_candidates * energy_flops)
     gpu_s = per_sample / (mfu * peak)
     throughput = ", ".join(f"{world} GPUs: {world / gpu_s:,.2f} samples/s" for world in worlds)
     return [f"| {recipe.name} | sampling ({recipe.sample}: {s.steps} steps, k = {s.num_candidates}, w = {s.window}, "
-            f"batch {s.batch_size}) | {note}{memory_cells(plans, worlds)} | at most {per_sample / 1e15:,.1f} PFLOP "
+            f"batch {s.batch_size}) | {memory_cells(plans, worlds)} | at most {per_sample / 1e15:,.1f} PFLOP "
             f"per sample: {gpu_s:,.1f} GPU-s per sample; {throughput} |"]
 
 
