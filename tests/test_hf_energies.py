@@ -77,6 +77,12 @@ def test_the_run_carries_and_decodes_with_its_tokenizer(runs, tmp_path):
     assert (bare.tokenizer, bare.tokenizer_path) == ("hf", "") and not (runs / "qwen2-bare" / "tokenizer").exists()
 
 
+def test_a_run_without_tokenizer_files_refuses_to_read_text(runs, tmp_path, capsys):
+    err = one_line_error(capsys, evaluate, ["--checkpoint", str(runs / "qwen2-bare"), "--eval.datasets=ptb",
+                                            "--out", str(tmp_path / "out"), *COMMON])
+    assert "data.tokenizer = 'hf' needs data.tokenizer_path" in err, err
+
+
 def test_a_tokenizer_that_does_not_fit_the_model_is_refused(runs, tmp_path, capsys):
     src = tmp_path / "src"
     write_layout("llada", src)

@@ -18,9 +18,6 @@ from edlm_dist.diffusion.tokens import TokenSpace
 from edlm_dist.runs.folder import IMPORTED_NAME, RunFolder
 from edlm_dist.runs.weights import Checkpoint, WeightsError, checkpoint_vocab_size
 
-_TABLES = ("hf", "gpt2")  # tokenizer kinds that can be compared id by id
-
-
 @dataclass(frozen=True)
 class SideTokens:
     """What one side says about its tokens: its name for messages, the tokenizer kind
@@ -53,7 +50,7 @@ def run_tokens(ckpt: Checkpoint, name: str) -> SideTokens:
 
 def tokenizer_tokens(tokenizer: Tokenizer, name: str) -> SideTokens:
     """The tokens of samples decoded by `tokenizer` (called `name`)."""
-    table = tokenizer if tokenizer.name in _TABLES else None
+    table = tokenizer if tokenizer.name == "hf" else None
     return SideTokens(name, tokenizer.name, tokenizer.vocab_size, tokenizer.eos_id, table)
 
 
