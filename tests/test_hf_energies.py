@@ -16,9 +16,12 @@ from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
 
 from edlm_dist.config import load_run_config
 from edlm_dist.data import run_tokenizer
+from edlm_dist.data.tokenizers import HFTokenizer
+from edlm_dist.diffusion.tokens import TokenSpace
 from edlm_dist.energy.autoregressive import DataTokenScorer
+from edlm_dist.energy.shared_tokens import SideTokens, check_same_tokens
 from edlm_dist.eval import main as evaluate
-from edlm_dist.runs.weights import checkpoint_tokens, find_checkpoint, load_weights
+from edlm_dist.runs.weights import WeightsError, checkpoint_tokens, find_checkpoint, load_weights
 from edlm_dist.sample import main as sample
 from hf_reference import EOS, MASK, VOCAB, write_layout
 from run_utils import one_line_error
@@ -29,15 +32,18 @@ COMMON = ["--runtime.device=cpu", "--metrics.progress=false", "--job.seed=0"]
 WORDS = [f"w{i}" for i in range(VOCAB)]
 
 
-def write_tokenizer(folder: Path, mask: bool, renamed: int | None = None) -> None:
-    """A WordLevel tokenizer.json of VOCAB ids (EOS at EOS; at MASK the mask token of a denoiser,
-    another special token for a causal LM) and its tokenizer_config.json; `renamed`: that id's
-    word spelled differently."""
-    words = [f"v{i}" if i == renamed else w for i, w in enumerate(WORDS)]
-    words[0], words[MASK], words[EOS] = "[UNK]", "<|mask|>" if mask else "<|reserved|>", "<|endoftext|>"
+def write_tokenizer(folder: Path, mask: bool, renamed: int | None = None, size: int = VOCAB,
+                    mask_id: int = MASK) -> None:
+    """A WordLevel tokenizer.json of `size` ids (EOS at EOS; at `mask_id` the mask token of a
+    denoiser, another special token for a causal LM) and its tokenizer_config.json; `renamed`:
+    that id's word spelled differently."""
+    words = [f"v{i}" if i == renamed else w for i, w in enumerate(WORDS[:size])]
+    words[0], words[EOS] = "[UNK]", "<|endoftext|>"
+    if mask_id < size:
+        words[mask_id] = "<|mask|>" if mask else "<|reserved|>"
     tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer.add_special_tokens([AddedToken(words[i], special=True) for i in (0, MASK, EOS)])
+    tokenizer.add_special_tokens([AddedToken(words[i], special=True) for i in sorted({0, EOS, mask_id}) if i < size])
     tokenizer.save(str(folder / "tokenizer.json"))
     config = {"eos_token": "<|endoftext|>", "unk_token": "[UNK]", **({"mask_token": "<|mask|>"} if mask else {})}
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
@@ -105,6 +111,20 @@ def test_the_ar_energy_normalises_over_the_denoisers_data_tokens(runs):
     assert (scorer.token_log_probs(x0) - own).abs().min() > 0
 
 
+def test_the_mask_may_lie_past_the_energys_ids_and_no_data_token_may(tmp_path):
+    folders = {name: tmp_path / name for name in ("denoiser", "energy")}
+    for folder in folders.values():
+        folder.mkdir()
+    write_tokenizer(folders["denoiser"], mask=True, mask_id=VOCAB - 1)  # Dream: the mask after the energy's ids
+    write_tokenizer(folders["energy"], mask=False, size=VOCAB - 1, mask_id=VOCAB - 1)
+    sides = {name: SideTokens(name, "hf", VOCAB - (name == "energy"), EOS, HFTokenizer(str(folder)))
+             for name, folder in folders.items()}
+    assert sides["denoiser"].tokenizer.mask_id == VOCAB - 1
+    check_same_tokens(sides["energy"], sides["denoiser"], TokenSpace(VOCAB - 1, VOCAB))
+    with pytest.raises(WeightsError, match=f"energy has {VOCAB - 1} token ids; denoiser writes data token {VOCAB - 1}"):
+        check_same_tokens(sides["energy"], sides["denoiser"], TokenSpace(MASK, VOCAB))  # id 95 is data here
+
+
 @pytest.mark.parametrize("denoiser", ["llada", "dream"])
 def test_edlm_samples_and_evaluates_with_imported_causal_lms(runs, denoiser, tmp_path):
     ptb = tmp_path / "ptb"
@@ -153,7 +173,8 @@ def test_an_energy_with_another_tokenizer_is_refused(runs, case, tmp_path, capsy
 
 def test_an_oracle_with_another_tokenizer_is_refused(runs, tmp_path, capsys):
     out = tmp_path / "out"
-    err = one_line_error(capsys, sample, ["--checkpoint", str(runs / "llada"), "--out", str(out),
-                                          f"--sample.oracle={runs / 'qwen2-renamed'}", "--sample.num_candidates=1", *COMMON])
+    argv = ["--checkpoint", str(runs / "llada"), "--out", str(out), "--sample.num_candidates=1",
+            f"--sample.oracle={runs / 'qwen2-renamed'}", *COMMON]
+    err = one_line_error(capsys, sample, argv)
     assert "does not share the tokenizer of the samples" in err and "id 7" in err, err
     assert not [path for path in out.rglob("*") if path.is_file()]

@@ -67,8 +67,8 @@ def load_energy(cfg: EnergyConfig, denoiser: Checkpoint, device: torch.device | 
     task = "nce" if cfg.kind == "nce" else "ar"
     ckpt = run_of_task(cfg.checkpoint, task, "energy.checkpoint")
     tokens = checkpoint_tokens(denoiser)
-    check_same_tokens(run_tokens(ckpt, f"energy.checkpoint {ckpt.run_dir}"), run_tokens(denoiser, f"the denoiser {denoiser.run_dir}"),
-                      tokens)
+    check_same_tokens(run_tokens(ckpt, f"energy.checkpoint {ckpt.run_dir}"),
+                      run_tokens(denoiser, f"the denoiser {denoiser.run_dir}"), tokens)
     model, _ = load_weights(ckpt, cfg.weights, device=device)
     if cfg.kind == "nce":
         return NCEEnergy(model, max_batch=cfg.max_batch)

@@ -18,6 +18,7 @@ from edlm_dist.diffusion.tokens import TokenSpace
 from edlm_dist.runs.folder import IMPORTED_NAME, RunFolder
 from edlm_dist.runs.weights import Checkpoint, WeightsError, checkpoint_vocab_size
 
+
 @dataclass(frozen=True)
 class SideTokens:
     """What one side says about its tokens: its name for messages, the tokenizer kind

@@ -258,8 +258,8 @@ def build_oracle(
         raise OracleError(f"oracle {spec} is a {task!r} run; a Gen PPL oracle is an 'ar' run or hf:<name>")
     if tokenizer is not None:
         try:
-            check_same_tokens(run_tokens(ckpt, f"the oracle {ckpt.run_dir}"), tokenizer_tokens(tokenizer, "the samples"),
-                              tokens or TokenSpace.mdlm(vocab_size))
+            check_same_tokens(run_tokens(ckpt, f"the oracle {ckpt.run_dir}"),
+                              tokenizer_tokens(tokenizer, "the samples"), tokens or TokenSpace.mdlm(vocab_size))
         except WeightsError as err:
             raise OracleError(str(err)) from None
     oracle_vocab = checkpoint_vocab_size(ckpt)

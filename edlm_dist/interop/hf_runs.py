@@ -6,9 +6,10 @@ denoisers LLaDA and Dream, ar for the causal LMs), one committed checkpoint of t
 (float32; no optimizer, data or EMA state), the `finished` marker, `imported.json` recording
 where the weights came from, the source's config.json, its shard plan and dtype, and its special
 token ids, and the source's tokenizer files in `tokenizer/` (the run's `data.tokenizer_path`,
-relative to the run folder) when it has them. Under torchrun each rank reads only the rows of the tensors it holds (FSDP2's shards)
-and writes them into the checkpoint itself. Every check (layout, keys, shapes, dtype, shards)
-happens before anything is written; the folder appears only once complete.
+relative to the run folder) when it has them. Under torchrun each rank reads only the rows of the
+tensors it holds (FSDP2's shards) and writes them into the checkpoint itself. Every check (layout,
+keys, shapes, dtype, shards, tokenizer) happens before anything is written; the folder appears
+only once complete.
 
 `export_hf` writes a run's weights back in a Hugging Face layout: for an imported run, the
 source's own config.json, shard files and dtype, so the round trip is bit for bit.
