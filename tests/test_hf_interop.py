@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
 
 from distributed_utils import run_distributed
 from edlm_dist.config import load_run_config, save_config
@@ -91,9 +93,11 @@ def test_imported_run_states_its_model_and_where_it_came_from(name, sources, imp
 def test_a_tokenizer_json_sets_the_token_ids_and_the_rest_is_padding(sources, tmp_path):
     src = tmp_path / "llada"
     shutil.copytree(sources["llada"][0], src)
-    vocab = {f"t{i}": i for i in range(85)}
-    added = [{"id": i, "content": f"<s{i}>", "special": True} for i in (85, 88, MASK, 92)]
-    (src / "tokenizer.json").write_text(json.dumps({"model": {"type": "BPE", "vocab": vocab}, "added_tokens": added}))
+    specials = {f"<s{i}>": i for i in (85, 88, MASK, EOS, 92)}  # ids 86, 87, 89 unused; EOS: config.json's
+    tokenizer = json.loads(Tokenizer(WordLevel({**{f"t{i}": i for i in range(85)}, **specials}, "t0")).to_str())
+    tokenizer["added_tokens"] = [{"id": i, "content": text, "single_word": False, "lstrip": False, "rstrip": False,
+                                  "normalized": False, "special": True} for text, i in specials.items()]
+    (src / "tokenizer.json").write_text(json.dumps(tokenizer))  # read by the `tokenizers` library
     import_main([str(src), "--out", str(tmp_path / "run")])
     cfg = load_run_config(tmp_path / "run" / "config.toml")
     assert cfg.model.vocab_size == 93 and cfg.model.embedding_rows == VOCAB and cfg.model.mask_id == MASK

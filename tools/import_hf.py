@@ -1,6 +1,7 @@
 """Import a Hugging Face model (LLaDA, Dream, Llama, Qwen2 or GPT-2: config.json and safetensors
-weights, one file or sharded with model.safetensors.index.json) as a run folder of this project,
-which every entry point then reads. See docs/hf_models.md.
+weights, one file or sharded with model.safetensors.index.json; its tokenizer files, when it has
+them, are copied into the run) as a run folder of this project, which every entry point then
+reads. See docs/hf_models.md.
 
 usage: python tools/import_hf.py FOLDER --out RUN_DIR [--seq-len N] [--start-token ID]
        torchrun --nproc-per-node=N tools/import_hf.py ...  (each rank reads only its shards' rows)
@@ -13,7 +14,7 @@ from typing import Sequence
 
 from edlm_dist.config import exit_on_user_error
 from edlm_dist.distributed import init_distributed, shutdown
-from edlm_dist.interop.hf_runs import import_hf, read_source
+from edlm_dist.interop.hf_runs import TOKENIZER_DIR, import_hf, read_source
 
 
 @exit_on_user_error
@@ -33,8 +34,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     finally:
         shutdown()
     if env.is_main:
+        tokenizer = (f"its tokenizer files copied into {out / TOKENIZER_DIR}" if source.tokenizer is not None else
+                     "no tokenizer files: samples cannot be decoded until data.tokenizer_path names them")
         print(f"wrote {out}: a {source.arch.task} run of the {source.arch.layout} model in {args.src} "
-              f"({source.model.vocab_size} token ids from its {source.vocab_from})")
+              f"({source.model.vocab_size} token ids from its {source.vocab_from}; {tokenizer})")
 
 
 if __name__ == "__main__":

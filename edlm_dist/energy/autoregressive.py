@@ -22,6 +22,7 @@ from torch import Tensor
 from edlm_dist.diffusion.loss import Denoiser, masked_token_nll
 from edlm_dist.diffusion.noise import gumbel_argmax
 from edlm_dist.diffusion.tokens import TokenSpace
+from edlm_dist.models.base import CausalLM
 
 
 class TokenScorer(Protocol):
@@ -38,6 +39,41 @@ class TokenScorer(Protocol):
     def __call__(self, x0: Tensor) -> Tensor:
         """Logits [N, L, >= num_tokens of the token space], position i predicting x0_i from x0_<i."""
         ...
+
+
+class DataTokenScorer(torch.nn.Module):
+    """A causal LM of this package as a `TokenScorer` in the token space `tokens` of the denoiser
+    it scores for: its conditionals are log-softmaxes over the data tokens' columns only, so
+    neither padding columns (>= the tokenizer's ids of an imported model) nor the mask's or
+    excluded ids' columns take probability mass (Dream's mask 151,666 inside Qwen2.5's rows).
+    In MDLM's layout (data ids 0..V-1 = the AR's vocabulary) it is the model's own
+    `conditional_log_probs`, bit for bit. The logits are the model's (`forward`), so compiling
+    this module compiles the model's forward."""
+
+    def __init__(self, model: CausalLM, tokens: TokenSpace) -> None:
+        super().__init__()
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"expected a causal LM module, got {type(model).__name__}")
+        self.model = model
+        self.tokens = tokens
+        self.vocab_size = model.vocab_size
+
+    def forward(self, x0: Tensor) -> Tensor:
+        """The model's logits [N, L, padded vocabulary], position i predicting x0_i."""
+        return self.model(x0)
+
+    def token_log_probs(self, x0: Tensor) -> Tensor:
+        """log p_AR(x0_i | x0_<i) [N, L] float32, normalised over the data tokens."""
+        return self.conditional_log_probs(x0, x0)[0]
+
+    def conditional_log_probs(self, x0: Tensor, *targets: Tensor) -> list[Tensor]:
+        """For each of `targets` (data tokens) [N, L]: log p_AR(targets_i | x0_<i) float32, from one forward."""
+        logits = self(x0)
+        with torch.autocast(device_type=x0.device.type, enabled=False):
+            log_probs = torch.log_softmax(self.tokens.data_logits(logits).float(), dim=-1)
+            data_ids = self.tokens.data_ids(x0.device)
+            return [log_probs.gather(-1, torch.searchsorted(data_ids, target)[..., None]).squeeze(-1)
+                    for target in targets]
 
 
 class AREnergy:

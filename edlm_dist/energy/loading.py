@@ -11,15 +11,14 @@ import torch
 
 from edlm_dist.config import ConfigError, EnergyConfig, TrainProgram, validate_config
 from edlm_dist.config.schema import ModelConfig
-from edlm_dist.energy.autoregressive import AREnergy
+from edlm_dist.energy.autoregressive import AREnergy, DataTokenScorer
 from edlm_dist.energy.nce import NCEEnergy
+from edlm_dist.energy.shared_tokens import check_same_tokens, run_tokens
 from edlm_dist.models import Transformer
 from edlm_dist.runs.weights import (
     Checkpoint,
     WeightsError,
-    check_same_data,
     checkpoint_tokens,
-    checkpoint_vocab_size,
     load_weights,
     run_of_task,
 )
@@ -81,13 +80,16 @@ def load_denoiser(path: str, key: str, cfg: EnergyConfig,
 
 def load_energy(cfg: EnergyConfig, denoiser: Checkpoint, device: torch.device | str = "cpu") -> AREnergy | NCEEnergy:
     """The energy callable `energy.kind` names, built from `energy.checkpoint` (the AR run for
-    ar/coar, the NCE run for nce) and checked against the `denoiser` run it will correct, whose
-    token space an AR energy scores in."""
+    ar/coar, the NCE run for nce) and checked against the `denoiser` run it will correct: the same
+    tokenizer (`check_same_tokens`) and sequence length. An AR energy scores in the denoiser's
+    token space, its conditionals normalised over the denoiser's data tokens (`DataTokenScorer`)."""
     task = "nce" if cfg.kind == "nce" else "ar"
     ckpt = run_of_task(cfg.checkpoint, task, "energy.checkpoint")
-    check_same_data(ckpt, ckpt.path, checkpoint_vocab_size(denoiser), denoiser.config.data.seq_len,
-                    f"the denoiser {denoiser.path}")
+    tokens = checkpoint_tokens(denoiser)
+    check_same_tokens(run_tokens(ckpt, f"energy.checkpoint {ckpt.run_dir}"),
+                      run_tokens(denoiser, f"the denoiser {denoiser.run_dir}"), tokens)
     model, _ = load_weights(ckpt, cfg.weights, device=device)
     if cfg.kind == "nce":
         return NCEEnergy(model, max_batch=cfg.max_batch)
-    return AREnergy(model, carry_over=cfg.kind == "coar", max_batch=cfg.max_batch, tokens=checkpoint_tokens(denoiser))
+    return AREnergy(DataTokenScorer(model, tokens), carry_over=cfg.kind == "coar", max_batch=cfg.max_batch,
+                    tokens=tokens)

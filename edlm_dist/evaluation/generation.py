@@ -29,9 +29,10 @@ from torch import Tensor
 
 from edlm_dist.data.tokenizers import Tokenizer
 from edlm_dist.diffusion import TokenSpace
+from edlm_dist.energy.shared_tokens import check_same_tokens, run_tokens, tokenizer_tokens
 from edlm_dist.evaluation.reportable import NOT_REPORTED, impossible_reason, non_finite_reason
-from edlm_dist.models.transformer import ARTransformer
-from edlm_dist.runs.weights import checkpoint_vocab_size, find_checkpoint, load_weights
+from edlm_dist.models import CausalLM
+from edlm_dist.runs.weights import WeightsError, checkpoint_vocab_size, find_checkpoint, load_weights
 
 HF_PREFIX = "hf:"
 
@@ -111,7 +112,7 @@ class ProjectAROracle:
     """
 
     def __init__(
-        self, model: ARTransformer, eos_id: int | None, max_batch: int = 16,
+        self, model: CausalLM, eos_id: int | None, max_batch: int = 16,
         max_length: int | None = None, name: str = "project AR",
     ) -> None:
         if max_batch < 1:
@@ -239,7 +240,9 @@ def build_oracle(
     `hf:<name or folder>`: a Hugging Face causal LM; it decodes samples to text, so it needs the
     samples' `tokenizer` (and their token space `tokens`, default MDLM's). Anything else: a
     project `ar` run folder (or one of its step folders) over the same vocabulary (`weights`:
-    "ema"/"model", None = EMA when the run has it).
+    "ema"/"model", None = EMA when the run has it); given the samples' `tokenizer`, the run must
+    share it (`check_same_tokens`: id by id over the data tokens of `tokens` where both have
+    tokenizer files, else the same settings).
     """
     spec = os.fspath(spec)
     if spec.startswith(HF_PREFIX):
@@ -253,14 +256,20 @@ def build_oracle(
     task = ckpt.config.training.task
     if task != "ar":
         raise OracleError(f"oracle {spec} is a {task!r} run; a Gen PPL oracle is an 'ar' run or hf:<name>")
+    if tokenizer is not None:
+        try:
+            check_same_tokens(run_tokens(ckpt, f"the oracle {ckpt.run_dir}"),
+                              tokenizer_tokens(tokenizer, "the samples"), tokens or TokenSpace.mdlm(vocab_size))
+        except WeightsError as err:
+            raise OracleError(str(err)) from None
     oracle_vocab = checkpoint_vocab_size(ckpt)
-    if oracle_vocab != vocab_size:
+    if tokenizer is None and oracle_vocab != vocab_size:
         raise OracleError(
             f"oracle {ckpt.path} has vocabulary size {oracle_vocab} but the samples have {vocab_size}: "
             "an AR oracle must share the samples' tokenizer (or use hf:<name>, which retokenises)"
         )
     model, _ = load_weights(ckpt, weights, device=device)
-    assert isinstance(model, ARTransformer)  # an 'ar' run builds one
+    assert isinstance(model, CausalLM)  # an 'ar' run builds one
     return ProjectAROracle(model, eos_id, max_batch, ckpt.config.data.seq_len, name=str(ckpt.path))
 
 

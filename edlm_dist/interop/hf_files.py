@@ -1,5 +1,6 @@
 """The files of a Hugging Face model folder: `config.json`, the safetensors weights (one
-`model.safetensors`, or shards listed by `model.safetensors.index.json`) and `tokenizer.json`.
+`model.safetensors`, or shards listed by `model.safetensors.index.json`), `tokenizer.json` and
+the other tokenizer files (`TOKENIZER_FILES`, copied into an imported run by `copy_tokenizer`).
 
 Headers are read without touching tensor data, so every check (a missing shard, an index that
 disagrees with its shards, a truncated file, a dtype that is not a float, mixed dtypes) happens
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,10 @@ CONFIG = "config.json"
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 TOKENIZER = "tokenizer.json"
+# the data files a model folder's tokenizer is read from (edlm_dist.data.hf_files), besides config.json's ids
+TOKENIZER_FILES = (TOKENIZER, "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json",
+                   "generation_config.json", "chat_template.jinja")
+TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "mask_token_id")  # what config.json says of them
 DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 SAFETENSORS_METADATA = {"format": "pt"}  # what transformers' save_pretrained writes
@@ -163,6 +169,24 @@ def tokenizer_ids(folder: Path) -> int | None:
     if not ids or not all(isinstance(i, int) and i >= 0 for i in ids):
         raise HFFormatError(f"{path} defines no token ids (model.vocab and added_tokens)")
     return max(ids) + 1
+
+
+def tokenizer_files(folder: Path) -> list[str]:
+    """The names of `TOKENIZER_FILES` present in `folder` (none: the folder ships no tokenizer)."""
+    names = [name for name in TOKENIZER_FILES if (folder / name).is_file()]
+    has_tokens = TOKENIZER in names or {"vocab.json", "merges.txt"} <= set(names)
+    return names if has_tokens else []
+
+
+def copy_tokenizer(folder: Path, names: list[str], config: dict[str, Any], dest: Path) -> None:
+    """Copy the tokenizer files `names` of `folder` into the new folder `dest`, with a config.json
+    holding only the token ids of the model's `config` (`TOKEN_ID_KEYS`), so `dest` reads as the
+    same tokenizer as `folder` and is no model folder."""
+    dest.mkdir()
+    for name in names:
+        shutil.copyfile(folder / name, dest / name)
+    ids = {key: config[key] for key in TOKEN_ID_KEYS if key in config}
+    (dest / CONFIG).write_text(json.dumps(ids, indent=2) + "\n")
 
 
 def write_safetensors(folder: Path, tensors: dict[str, Tensor], weight_map: dict[str, str] | None,

@@ -3,11 +3,13 @@
 `import_hf` makes an ordinary run folder from a Hugging Face folder (config.json and safetensors
 weights, one file or sharded): its `config.toml` (the architecture in [model], task mdlm for the
 denoisers LLaDA and Dream, ar for the causal LMs), one committed checkpoint of the model weights
-(float32; no optimizer, data or EMA state), the `finished` marker and `imported.json` recording
+(float32; no optimizer, data or EMA state), the `finished` marker, `imported.json` recording
 where the weights came from, the source's config.json, its shard plan and dtype, and its special
-token ids. Under torchrun each rank reads only the rows of the tensors it holds (FSDP2's shards)
-and writes them into the checkpoint itself. Every check (layout, keys, shapes, dtype, shards)
-happens before anything is written; the folder appears only once complete.
+token ids, and the source's tokenizer files in `tokenizer/` (the run's `data.tokenizer_path`,
+relative to the run folder) when it has them. Under torchrun each rank reads only the rows of the
+tensors it holds (FSDP2's shards) and writes them into the checkpoint itself. Every check (layout,
+keys, shapes, dtype, shards, tokenizer) happens before anything is written; the folder appears
+only once complete.
 
 `export_hf` writes a run's weights back in a Hugging Face layout: for an imported run, the
 source's own config.json, shard files and dtype, so the round trip is bit for bit.
@@ -33,10 +35,13 @@ from edlm_dist.config import TrainProgram, config_to_toml, validate_config
 from edlm_dist.config.schema import (
     CheckpointConfig, DataConfig, ModelConfig, ParallelConfig, RunJobConfig, TrainingConfig,
 )
+from edlm_dist.data.errors import TokenizerError
+from edlm_dist.data.tokenizers import GPT2_VOCAB_SIZE, HFTokenizer
 from edlm_dist.distributed import build_mesh, first_nonfinite, local_rows, on_main_rank, parallelize_model
 from edlm_dist.fileio import StorageError, atomic_folder
 from edlm_dist.interop.hf_files import (
-    CONFIG, DTYPES, DTYPE_NAMES, SafetensorsFolder, open_folder, read_json, tokenizer_ids, write_safetensors,
+    CONFIG, DTYPES, DTYPE_NAMES, SafetensorsFolder, copy_tokenizer, open_folder, read_json, tokenizer_files,
+    tokenizer_ids, write_safetensors,
 )
 from edlm_dist.interop.hf_layout import (
     GPT2_MASK_BUFFER, LAYOUTS, HFArchitecture, HFFormatError, TensorMap, architecture_matches, check_expressible,
@@ -50,6 +55,7 @@ from edlm_dist.runs.weights import Checkpoint, load_weights
 IMPORT_STEP = 0  # the step of an imported run's one checkpoint (no training steps of this project behind it)
 MAX_SEQ_LEN = 4096  # the default data.seq_len: the config's context length, at most this
 SHARD_BYTES = 5 * 2**30  # transformers' default max_shard_size ("5GB")
+TOKENIZER_DIR = "tokenizer"  # an imported run's copy of its source's tokenizer files, inside the run folder
 _TORCH_DTYPES = {name: DTYPES[key] for key, name in DTYPE_NAMES.items()}
 
 
@@ -63,10 +69,12 @@ class HFSource:
     arch: HFArchitecture
     weights: SafetensorsFolder
     model: ModelConfig
-    vocab_from: str  # "tokenizer.json" or "config.json": where model.vocab_size comes from
+    vocab_from: str  # "tokenizer.json", "vocab.json" or "config.json": where model.vocab_size comes from
     prefix: str  # GPT-2: "transformer." when the tensors are GPT2LMHeadModel's, else ""
     maps: list[TensorMap]
     ignored: list[str]  # tensors known and never read (GPT-2's causal-mask buffers)
+    tokenizer: HFTokenizer | None  # the folder's tokenizer, None where it ships none
+    tokenizer_files: list[str]  # its files, copied into the run
 
     @property
     def kind(self) -> str:
@@ -75,9 +83,9 @@ class HFSource:
 
 def read_source(src: str | os.PathLike[str], start_token: int | None = None) -> HFSource:
     """The Hugging Face folder `src`, checked against our models without reading tensor data:
-    its config.json, tokenizer.json (when present: the number of token ids; else the config's
-    rows), and every tensor's name, shape and dtype. `start_token` overrides a causal LM's
-    bos_token_id."""
+    its config.json, its tokenizer (when present: the number of token ids, read with the
+    `tokenizers` library and checked against the model; else the config's rows), and every
+    tensor's name, shape and dtype. `start_token` overrides a causal LM's bos_token_id."""
     folder = Path(os.path.expanduser(os.fspath(src)))
     if not folder.is_dir():
         raise HFFormatError(f"{src}: no such folder (give a Hugging Face model folder: config.json and safetensors)")
@@ -85,6 +93,7 @@ def read_source(src: str | os.PathLike[str], start_token: int | None = None) -> 
     arch = read_architecture(config, str(folder / CONFIG))
     weights = open_folder(folder)
     counted = tokenizer_ids(folder)
+    names = tokenizer_files(folder)
     vocab, vocab_from = (counted, "tokenizer.json") if counted is not None else (arch.rows, "config.json")
     if vocab > arch.rows:
         raise HFFormatError(f"{folder / 'tokenizer.json'} defines {vocab} token ids, more than the {arch.rows} rows "
@@ -92,6 +101,9 @@ def read_source(src: str | os.PathLike[str], start_token: int | None = None) -> 
     mask = arch.fields.get("mask_id", -1)
     if arch.task == "mdlm" and not 0 <= mask < vocab:
         raise HFFormatError(f"{folder}: mask_token_id {mask} is not one of the {vocab} token ids ({vocab_from})")
+    tokenizer = _read_tokenizer(folder, names, vocab if counted is not None else arch.rows, mask)
+    if tokenizer is not None and counted is None:
+        vocab, vocab_from = tokenizer.vocab_size, "vocab.json"
     if arch.task == "ar":
         start_token = arch.special_ids.get("bos") if start_token is None else start_token
         if not isinstance(start_token, int):
@@ -109,7 +121,25 @@ def read_source(src: str | os.PathLike[str], start_token: int | None = None) -> 
               for m, (_, p) in zip(maps, meta.named_parameters())}
     ignored = sorted(n for n in weights.tensors if arch.layout == "gpt2" and GPT2_MASK_BUFFER.match(n))
     _check_tensors(weights, shapes, ignored, f"{folder} ({arch.layout} layout of its config.json)")
-    return HFSource(folder, config, arch, weights, model, vocab_from, prefix, maps, ignored)
+    return HFSource(folder, config, arch, weights, model, vocab_from, prefix, maps, ignored, tokenizer, names)
+
+
+def _read_tokenizer(folder: Path, names: list[str], vocab: int, mask: int) -> HFTokenizer | None:
+    """The tokenizer of `folder` (None without tokenizer files), checked against the model: at
+    most `vocab` token ids, and a denoiser's `mask` id (>= 0) its mask token."""
+    if not names:
+        return None
+    try:
+        tokenizer = HFTokenizer(str(folder))
+    except TokenizerError as err:
+        raise HFFormatError(f"{folder}: its tokenizer cannot be read: {err}") from None
+    if tokenizer.vocab_size > vocab:
+        raise HFFormatError(f"{folder}: its tokenizer has {tokenizer.vocab_size} token ids, more than the model's "
+                            f"{vocab}")
+    if mask >= 0 and tokenizer.mask_id != mask:
+        raise HFFormatError(f"{folder}: the model's mask_token_id is {mask} but its tokenizer's mask token is "
+                            f"{'none' if tokenizer.mask_id == tokenizer.vocab_size else tokenizer.mask_id}")
+    return tokenizer
 
 
 def _check_tensors(weights: SafetensorsFolder, expected: dict[str, tuple[int, ...]], ignored: list[str],
@@ -131,15 +161,16 @@ def _check_tensors(weights: SafetensorsFolder, expected: dict[str, tuple[int, ..
 
 def imported_config(source: HFSource, out: Path, seq_len: int | None = None) -> TrainProgram:
     """The run config of an imported model: its architecture, its task, `seq_len` tokens per
-    sequence (default: the config's context length, at most MAX_SEQ_LEN), no EMA; GPT-2 reads
-    GPT-2 tokens of OpenWebText (MDLM's mdlm-owt corpus), the others record their folder as
-    data.tokenizer_path (its tokenizer.json)."""
+    sequence (default: the config's context length, at most MAX_SEQ_LEN), no EMA; GPT-2 itself
+    (its 50,257 token ids) reads GPT-2 tokens of OpenWebText (MDLM's mdlm-owt corpus), the others
+    their own tokenizer: the copy of their source's files in the run (`TOKENIZER_DIR`, relative
+    to the run folder), or, without tokenizer files, `hf` with no path, which decoding refuses."""
     arch = source.arch
     seq_len = seq_len or min(arch.context, MAX_SEQ_LEN)
-    if arch.layout == "gpt2":
+    if arch.layout == "gpt2" and source.model.vocab_size == GPT2_VOCAB_SIZE:
         data = DataConfig(dataset="openwebtext", tokenizer="gpt2", seq_len=seq_len)
     else:
-        data = DataConfig(seq_len=seq_len, tokenizer_path=str(source.folder))
+        data = DataConfig(seq_len=seq_len, tokenizer="hf", tokenizer_path=TOKENIZER_DIR if source.tokenizer else "")
     cfg = TrainProgram(
         job=RunJobConfig(name=out.name, dump_folder=str(out.parent),
                          description=f"{arch.layout} weights imported from {source.folder}"),
@@ -189,6 +220,8 @@ def import_hf(source: HFSource, out: str | os.PathLike[str], seq_len: int | None
 
     def finish(folder: Path) -> None:
         run = RunFolder(folder)
+        if source.tokenizer is not None:
+            _copy_tokenizer(source, folder / TOKENIZER_DIR)
         (folder / CONFIG_NAME).write_text(config_to_toml(cfg))
         run.write_json(IMPORTED_NAME, {**provenance, "imported_at": time.time()})
         run.mark("finished", step=IMPORT_STEP)
@@ -198,6 +231,19 @@ def import_hf(source: HFSource, out: str | os.PathLike[str], seq_len: int | None
         CheckpointManager(str(tmp / cfg.checkpoint.folder), keep_last=1).save(IMPORT_STEP, state, is_main=is_main)
         on_main_rank(lambda: commit(finish), is_main)
     return out
+
+
+def _copy_tokenizer(source: HFSource, dest: Path) -> None:
+    """Copy the source's tokenizer files into `dest` and check that they read as the same
+    tokenizer: the same ids, special tokens and chat template."""
+    assert source.tokenizer is not None
+    copy_tokenizer(source.folder, source.tokenizer_files, source.config, dest)
+    theirs, ours = source.tokenizer, HFTokenizer(str(dest))
+    same = [(a.fingerprint(), a.eos_id, a.bos_id, a.mask_id, a.stop_ids, a.special_tokens, a.chat_template)
+            for a in (theirs, ours)]
+    if same[0] != same[1]:
+        raise HFFormatError(f"{source.folder}: its tokenizer files read differently once copied out of the folder "
+                            f"(another file of it decides its tokens); nothing is imported")
 
 
 def _refuse_existing(out: Path) -> None:

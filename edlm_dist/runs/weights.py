@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -64,7 +64,7 @@ def find_checkpoint(path: str | os.PathLike[str], step: int | None = None) -> Ch
     config_path = run_dir / "config.toml"
     if not config_path.is_file():
         raise WeightsError(f"run config not found: {config_path}")
-    config = load_run_config(config_path)
+    config = with_run_paths(load_run_config(config_path), run_dir)
     if match:
         found = int(match.group(1))
         if step is not None and step != found:
@@ -81,6 +81,16 @@ def find_checkpoint(path: str | os.PathLike[str], step: int | None = None) -> Ch
     elif step not in steps:
         raise WeightsError(f"step {step} has no committed checkpoint in {manager.folder} (committed: {steps})")
     return Checkpoint(run_dir, manager.path(step), step, config)
+
+
+def with_run_paths(config: TrainProgram, run_dir: Path) -> TrainProgram:
+    """`config` with a relative `data.tokenizer_path` that names a path inside `run_dir` (an
+    imported run's own tokenizer files) made that path, so a run folder is self-contained
+    wherever it is moved; other paths are left as given (relative to the working directory)."""
+    path = config.data.tokenizer_path
+    if not path or os.path.isabs(path) or not (run_dir / path).exists():
+        return config
+    return replace(config, data=replace(config.data, tokenizer_path=str(run_dir / path)))
 
 
 def run_checkpoints(run_dir: Path, config: TrainProgram) -> CheckpointManager:
