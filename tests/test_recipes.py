@@ -21,6 +21,7 @@ from edlm_dist.sample import main as sample
 from edlm_dist.train import main as train
 from hf_reference import write_layout
 from mdlm_reference import random_backbone
+from test_hf_energies import write_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "configs" / "recipes"
@@ -43,14 +44,28 @@ def tool(name: str):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Tiny LLaDA, Dream and Qwen2 checkpoints imported as runs of LENGTH tokens (folders named
-    as the recipes name theirs)."""
+    """Tiny LLaDA, Dream and Qwen2 checkpoints with their tokenizers imported as runs of LENGTH
+    tokens (folders named as the recipes name theirs)."""
     root = tmp_path_factory.mktemp("recipes")
     import_hf = tool("import_hf")
     for layout, name in (("llada", "llada-8b"), ("dream", "dream-7b"), ("qwen2", "qwen2.5-7b")):
         write_layout(layout, root / "hf" / layout)
+        write_tokenizer(root / "hf" / layout, mask=layout != "qwen2")  # the folders bring their tokenizer.json
         import_hf([str(root / "hf" / layout), "--out", str(root / name), "--seq-len", str(LENGTH)])
     return root
+
+
+def word_text(lines: int) -> str:
+    """Text in the tiny tokenizers' words (w1..w80), `lines` lines of 9 words."""
+    return "\n".join(" ".join(f"w{(7 * i + j) % 80 + 1}" for j in range(9)) for i in range(lines)) + "\n"
+
+
+@pytest.fixture
+def ptb_words(tmp_path: Path) -> Path:
+    """A PTB-layout validation file in the tiny tokenizers' words."""
+    (tmp_path / "ptb").mkdir()
+    (tmp_path / "ptb" / "ptb.valid.txt").write_text(word_text(12))
+    return tmp_path / "ptb"
 
 
 def sampled(out: Path, kind: str) -> None:
@@ -67,13 +82,13 @@ def scored(out: Path, estimator: str) -> list[Path]:
     return found
 
 
-def test_dream_with_a_qwen2_coar_energy_samples_and_is_scored(runs, tmp_path):
+def test_dream_with_a_qwen2_coar_energy_samples_and_is_scored(runs, ptb_words, tmp_path):
     energy = f"--energy.checkpoint={runs / 'qwen2.5-7b'}"
     sample(["--config", str(RECIPES / "dream_coar_sample.toml"), "--checkpoint", str(runs / "dream-7b"),
             "--out", str(tmp_path / "samples"), energy, *SMALL_SAMPLING])
     sampled(tmp_path / "samples", "coar")
     evaluate(["--config", str(RECIPES / "dream_coar_eval.toml"), "--checkpoint", str(runs / "dream-7b"),
-              "--out", str(tmp_path / "eval"), energy, "--eval.datasets=val", *SMALL_EVAL])
+              "--out", str(tmp_path / "eval"), energy, f"--eval.datasets=ptb:val={ptb_words}", *SMALL_EVAL])
     scored(tmp_path / "eval", "edlm_coar")
 
 
@@ -109,11 +124,14 @@ def test_mdlm_owt_with_a_gpt2_ar_energy_samples_and_is_scored(mdlm_owt, data_dir
     scored(tmp_path / "eval", "edlm_ar")
 
 
-def test_llada_nce_recipe_trains_a_few_steps_then_samples_and_is_scored(runs, tmp_path, capsys):
+def test_llada_nce_recipe_trains_a_few_steps_then_samples_and_is_scored(runs, ptb_words, tmp_path, capsys):
     run = tmp_path / "runs" / "llada-8b-nce"
+    text = tmp_path / "corpus.txt"
+    text.write_text(word_text(200))
     train(["--config", str(RECIPES / "llada_nce.toml"), *CPU, f"--job.dump_folder={run.parent}",
-           f"--nce.denoiser={runs / 'llada-8b'}", "--data.dataset=synthetic", "--data.tokenizer=synthetic",
-           "--data.path=", "--data.format=auto", "--data.num_workers=0", "--data.synthetic_states=95",
+           f"--nce.denoiser={runs / 'llada-8b'}", "--data.dataset=text", "--data.tokenizer=hf",
+           f"--data.tokenizer_path={runs / 'llada-8b' / 'tokenizer'}", f"--data.path={text}", "--data.format=auto",
+           "--data.num_workers=0",
            f"--data.seq_len={LENGTH}", "--training.steps=2", "--training.global_batch_size=4",
            "--training.micro_batch_size=0", "--parallel.compile=false", "--checkpoint.interval=2",
            "--checkpoint.async_save=false", "--metrics.eval_interval=2", "--metrics.eval_batches=1",
@@ -126,7 +144,7 @@ def test_llada_nce_recipe_trains_a_few_steps_then_samples_and_is_scored(runs, tm
             *SMALL_SAMPLING])
     sampled(tmp_path / "samples", "nce")
     evaluate(["--config", str(RECIPES / "llada_nce_eval.toml"), "--checkpoint", str(run),
-              "--out", str(tmp_path / "eval"), *SMALL_EVAL])
+              "--out", str(tmp_path / "eval"), f"--eval.datasets=ptb:val={ptb_words}", *SMALL_EVAL])
     scored(tmp_path / "eval", "edlm_nce")
 
 
