@@ -24,6 +24,7 @@ from edlm_dist.eval import main as evaluate
 from edlm_dist.runs.weights import WeightsError, checkpoint_tokens, find_checkpoint, load_weights
 from edlm_dist.sample import main as sample
 from hf_reference import EOS, MASK, VOCAB, write_layout
+from distributed_utils import run_distributed
 from run_utils import one_line_error
 from test_hf_interop import import_main
 
@@ -178,3 +179,22 @@ def test_an_oracle_with_another_tokenizer_is_refused(runs, tmp_path, capsys):
     err = one_line_error(capsys, sample, argv)
     assert "does not share the tokenizer of the samples" in err and "id 7" in err, err
     assert not [path for path in out.rglob("*") if path.is_file()]
+
+
+def _sample_on_two_ranks(argv: list[str]) -> None:
+    sample(argv)
+
+
+def test_candidates_of_an_imported_denoiser_spread_over_two_ranks(runs, tmp_path):
+    """EDLM importance sampling of a LLaDA with a Qwen2 coAR energy, its k candidates split over
+    two ranks (the law is the one process's: tests/test_sampler.py checks it on a toy)."""
+    out = tmp_path / "two"
+    run_distributed(_sample_on_two_ranks, 2, [
+        "--checkpoint", str(runs / "llada"), "--sample.num_samples=2", "--sample.steps=4", "--sample.num_candidates=4",
+        "--sample.mode=candidates", "--energy.kind=coar", f"--energy.checkpoint={runs / 'qwen2'}",
+        "--sample.reference=false", "--out", str(out), *COMMON])
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["world_size"], summary["mode"], summary["energy_evals_per_sample"]) == (2, "candidates", 16.0)
+    assert 1 <= summary["mean_ess"] <= 4 and len(summary["peak_memory_gib_per_rank"]) == 2
+    records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and all(MASK not in r["tokens"] and len(r["tokens"]) == SEQ_LEN for r in records)
