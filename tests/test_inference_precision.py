@@ -89,7 +89,8 @@ def test_energies_and_log_probs_stay_float_and_finite_and_close(runs):
 
 
 def sample_args(runs: Path, out: Path, *extra: str) -> list[str]:
-    return [f"--sample.checkpoint={runs / 'mdlm'}", f"--sample.output={out}", "--energy.kind=ar", f"--energy.checkpoint={runs / 'ar'}", "--sample.num_samples=4",
+    return [f"--sample.checkpoint={runs / 'mdlm'}", f"--sample.output={out}", "--energy.kind=ar",
+            f"--energy.checkpoint={runs / 'ar'}", "--sample.num_samples=4",
             "--sample.num_candidates=2", "--sample.window=0.5", "--sample.reference=false", *extra]
 
 
@@ -104,8 +105,10 @@ def test_sampling_in_bf16_weights_runs_and_agrees_with_float32(runs, tmp_path):
     summaries = {name: json.loads((tmp_path / name / "summary.json").read_text()) for name in ("half", "full")}
     for summary in summaries.values():
         assert summary["num_samples"] == 4 and 1.0 <= summary["mean_ess"] <= 2.0
-    samples = {name: [json.loads(line)["tokens"] for line in (tmp_path / name / "samples.jsonl").read_text().splitlines()]
-               for name in ("half", "full")}
+    samples = {}
+    for name in ("half", "full"):
+        lines = (tmp_path / name / "samples.jsonl").read_text().splitlines()
+        samples[name] = [json.loads(line)["tokens"] for line in lines]
     same = sum(a == b for x, y in zip(samples["half"], samples["full"]) for a, b in zip(x, y))
     assert same >= 0.5 * 4 * 16  # the same noise: bf16 weights move few draws
     saved = load_config(SampleProgram, tmp_path / "half" / "config.toml")

@@ -47,8 +47,8 @@ class ReaderRuntimeConfig(RuntimeConfig):
     """Sampling's and evaluation's [runtime] also says in which dtype the models they only read (the
     denoiser, the energy's network) hold their weights: "float32", or "compute", the compute dtype
     of `mixed_precision` (bf16 on CUDA by default), which halves their memory and drops autocast's
-    bf16 copies; the residual stream is then bf16 as in FSDP2 training, and what is float32 today
-    (energies, log-softmax, the diffusion math, the Gen PPL oracle) stays float32."""
+    bf16 copies; the residual stream is then bf16 as in FSDP2 training, and what is float32 or
+    float64 today (the energy head, log-softmax, the diffusion math, the Gen PPL oracle) stays so."""
 
     inference_weights: Literal["float32", "compute"] = "float32"
 

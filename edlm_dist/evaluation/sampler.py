@@ -112,7 +112,8 @@ class Sampler:
         self.denoiser, self.denoiser_ckpt = load_denoiser(*denoiser, self.env.device, dtype)
         self.output = output_folder(cfg, self.denoiser_ckpt)
         on_main_rank(self._check_output, self.env.is_main)
-        self.energy = load_energy(cfg.energy, self.denoiser_ckpt, self.env.device, dtype) if s.num_candidates > 1 else None
+        self.energy = (load_energy(cfg.energy, self.denoiser_ckpt, self.env.device, dtype) if s.num_candidates > 1
+                       else None)
         self._refuse_oracle_as_energy()
         self.seq_len = self.denoiser_ckpt.config.data.seq_len
         self.compute_dtype = compute_dtype(cfg.runtime.mixed_precision, self.env.device)
