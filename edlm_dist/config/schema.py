@@ -43,6 +43,17 @@ class RuntimeConfig:
 
 
 @dataclass
+class ReaderRuntimeConfig(RuntimeConfig):
+    """Sampling's and evaluation's [runtime] also says in which dtype the models they only read (the
+    denoiser, the energy's network) hold their weights: "float32", or "compute", the compute dtype
+    of `mixed_precision` (bf16 on CUDA by default), which halves their memory and drops autocast's
+    bf16 copies; the residual stream is then bf16 as in FSDP2 training, and what is float32 or
+    float64 today (the energy head, log-softmax, the diffusion math, the Gen PPL oracle) stays so."""
+
+    inference_weights: Literal["float32", "compute"] = "float32"
+
+
+@dataclass
 class ModelConfig:
     """The architecture, complete: a run folder's [model] rebuilds its model exactly.
 
@@ -345,7 +356,7 @@ class _EnergyReader:
     corrected by the energy of [energy]."""
 
     job: JobConfig = field(default_factory=JobConfig)
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    runtime: ReaderRuntimeConfig = field(default_factory=ReaderRuntimeConfig)
     metrics: ProgressConfig = field(default_factory=ProgressConfig)
     energy: EnergyConfig = field(default_factory=EnergyConfig)
 

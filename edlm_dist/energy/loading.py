@@ -70,25 +70,27 @@ def denoiser_checkpoint(path: str, key: str, cfg: EnergyConfig) -> Checkpoint:
     return run_of_task(path, "mdlm", key)
 
 
-def load_denoiser(path: str, key: str, cfg: EnergyConfig,
-                  device: torch.device | str = "cpu") -> tuple[Transformer, Checkpoint]:
-    """The MDLM of `denoiser_checkpoint(path, key, cfg)`, in eval mode on `device`."""
+def load_denoiser(path: str, key: str, cfg: EnergyConfig, device: torch.device | str = "cpu",
+                  dtype: torch.dtype = torch.float32) -> tuple[Transformer, Checkpoint]:
+    """The MDLM of `denoiser_checkpoint(path, key, cfg)`, in eval mode on `device`, its weights in `dtype`."""
     ckpt = denoiser_checkpoint(path, key, cfg)
-    model, _ = load_weights(ckpt, cfg.weights, device=device)
+    model, _ = load_weights(ckpt, cfg.weights, device=device, dtype=dtype)
     return model, ckpt
 
 
-def load_energy(cfg: EnergyConfig, denoiser: Checkpoint, device: torch.device | str = "cpu") -> AREnergy | NCEEnergy:
+def load_energy(cfg: EnergyConfig, denoiser: Checkpoint, device: torch.device | str = "cpu",
+                dtype: torch.dtype = torch.float32) -> AREnergy | NCEEnergy:
     """The energy callable `energy.kind` names, built from `energy.checkpoint` (the AR run for
-    ar/coar, the NCE run for nce) and checked against the `denoiser` run it will correct: the same
-    tokenizer (`check_same_tokens`) and sequence length. An AR energy scores in the denoiser's
-    token space, its conditionals normalised over the denoiser's data tokens (`DataTokenScorer`)."""
+    ar/coar, the NCE run for nce; its network's weights in `dtype`) and checked against the
+    `denoiser` run it will correct: the same tokenizer (`check_same_tokens`) and sequence length.
+    An AR energy scores in the denoiser's token space, its conditionals normalised over the
+    denoiser's data tokens (`DataTokenScorer`)."""
     task = "nce" if cfg.kind == "nce" else "ar"
     ckpt = run_of_task(cfg.checkpoint, task, "energy.checkpoint")
     tokens = checkpoint_tokens(denoiser)
     check_same_tokens(run_tokens(ckpt, f"energy.checkpoint {ckpt.run_dir}"),
                       run_tokens(denoiser, f"the denoiser {denoiser.run_dir}"), tokens)
-    model, _ = load_weights(ckpt, cfg.weights, device=device)
+    model, _ = load_weights(ckpt, cfg.weights, device=device, dtype=dtype)
     if cfg.kind == "nce":
         return NCEEnergy(model, max_batch=cfg.max_batch)
     return AREnergy(DataTokenScorer(model, tokens), carry_over=cfg.kind == "coar", max_batch=cfg.max_batch,

@@ -58,7 +58,7 @@ from edlm_dist.evaluation.reportable import NOT_REPORTED, finite_or_none, imposs
 from edlm_dist.fileio import atomic_write_text
 from edlm_dist.models import Transformer
 from edlm_dist.energy.loading import load_denoiser, load_energy
-from edlm_dist.runs.weights import Checkpoint, checkpoint_tokens, find_checkpoint, load_weights
+from edlm_dist.runs.weights import Checkpoint, checkpoint_tokens, find_checkpoint, inference_dtype, load_weights
 from edlm_dist.runs.tensorboard import MetricsLogger
 
 # What each figure is, for readers of the JSON (docs/evaluation.md explains them); the EDLM
@@ -96,19 +96,20 @@ def model_label(task: str, cfg: EvalProgram) -> str:
 
 
 def build_eval_model(ckpt: Checkpoint, cfg: EvalProgram, device: torch.device) -> EvalModel:
-    """The model `model_label` names, with its weights, on `device`."""
+    """The model `model_label` names, with its weights (in `inference_dtype`), on `device`."""
     label = model_label(ckpt.config.training.task, cfg)
+    dtype = inference_dtype(cfg.runtime, device)
     if label == "ar":
-        model, _ = load_weights(ckpt, cfg.eval.weights, device=device)
+        model, _ = load_weights(ckpt, cfg.eval.weights, device=device, dtype=dtype)
         return EvalModel(label, ckpt, model, None, checkpoint_tokens(ckpt), None, 0.0)
     if label == "edlm_nce":
         energy_cfg = replace(cfg.energy, kind="nce", checkpoint=ckpt.path, weights=cfg.eval.weights)
-        denoiser, denoiser_ckpt = load_denoiser(cfg.eval.denoiser, "eval.denoiser", energy_cfg, device)
-        energy = load_energy(energy_cfg, denoiser_ckpt, device)
+        denoiser, denoiser_ckpt = load_denoiser(cfg.eval.denoiser, "eval.denoiser", energy_cfg, device, dtype)
+        energy = load_energy(energy_cfg, denoiser_ckpt, device, dtype)
     else:
-        denoiser, _ = load_weights(ckpt, cfg.eval.weights, device=device)
+        denoiser, _ = load_weights(ckpt, cfg.eval.weights, device=device, dtype=dtype)
         denoiser_ckpt = ckpt
-        energy = load_energy(cfg.energy, ckpt, device) if label != "mdlm" else None
+        energy = load_energy(cfg.energy, ckpt, device, dtype) if label != "mdlm" else None
     diffusion = denoiser_ckpt.config.diffusion
     return EvalModel(label, ckpt, denoiser, energy, checkpoint_tokens(denoiser_ckpt),
                      build_schedule(diffusion.schedule, diffusion.eps), diffusion.t_min)

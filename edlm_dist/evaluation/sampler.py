@@ -39,7 +39,7 @@ from edlm_dist.evaluation.outputs import SAMPLES, SAMPLING, check_output, remove
 from edlm_dist.evaluation.reportable import NOT_REPORTED
 from edlm_dist.fileio import atomic_write_text
 from edlm_dist.energy.loading import denoiser_checkpoint, load_denoiser, load_energy
-from edlm_dist.runs.weights import Checkpoint, checkpoint_tokens, find_checkpoint
+from edlm_dist.runs.weights import Checkpoint, checkpoint_tokens, find_checkpoint, inference_dtype
 from edlm_dist.runs.device_stats import peak_memory_gib, reset_peak_memory
 from edlm_dist.runs.memory_check import check_sampling_memory
 from edlm_dist.runs.tensorboard import MetricsLogger
@@ -108,10 +108,12 @@ class Sampler:
                               "file of user messages")
         denoiser = (cfg.sample.checkpoint, "sample.checkpoint (--checkpoint)", cfg.energy)
         check_sampling_memory(cfg, denoiser_checkpoint(*denoiser), self.env.world_size, self.env.device)
-        self.denoiser, self.denoiser_ckpt = load_denoiser(*denoiser, self.env.device)
+        dtype = inference_dtype(cfg.runtime, self.env.device)  # of the denoiser's and the energy's weights
+        self.denoiser, self.denoiser_ckpt = load_denoiser(*denoiser, self.env.device, dtype)
         self.output = output_folder(cfg, self.denoiser_ckpt)
         on_main_rank(self._check_output, self.env.is_main)
-        self.energy = load_energy(cfg.energy, self.denoiser_ckpt, self.env.device) if s.num_candidates > 1 else None
+        self.energy = (load_energy(cfg.energy, self.denoiser_ckpt, self.env.device, dtype) if s.num_candidates > 1
+                       else None)
         self._refuse_oracle_as_energy()
         self.seq_len = self.denoiser_ckpt.config.data.seq_len
         self.compute_dtype = compute_dtype(cfg.runtime.mixed_precision, self.env.device)

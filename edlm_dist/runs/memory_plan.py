@@ -15,6 +15,9 @@ block usually saves less). What the code allocates, and so what is counted:
   computing and the one prefetched; every block with `parallel.reshard_after_forward = false`),
   and in backward one block's unsharded gradients. One process computing in bf16 autocasts
   instead, and autocast keeps a bf16 copy of every weight it casts.
+- Sampling holds its models whole on every rank, their weights float32 (with autocast's bf16
+  copies), or with `runtime.inference_weights = "compute"` in the compute dtype (no copies; the
+  residual stream is then in the compute dtype, as under FSDP2).
 - Activations are the tensors autograd saves, per element of the hidden states [B, L, hidden]
   (the DiT's `block_saved_bytes`; a Llama-family block's `llama_block_saved_bytes` also counts
   its key/value width, grouped-query attention's, and its SwiGLU width); a checkpointed block
@@ -128,9 +131,10 @@ def format_bytes(count: int) -> str:
 @dataclass(frozen=True)
 class Precision:
     """Bytes per element of what a forward computes: `compute` (matmul inputs and outputs),
-    `stream` (the residual stream: bf16 when FSDP2 gathers bf16 weights, float32 otherwise, as
-    under autocast), `dropout_mask` (what dropout saves: a bool mask on CUDA, the scaled noise
-    in the compute dtype on a CPU), and whether one process autocasts to bf16."""
+    `stream` (the residual stream: bf16 when the weights are bf16, FSDP2's gathered ones or a
+    model loaded in the compute dtype, float32 otherwise, as under autocast), `dropout_mask`
+    (what dropout saves: a bool mask on CUDA, the scaled noise in the compute dtype on a CPU),
+    and whether one process autocasts float32 weights to bf16 (keeping a copy of each)."""
 
     compute: int
     stream: int
@@ -138,14 +142,22 @@ class Precision:
     autocast: bool
 
     @classmethod
-    def of(cls, mixed_precision: str, device_type: str, sharded: bool) -> Precision:
+    def of(cls, mixed_precision: str, device_type: str, sharded: bool, compute_weights: bool = False) -> Precision:
+        """The precision of `mixed_precision` on `device_type`, under FSDP2 (`sharded`) or in one
+        process, whose weights are float32 or (`compute_weights`) in the compute dtype themselves."""
         compute = compute_dtype(mixed_precision, torch.device(device_type)).itemsize
-        return cls(compute, compute if sharded else FP32, 1 if device_type == "cuda" else compute,
-                   compute < FP32 and not sharded)
+        low_weights = sharded or compute_weights
+        return cls(compute, compute if low_weights else FP32, 1 if device_type == "cuda" else compute,
+                   compute < FP32 and not low_weights)
 
     @property
     def name(self) -> str:
-        return "bf16" if self.compute < FP32 else "float32"
+        return dtype_name(self.compute)
+
+
+def dtype_name(itemsize: int) -> str:
+    """The floating-point dtype of `itemsize` bytes a plan counts: bf16 or float32."""
+    return "bf16" if itemsize < FP32 else "float32"
 
 
 @dataclass(frozen=True)
@@ -531,9 +543,13 @@ def sampling_plan(cfg: SampleProgram, denoiser: TrainProgram, vocab_size: int, e
     """The memory plan of `python -m edlm_dist.sample` with `cfg` on `world_size` ranks of
     `device_type`: the MDLM of the run config `denoiser` (data vocabulary `vocab_size`), corrected
     by the energy of the run config `energy` (None: plain MDLM sampling). Every rank holds both
-    models whole; in candidates mode it draws and scores num_candidates / world size candidates."""
+    models whole, their weights float32 or in the compute dtype (`runtime.inference_weights`); in
+    candidates mode it draws and scores num_candidates / world size candidates."""
     s = cfg.sample
-    precision = Precision.of(cfg.runtime.mixed_precision, device_type, sharded=False)
+    compute_weights = cfg.runtime.inference_weights == "compute"
+    precision = Precision.of(cfg.runtime.mixed_precision, device_type, sharded=False, compute_weights=compute_weights)
+    weight_bytes = precision.compute if compute_weights else FP32
+    lower = ", or set runtime.inference_weights = compute" if weight_bytes > precision.compute else ""
     denoiser_shape = ModelShape.of("dit", denoiser.model, vocab_size)
     models = {"denoiser": denoiser_shape}
     remedy, sampler = "lower sample.batch_size", "MDLM"
@@ -549,12 +565,13 @@ def sampling_plan(cfg: SampleProgram, denoiser: TrainProgram, vocab_size: int, e
         sampler = f"EDLM, {s.num_candidates} candidates"
     items = []
     for name, shape in models.items():
-        items.append(MemoryItem(f"{name} weights (float32)", shape.numel() * FP32, (RESIDENT,),
-                                f"use a smaller {name} run"))
+        items.append(MemoryItem(f"{name} weights ({dtype_name(weight_bytes)})", shape.numel() * weight_bytes,
+                                (RESIDENT,), f"use a smaller {name} run{lower}"))
         items += _compute_weights(f"{name} ", shape, precision, False, True)
     candidates = s.num_candidates // world_size if s.mode == "candidates" else s.num_candidates
     items += sampling_items(denoiser_shape, energy_shape, s.batch_size, denoiser.data.seq_len, s.steps, candidates,
                             cfg.energy.max_batch, s.candidate_draw, precision, remedy)
-    setting = (f"{sampler} on {world_size} x {device_type} ({s.mode} mode), {precision.name} compute, batches of "
+    setting = (f"{sampler} on {world_size} x {device_type} ({s.mode} mode), {precision.name} compute, "
+               f"{dtype_name(weight_bytes)} weights, batches of "
                f"{s.batch_size} x {denoiser.data.seq_len} tokens, vocabulary {vocab_size}")
     return MemoryPlan("sampling", setting, tuple(items))

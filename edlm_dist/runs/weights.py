@@ -20,8 +20,9 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.distributed.tensor import DTensor
 
 from edlm_dist.config import TrainProgram, load_run_config
+from edlm_dist.config.schema import ReaderRuntimeConfig
 from edlm_dist.diffusion import TokenSpace
-from edlm_dist.distributed import first_nonfinite
+from edlm_dist.distributed import compute_dtype, first_nonfinite
 from edlm_dist.models import MODEL_KINDS, CausalLM, LanguageModel, build_model, model_tokens
 from edlm_dist.runs.checkpoint import (
     MARKER,
@@ -179,18 +180,37 @@ def read_weights(model: LanguageModel, ckpt: Checkpoint, weights: str | None = N
     return weights
 
 
+def inference_dtype(runtime: ReaderRuntimeConfig, device: torch.device) -> torch.dtype:
+    """The dtype of the weights of the models that sampling and evaluation only read: float32, or
+    with `runtime.inference_weights = "compute"` the compute dtype of `runtime.mixed_precision` on
+    `device` (bf16 on CUDA by default)."""
+    if runtime.inference_weights == "compute":
+        return compute_dtype(runtime.mixed_precision, device)
+    return torch.float32
+
+
 def load_weights(
     ckpt: Checkpoint,
     weights: str | None = None,
     *,
     device: torch.device | str = "cpu",
     prepare: Callable[[LanguageModel], None] | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[LanguageModel, str]:
     """The run's model on `device` (parallelised by `prepare`, e.g. sharded) holding the
-    checkpoint's `weights` (see `read_weights`), in eval mode, and which weights those are."""
+    checkpoint's `weights` (see `read_weights`) in `dtype` (cast on the meta device before
+    `prepare`, so a sharded model's shards are `dtype` too, and read from the checkpoint's float32
+    by DCP's copy), in eval mode, and which weights those are."""
     cfg = ckpt.config
     kind = MODEL_KINDS[cfg.training.task]
-    model = build_model(kind, cfg.model, checkpoint_vocab_size(ckpt), device, seed=cfg.job.seed, prepare=prepare)
+
+    def prepare_in_dtype(model: LanguageModel) -> None:
+        model.to(dtype)  # on the meta device: no memory, and a no-op for float32
+        if prepare is not None:
+            prepare(model)
+
+    model = build_model(kind, cfg.model, checkpoint_vocab_size(ckpt), device, seed=cfg.job.seed,
+                        prepare=prepare_in_dtype)
     weights = read_weights(model, ckpt, weights)
     return model.eval(), weights
 
