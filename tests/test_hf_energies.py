@@ -14,11 +14,12 @@ import pytest
 import torch
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
 
-from edlm_dist.config import load_run_config
+from edlm_dist.config import EnergyConfig, load_run_config
 from edlm_dist.data import run_tokenizer
 from edlm_dist.data.tokenizers import HFTokenizer
 from edlm_dist.diffusion.tokens import TokenSpace
 from edlm_dist.energy.autoregressive import DataTokenScorer
+from edlm_dist.energy.loading import energy_token_space
 from edlm_dist.energy.shared_tokens import SideTokens, check_same_tokens
 from edlm_dist.eval import main as evaluate
 from edlm_dist.runs.weights import WeightsError, checkpoint_tokens, find_checkpoint, load_weights
@@ -29,6 +30,7 @@ from run_utils import one_line_error
 from test_hf_interop import import_main
 
 SEQ_LEN = 12
+SHORT = 94  # qwen2-short's ids: the denoisers' data tokens 94 and 95 are past them
 COMMON = ["--runtime.device=cpu", "--metrics.progress=false", "--job.seed=0"]
 WORDS = [f"w{i}" for i in range(VOCAB)]
 
@@ -53,18 +55,20 @@ def write_tokenizer(folder: Path, mask: bool, renamed: int | None = None, size: 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Imported runs: llada and dream (denoisers), qwen2 and gpt2 (energies), each with its
-    tokenizer; qwen2-renamed (one id different) and qwen2-bare (no tokenizer files, EOS 92)."""
+    tokenizer; qwen2-renamed (one id different), qwen2-bare (no tokenizer files, EOS 92) and
+    qwen2-short (the first SHORT ids only, as Qwen2.5 lacks Dream's last data token)."""
     root = tmp_path_factory.mktemp("hf")
     for name, layout, mask, renamed in [("llada", "llada", True, None), ("dream", "dream", True, None),
                                         ("qwen2", "qwen2", False, None), ("gpt2", "gpt2", False, None),
-                                        ("qwen2-renamed", "qwen2", False, 7), ("qwen2-bare", "qwen2", False, None)]:
+                                        ("qwen2-renamed", "qwen2", False, 7), ("qwen2-bare", "qwen2", False, None),
+                                        ("qwen2-short", "qwen2", False, None)]:
         src = root / "src" / name
         write_layout(layout, src)
         if name == "qwen2-bare":
             config = json.loads((src / "config.json").read_text())
             (src / "config.json").write_text(json.dumps({**config, "eos_token_id": EOS + 1}))
         else:
-            write_tokenizer(src, mask, renamed)
+            write_tokenizer(src, mask, renamed, size=SHORT if name == "qwen2-short" else VOCAB)
         import_main([str(src), "--out", str(root / "runs" / name), "--seq-len", str(SEQ_LEN)])
     shutil.rmtree(root / "src")  # the runs are self-contained
     return root / "runs"
@@ -198,3 +202,28 @@ def test_candidates_of_an_imported_denoiser_spread_over_two_ranks(runs, tmp_path
     assert 1 <= summary["mean_ess"] <= 4 and len(summary["peak_memory_gib_per_rank"]) == 2
     records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(records) == 2 and all(MASK not in r["tokens"] and len(r["tokens"]) == SEQ_LEN for r in records)
+
+
+def test_data_tokens_an_energy_lacks_are_never_drawn_or_scored(runs, tmp_path):
+    """Dream with Qwen2.5 in miniature: the denoiser's data ids past the energy's vocabulary are
+    excluded from the token space EDLM draws and scores in, and the rest is checked id by id."""
+    denoiser = find_checkpoint(runs / "llada")
+    energy = EnergyConfig(kind="coar", checkpoint=str(runs / "qwen2-short"))
+    assert energy_token_space(energy, denoiser) == TokenSpace(MASK, VOCAB, excluded=(94, 95))
+    assert energy_token_space(EnergyConfig(kind="coar", checkpoint=str(runs / "qwen2")), denoiser) == \
+        checkpoint_tokens(denoiser)
+    out = tmp_path / "samples"
+    sample(["--checkpoint", str(runs / "llada"), "--out", str(out), "--sample.num_samples=8", "--sample.steps=4",
+            "--sample.num_candidates=4", "--energy.kind=coar", f"--energy.checkpoint={runs / 'qwen2-short'}",
+            "--sample.reference=false", *COMMON])
+    drawn = {t for line in (out / "samples.jsonl").read_text().splitlines() for t in json.loads(line)["tokens"]}
+    assert not drawn & {MASK, 94, 95} and len(drawn) > 20
+    ptb = tmp_path / "ptb"
+    ptb.mkdir()
+    (ptb / "ptb.valid.txt").write_text("\n".join(" ".join(f"w{(5 * i + j) % 80 + 1}" for j in range(9))
+                                                 for i in range(6)) + "\n")
+    evaluate(["--checkpoint", str(runs / "llada"), f"--eval.datasets=ptb:val={ptb}", "--eval.num_sequences=2",
+              "--eval.batch_size=2", "--eval.num_proposals=4", "--energy.kind=coar",
+              f"--energy.checkpoint={runs / 'qwen2-short'}", "--out", str(tmp_path / "eval"), *COMMON])
+    figures = json.loads(next((tmp_path / "eval").rglob("step_*.json")).read_text())["figures"]
+    assert all(0 < f["nats_per_token"] < 10 for f in figures.values()), figures

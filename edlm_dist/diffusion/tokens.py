@@ -40,6 +40,10 @@ class TokenSpace:
         """MDLM's convention: data ids 0..V-1 (V = `vocab_size`), the mask id V, logits padded past V."""
         return cls(mask_id=vocab_size, num_tokens=vocab_size + 1)
 
+    def without(self, ids: list[int] | tuple[int, ...]) -> TokenSpace:
+        """This space with the data ids `ids` excluded as well (never drawn or scored)."""
+        return TokenSpace(self.mask_id, self.num_tokens, tuple(sorted({*self.excluded, *ids})))
+
     @property
     def num_data(self) -> int:
         """How many data tokens there are: the width of `data_logits`."""

@@ -15,10 +15,12 @@ from edlm_dist.energy.autoregressive import AREnergy, DataTokenScorer
 from edlm_dist.energy.nce import NCEEnergy
 from edlm_dist.energy.shared_tokens import check_same_tokens, run_tokens
 from edlm_dist.models import Transformer
+from edlm_dist.diffusion import TokenSpace
 from edlm_dist.runs.weights import (
     Checkpoint,
     WeightsError,
     checkpoint_tokens,
+    checkpoint_vocab_size,
     load_weights,
     run_of_task,
 )
@@ -78,16 +80,28 @@ def load_denoiser(path: str, key: str, cfg: EnergyConfig, device: torch.device |
     return model, ckpt
 
 
+def energy_token_space(cfg: EnergyConfig, denoiser: Checkpoint) -> TokenSpace:
+    """The token space EDLM draws and scores in with the energy of `cfg`: the denoiser's, less the
+    data ids past an AR energy's vocabulary, which it cannot score (Dream's `<|beginoftext|>`,
+    151,665, beside Qwen2.5's 151,665 ids): never drawn, never scored. Plain MDLM and an NCE
+    energy (trained on the denoiser's space) keep the denoiser's."""
+    tokens = checkpoint_tokens(denoiser)
+    if cfg.kind == "nce" or not cfg.checkpoint:
+        return tokens
+    scorer_ids = checkpoint_vocab_size(run_of_task(cfg.checkpoint, "ar", "energy.checkpoint"))
+    return tokens.without([i for i in tokens.data_ids().tolist() if i >= scorer_ids])
+
+
 def load_energy(cfg: EnergyConfig, denoiser: Checkpoint, device: torch.device | str = "cpu",
                 dtype: torch.dtype = torch.float32) -> AREnergy | NCEEnergy:
     """The energy callable `energy.kind` names, built from `energy.checkpoint` (the AR run for
     ar/coar, the NCE run for nce; its network's weights in `dtype`) and checked against the
     `denoiser` run it will correct: the same tokenizer (`check_same_tokens`) and sequence length.
-    An AR energy scores in the denoiser's token space, its conditionals normalised over the
-    denoiser's data tokens (`DataTokenScorer`)."""
+    An AR energy scores in `energy_token_space`, its conditionals normalised over its data tokens
+    (`DataTokenScorer`)."""
     task = "nce" if cfg.kind == "nce" else "ar"
     ckpt = run_of_task(cfg.checkpoint, task, "energy.checkpoint")
-    tokens = checkpoint_tokens(denoiser)
+    tokens = energy_token_space(cfg, denoiser)
     check_same_tokens(run_tokens(ckpt, f"energy.checkpoint {ckpt.run_dir}"),
                       run_tokens(denoiser, f"the denoiser {denoiser.run_dir}"), tokens)
     model, _ = load_weights(ckpt, cfg.weights, device=device, dtype=dtype)

@@ -57,7 +57,7 @@ from edlm_dist.evaluation.outputs import (
 from edlm_dist.evaluation.reportable import NOT_REPORTED, finite_or_none, impossible_reason, non_finite_reason
 from edlm_dist.fileio import atomic_write_text
 from edlm_dist.models import Transformer
-from edlm_dist.energy.loading import load_denoiser, load_energy
+from edlm_dist.energy.loading import energy_token_space, load_denoiser, load_energy
 from edlm_dist.runs.weights import Checkpoint, checkpoint_tokens, find_checkpoint, inference_dtype, load_weights
 from edlm_dist.runs.tensorboard import MetricsLogger
 
@@ -102,16 +102,20 @@ def build_eval_model(ckpt: Checkpoint, cfg: EvalProgram, device: torch.device) -
     if label == "ar":
         model, _ = load_weights(ckpt, cfg.eval.weights, device=device, dtype=dtype)
         return EvalModel(label, ckpt, model, None, checkpoint_tokens(ckpt), None, 0.0)
+    energy_cfg = cfg.energy
     if label == "edlm_nce":
         energy_cfg = replace(cfg.energy, kind="nce", checkpoint=ckpt.path, weights=cfg.eval.weights)
         denoiser, denoiser_ckpt = load_denoiser(cfg.eval.denoiser, "eval.denoiser", energy_cfg, device, dtype)
-        energy = load_energy(energy_cfg, denoiser_ckpt, device, dtype)
     else:
         denoiser, _ = load_weights(ckpt, cfg.eval.weights, device=device, dtype=dtype)
         denoiser_ckpt = ckpt
-        energy = load_energy(cfg.energy, ckpt, device, dtype) if label != "mdlm" else None
+    if label == "mdlm":
+        energy, tokens = None, checkpoint_tokens(denoiser_ckpt)
+    else:  # the denoiser's token space less what the energy cannot score
+        energy, tokens = load_energy(energy_cfg, denoiser_ckpt, device, dtype), energy_token_space(energy_cfg,
+                                                                                                 denoiser_ckpt)
     diffusion = denoiser_ckpt.config.diffusion
-    return EvalModel(label, ckpt, denoiser, energy, checkpoint_tokens(denoiser_ckpt),
+    return EvalModel(label, ckpt, denoiser, energy, tokens,
                      build_schedule(diffusion.schedule, diffusion.eps), diffusion.t_min)
 
 

@@ -38,7 +38,7 @@ from edlm_dist.evaluation.generation import Oracle, build_oracle, gen_ppl, unigr
 from edlm_dist.evaluation.outputs import SAMPLES, SAMPLING, check_output, remove, remove_leftovers, tensorboard_events
 from edlm_dist.evaluation.reportable import NOT_REPORTED
 from edlm_dist.fileio import atomic_write_text
-from edlm_dist.energy.loading import denoiser_checkpoint, load_denoiser, load_energy
+from edlm_dist.energy.loading import denoiser_checkpoint, energy_token_space, load_denoiser, load_energy
 from edlm_dist.runs.weights import Checkpoint, checkpoint_tokens, find_checkpoint, inference_dtype
 from edlm_dist.runs.device_stats import peak_memory_gib, reset_peak_memory
 from edlm_dist.runs.memory_check import check_sampling_memory
@@ -118,7 +118,9 @@ class Sampler:
         self.seq_len = self.denoiser_ckpt.config.data.seq_len
         self.compute_dtype = compute_dtype(cfg.runtime.mixed_precision, self.env.device)
         self.tokenizer = run_tokenizer(self.denoiser_ckpt.config.data)
-        self.tokens = checkpoint_tokens(self.denoiser_ckpt)
+        # with an energy: the denoiser's token space less what the energy cannot score
+        self.tokens = (checkpoint_tokens(self.denoiser_ckpt) if self.energy is None
+                       else energy_token_space(cfg.energy, self.denoiser_ckpt))
         self.schedule = build_schedule(self.denoiser_ckpt.config.diffusion.schedule, self.denoiser_ckpt.config.diffusion.eps)
         self.prompts = read_prompts(s.prompts, self.tokenizer, self.seq_len, s.chat) if s.prompts else None
         self.oracle: Oracle | None = None
