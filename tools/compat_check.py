@@ -1,6 +1,7 @@
 """Run the test suite on several torch releases, each in a venv of its own.
 
     python tools/compat_check.py 2.11.0 2.13.0 2.15.0 [--venvs DIR] [--table docs/compatibility.md]
+    python tools/compat_check.py --table docs/compatibility.md     # the table from the records alone
 
 For each version: a venv `<venvs>/torch-<version>` (made once, then reused while its torch is
 that version) with that torch and the project (editable, with its dev extra), and the whole
@@ -134,7 +135,7 @@ def write_table(path: Path, records: dict[str, dict]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("versions", nargs="+", help="torch releases, e.g. 2.11.0 2.13.0 2.15.0")
+    parser.add_argument("versions", nargs="*", help="torch releases, e.g. 2.11.0 2.13.0 2.15.0")
     parser.add_argument("--venvs", type=Path, default=DEFAULT_VENVS, help=f"where the venvs live ({DEFAULT_VENVS})")
     parser.add_argument("--table", type=Path, help="a docs page whose compat table to rewrite from the records")
     parser.add_argument("--pytest-args", default="", help="extra pytest arguments, e.g. '-x -k checkpoint'")
@@ -144,9 +145,16 @@ def main() -> None:
             fail(f"torch version {version!r} is not a release number like 2.13.0")
     if args.table is not None and not args.table.is_file():
         fail(f"--table {args.table}: no such file")
+    if not args.versions and args.table is None:
+        fail("name the torch versions to check, or --table to write the table from the records")
     args.venvs.mkdir(parents=True, exist_ok=True)
     results_path = args.venvs / "results.json"
-    records = json.loads(results_path.read_text()) if results_path.exists() else {}
+    try:
+        records = json.loads(results_path.read_text()) if results_path.exists() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        fail(f"{results_path} is damaged ({err}): move it aside and run the check again")
+    if not records and not args.versions:
+        fail(f"no records in {results_path}: run the check first")
     failed = False
     for version in args.versions:
         try:
@@ -161,7 +169,7 @@ def main() -> None:
         print(f"torch {version}: {verdict(record)} - {record['passed']} passed, {record['failed'] + record['errors']} "
               f"failed, {record['skipped']} skipped in {record['minutes']} min (log: {record['log']})", flush=True)
     if args.table is not None:
-        write_table(args.table, {v: r for v, r in records.items()})
+        write_table(args.table, records)
     sys.exit(1 if failed else 0)
 
 
