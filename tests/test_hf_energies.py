@@ -94,6 +94,12 @@ def test_a_run_without_tokenizer_files_refuses_to_read_text(runs, tmp_path, caps
     assert "data.tokenizer = 'hf' needs data.tokenizer_path" in err, err
 
 
+def test_an_imported_run_has_no_validation_data_of_its_own(runs, tmp_path, capsys):
+    err = one_line_error(capsys, evaluate, ["--checkpoint", str(runs / "llada"), "--out", str(tmp_path / "out"),
+                                            *COMMON])
+    assert "the run has no validation data of its own" in err and "name a set in eval.datasets" in err, err
+
+
 def test_a_tokenizer_that_does_not_fit_the_model_is_refused(runs, tmp_path, capsys):
     src = tmp_path / "src"
     write_layout("llada", src)

@@ -160,6 +160,10 @@ def load_eval_set(
         if corpus.manifest.tokenizer["fingerprint"] != tokenizer.fingerprint():
             raise DataError(f"evaluation set {spec.label}: {corpus.folder} was tokenised with another tokenizer than the model's")
         return EvalSet(spec.label, corpus, data.seq_len, corpus.eos_id, corpus.documents)
+    if data.dataset == "synthetic" and data.tokenizer != "synthetic":
+        raise DataError(f"evaluation set {spec.label}: the run has no validation data of its own (an imported model's "
+                        f"config names none, data.tokenizer = {data.tokenizer!r}): name a set in eval.datasets, e.g. "
+                        "wikitext2, ptb, lambada or files=<prepared corpus>")
     blocks = blocks or build_dataset(data).blocks
     if isinstance(blocks, TextBlocks):
         return EvalSet(spec.label, blocks.splits["val"], data.seq_len, tokenizer.eos_id)
