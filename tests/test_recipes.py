@@ -82,14 +82,20 @@ def scored(out: Path, estimator: str) -> list[Path]:
     return found
 
 
+def sample_and_score(recipe: str, denoiser: Path, energy: Path, kind: str, datasets: str, tmp_path: Path) -> None:
+    """Run `<recipe>_sample.toml` and `<recipe>_eval.toml` on `denoiser` with the `kind` energy
+    `energy` (the likelihood on `datasets`) and check what each wrote."""
+    energy_key = f"--energy.checkpoint={energy}"
+    sample(["--config", str(RECIPES / f"{recipe}_sample.toml"), "--checkpoint", str(denoiser),
+            "--out", str(tmp_path / "samples"), energy_key, *SMALL_SAMPLING])
+    sampled(tmp_path / "samples", kind)
+    evaluate(["--config", str(RECIPES / f"{recipe}_eval.toml"), "--checkpoint", str(denoiser),
+              "--out", str(tmp_path / "eval"), energy_key, f"--eval.datasets={datasets}", *SMALL_EVAL])
+    scored(tmp_path / "eval", f"edlm_{kind}")
+
+
 def test_dream_with_a_qwen2_coar_energy_samples_and_is_scored(runs, ptb_words, tmp_path):
-    energy = f"--energy.checkpoint={runs / 'qwen2.5-7b'}"
-    sample(["--config", str(RECIPES / "dream_coar_sample.toml"), "--checkpoint", str(runs / "dream-7b"),
-            "--out", str(tmp_path / "samples"), energy, *SMALL_SAMPLING])
-    sampled(tmp_path / "samples", "coar")
-    evaluate(["--config", str(RECIPES / "dream_coar_eval.toml"), "--checkpoint", str(runs / "dream-7b"),
-              "--out", str(tmp_path / "eval"), energy, f"--eval.datasets=ptb:val={ptb_words}", *SMALL_EVAL])
-    scored(tmp_path / "eval", "edlm_coar")
+    sample_and_score("dream_coar", runs / "dream-7b", runs / "qwen2.5-7b", "coar", f"ptb:val={ptb_words}", tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -115,13 +121,7 @@ def mdlm_owt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.data
 def test_mdlm_owt_with_a_gpt2_ar_energy_samples_and_is_scored(mdlm_owt, data_dir, tmp_path):
-    energy = f"--energy.checkpoint={mdlm_owt / 'gpt2'}"
-    sample(["--config", str(RECIPES / "mdlm_owt_ar_sample.toml"), "--checkpoint", str(mdlm_owt / "mdlm-owt"),
-            "--out", str(tmp_path / "samples"), energy, *SMALL_SAMPLING])
-    sampled(tmp_path / "samples", "ar")
-    evaluate(["--config", str(RECIPES / "mdlm_owt_ar_eval.toml"), "--checkpoint", str(mdlm_owt / "mdlm-owt"),
-              "--out", str(tmp_path / "eval"), energy, "--eval.datasets=wikitext2", *SMALL_EVAL])
-    scored(tmp_path / "eval", "edlm_ar")
+    sample_and_score("mdlm_owt_ar", mdlm_owt / "mdlm-owt", mdlm_owt / "gpt2", "ar", "wikitext2", tmp_path)
 
 
 def test_llada_nce_recipe_trains_a_few_steps_then_samples_and_is_scored(runs, ptb_words, tmp_path, capsys):

@@ -78,6 +78,12 @@ class TokenSpace:
             return columns
         return self.data_ids(columns.device)[columns]
 
+    def data_columns(self, ids: torch.Tensor) -> torch.Tensor:
+        """The columns of `data_logits` of data token `ids` (the inverse of `token_ids`)."""
+        if self._data_are_a_prefix:
+            return ids
+        return torch.searchsorted(self.data_ids(ids.device), ids)
+
     def is_data(self, tokens: torch.Tensor) -> torch.Tensor:
         """Whether each id of `tokens` is a data token, bool of the same shape."""
         inside = (tokens >= 0) & (tokens < self.num_tokens) & (tokens != self.mask_id)

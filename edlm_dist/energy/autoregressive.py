@@ -71,9 +71,7 @@ class DataTokenScorer(torch.nn.Module):
         logits = self(x0)
         with torch.autocast(device_type=x0.device.type, enabled=False):
             log_probs = torch.log_softmax(self.tokens.data_logits(logits).float(), dim=-1)
-            data_ids = self.tokens.data_ids(x0.device)
-            return [log_probs.gather(-1, torch.searchsorted(data_ids, target)[..., None]).squeeze(-1)
-                    for target in targets]
+            return [log_probs.gather(-1, self.tokens.data_columns(target)[..., None]).squeeze(-1) for target in targets]
 
 
 class AREnergy:

@@ -34,6 +34,12 @@ def nce_model_config(cfg: TrainProgram, denoiser: TrainProgram) -> ModelConfig:
                    logit_shift=False)
 
 
+def continued_model_config(cfg: TrainProgram, initial: TrainProgram) -> ModelConfig:
+    """The architecture of a run continued from the run config `initial` (`training.init_from`):
+    `initial`'s, with only dropout this run's own."""
+    return replace(initial.model, dropout=cfg.model.dropout)
+
+
 def initial_weights_run(cfg: TrainProgram) -> Checkpoint | None:
     """The checkpoint `training.init_from` names (None when empty), which must be a run of this task."""
     if not cfg.training.init_from:
@@ -56,7 +62,7 @@ def resolve_model_config(cfg: TrainProgram) -> TrainProgram:
             raise ConfigError(str(err)) from None
         model = nce_model_config(cfg, denoiser)
     elif (initial := initial_weights_run(cfg)) is not None:
-        model = replace(initial.config.model, dropout=cfg.model.dropout)
+        model = continued_model_config(cfg, initial.config)
     else:
         return cfg
     resolved = replace(cfg, model=model)

@@ -15,7 +15,6 @@ import os
 import signal
 import sys
 import time
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -54,7 +53,7 @@ from edlm_dist.runs.state_blob import encode_state, read_loader_states, stored_i
 from edlm_dist.training.divergence import DivergenceGuard, TrainingError
 from edlm_dist.training.ema import EMA
 from edlm_dist.training.faults import FaultInjector
-from edlm_dist.energy.loading import initial_weights_run, nce_model_config
+from edlm_dist.energy.loading import continued_model_config, initial_weights_run, nce_model_config
 from edlm_dist.runs.weights import (
     Checkpoint,
     WeightsError,
@@ -180,7 +179,7 @@ class Trainer:
         ckpt = initial_weights_run(self.cfg)
         if ckpt is None:
             return None
-        if self.cfg.model != replace(ckpt.config.model, dropout=self.cfg.model.dropout):
+        if self.cfg.model != continued_model_config(self.cfg, ckpt.config):
             raise ConfigError(f"[model] of this run is not its training.init_from's ({ckpt.run_dir}): resolve the config "
                               "first (edlm_dist.energy.loading.resolve_model_config, as the train entry point does)")
         ids = checkpoint_vocab_size(ckpt)
